@@ -1,0 +1,1 @@
+"""Command-line entry points, one module per job (`python -m jobs.<name> --help`)."""

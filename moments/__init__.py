@@ -1,0 +1,1 @@
+"""The Ray and LanceDB side of the product: the segments index, library-wide grounding, distributed training."""
