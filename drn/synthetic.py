@@ -1,0 +1,158 @@
+"""A synthetic grounding benchmark at feature level (no video): a feature store plus JSONL annotations.
+
+Each video (20 to 60 s, one clip every 0.5 s, 1 s long) has background noise and two to four coloured events
+that do not overlap. Every colour has its own feature signature, added to the clips of its events. Queries:
+
+* ``the red event`` for a colour that occurs once;
+* ``the red event before the blue event`` / ``the red event after the blue event`` when red occurs twice with
+  blue in between, so the words before/after decide which of the two is meant;
+* the other events of a video are distractors for each query (same kind of signal, another signature).
+
+Events sit anywhere in the video with lengths of 8 to 35 percent of it, so one fixed window scores low, while a
+model that reads the signatures and the order scores high. Written as ``<out>/features`` (a feature store of
+DESIGN.md section 3, float32) and ``<out>/annotations/{train,val,test}.jsonl`` (DESIGN.md section 6), split by
+video 70 / 10 / 20.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
+
+COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black")
+CLIP_LEN_S, CLIP_STRIDE_S = 1.0, 0.5
+
+
+@dataclass
+class SyntheticBenchmark:
+    features: str
+    annotations: str
+    num_videos: int
+    num_pairs: dict[str, int]
+
+
+def _place_events(rng: np.random.Generator, duration: float, count: int) -> list[tuple[float, float]]:
+    """``count`` non-overlapping (start, end) spans in time order, each 8-35 % of the video."""
+    for _ in range(100):
+        lengths = rng.uniform(0.08, 0.35, size=count) * duration
+        free = duration - lengths.sum()
+        if free <= 0:
+            continue
+        gaps = rng.dirichlet(np.ones(count + 1)) * free
+        spans, t = [], 0.0
+        for gap, length in zip(gaps[:-1], lengths, strict=True):
+            t += gap
+            spans.append((t, t + length))
+            t += length
+        return spans
+    raise RuntimeError("could not place events")
+
+
+def _video(rng: np.random.Generator, signatures: np.ndarray, noise: float):
+    """Clip features, clip times, duration and a list of (colour index, start, end) events of one video."""
+    duration = float(rng.uniform(20.0, 60.0))
+    starts = np.arange(0.0, duration - CLIP_LEN_S + 1e-9, CLIP_STRIDE_S)
+    ends = starts + CLIP_LEN_S
+    repeated = rng.random() < 0.5
+    if repeated:  # c, o, c (+ maybe one distractor somewhere)
+        c, o, *rest = rng.choice(len(COLORS), size=3, replace=False)
+        order = [c, o, c] + ([rest[0]] if rng.random() < 0.5 else [])
+        if len(order) == 4:
+            order.insert(int(rng.integers(0, 4)), order.pop())
+    else:
+        order = list(rng.choice(len(COLORS), size=int(rng.integers(2, 5)), replace=False))
+    spans = _place_events(rng, duration, len(order))
+    dim = signatures.shape[1]
+    features = rng.normal(0.0, noise, size=(len(starts), dim)).astype(np.float32)
+    centres = (starts + ends) / 2
+    events = []
+    for colour, (s, e) in zip(order, spans, strict=True):
+        inside = (centres >= s) & (centres < e)
+        features[inside] += signatures[colour]
+        events.append((int(colour), s, e))
+    return features, starts, ends, duration, events
+
+
+def _queries(events: list[tuple[int, float, float]]) -> list[tuple[str, float, float]]:
+    counts = {}
+    for colour, _, _ in events:
+        counts[colour] = counts.get(colour, 0) + 1
+    out = []
+    for i, (colour, s, e) in enumerate(events):
+        name = COLORS[colour]
+        if counts[colour] == 1:
+            out.append((f"the {name} event", s, e))
+            continue
+        others = [(j, c) for j, (c, _, _) in enumerate(events) if counts[c] == 1]
+        later = [c for j, c in others if j > i and any(
+            k > j and events[k][0] == colour for k in range(len(events)))]
+        earlier = [c for j, c in others if j < i and any(
+            k < j and events[k][0] == colour for k in range(len(events)))]
+        if later:
+            out.append((f"the {name} event before the {COLORS[later[0]]} event", s, e))
+        if earlier:
+            out.append((f"the {name} event after the {COLORS[earlier[-1]]} event", s, e))
+    return out
+
+
+def make_synthetic_benchmark(
+    out_dir: str | os.PathLike, num_videos: int = 400, feature_dim: int = 64, seed: int = 0,
+    noise: float = 0.5, signal: float = 1.5,
+) -> SyntheticBenchmark:
+    """Write the benchmark under ``out_dir`` (``features/`` and ``annotations/``) and describe it."""
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    signatures = rng.normal(0.0, 1.0, size=(len(COLORS), feature_dim))
+    signatures *= signal / np.linalg.norm(signatures, axis=1, keepdims=True) * np.sqrt(feature_dim) * 0.5
+    metadata = StoreMetadata(
+        extractor="synthetic", layer="signature", weights_sha256="none", clip_len=2, clip_stride=1,
+        fps="2", feature_dim=feature_dim, dtype="float32",
+    )
+    splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    with FeatureStoreWriter(out / "features", metadata) as writer:
+        for v in range(num_videos):
+            video_id = f"syn{v:05d}"
+            features, starts, ends, duration, events = _video(rng, signatures.astype(np.float32), noise)
+            writer.add_clips(video_id, features, starts, ends)
+            writer.finish_video(VideoRecord(
+                video_id=video_id, uri=f"synthetic://{video_id}", fps=2.0, num_frames=int(duration * 2),
+                duration_s=duration, num_clips=len(starts),
+            ))
+            fraction = v / max(num_videos, 1)
+            split = "train" if fraction < 0.7 else "val" if fraction < 0.8 else "test"
+            for query, s, e in _queries(events):
+                splits[split].append({"video_id": video_id, "query": query, "start_s": round(s, 3),
+                                      "end_s": round(e, 3), "duration_s": round(duration, 3)})
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        with open(out / "annotations" / f"{split}.jsonl", "w") as fh:
+            for qid, row in enumerate(rows):
+                fh.write(json.dumps({"qid": qid, **row}) + "\n")
+    return SyntheticBenchmark(
+        features=str(out / "features"), annotations=str(out / "annotations"), num_videos=num_videos,
+        num_pairs={k: len(v) for k, v in splits.items()},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m drn.synthetic OUT [--videos N] [--dim D] [--seed S]``"""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the synthetic grounding benchmark (features + JSONL).")
+    parser.add_argument("out", help="output folder (features/ and annotations/ go inside)")
+    parser.add_argument("--videos", type=int, default=400, help="number of videos (default 400)")
+    parser.add_argument("--dim", type=int, default=64, help="feature dimension D (default 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    bench = make_synthetic_benchmark(args.out, args.videos, args.dim, args.seed)
+    print(json.dumps(bench.__dict__))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Everything a training run needs before its first step: splits, vocabulary, word vectors, grids, datasets.
+
+Shared by ``jobs.train`` (plain, one process) and a Ray Train runner (``moments.train``), which would build the
+same ``TrainingData`` and hand its datasets to its own data loaders.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from drn.checkpoint import check_feature_dim, read_checkpoint
+from drn.config import DRNConfig
+from drn.data import GroundingDataset, collate, load_grids, usable_pairs
+from drn.datasets import load_split, options_of
+from drn.errors import InputError
+from drn.pairs import GroundingPair
+from drn.store import FeatureStore
+from drn.text import Vocabulary, vocabulary_and_vectors
+
+EVAL_SPLITS = {"activitynet": ("val_1", "val_2")}  # (validation, test); others: ("val", "test")
+
+
+def eval_splits(dataset: str) -> tuple[str, str]:
+    return EVAL_SPLITS.get(dataset, ("val", "test"))
+
+
+@dataclass
+class TrainingData:
+    config: DRNConfig
+    vocab: Vocabulary
+    word_vectors: np.ndarray
+    train: GroundingDataset
+    val: GroundingDataset
+    test: GroundingDataset | None
+    dropped: dict[str, int] = field(default_factory=dict)  # split -> pairs without features
+
+    def loader(self, split: str, shuffle: bool | None = None) -> DataLoader:
+        dataset = getattr(self, split)
+        shuffle = split == "train" if shuffle is None else shuffle
+        generator = torch.Generator().manual_seed(self.config.train.seed)
+        return DataLoader(dataset, batch_size=self.config.train.batch_size, shuffle=shuffle, collate_fn=collate,
+                          num_workers=self.config.train.num_workers, generator=generator)
+
+
+def load_pairs(config: DRNConfig, annotations: str | os.PathLike, split: str, durations: dict[str, float],
+               dataset: str | None = None) -> list[GroundingPair]:
+    """One split, with validation carved from train (and excluded from it) where the dataset has no val file."""
+    name = dataset or config.dataset
+    wanted = {"exclude_val": True, "val_fraction": config.train.val_fraction, "val_seed": config.train.seed,
+              "durations": durations}
+    options = {k: v for k, v in wanted.items() if k in options_of(name)}
+    if split != "train":
+        options.pop("exclude_val", None)
+    return load_split(name, annotations, split, **options).pairs
+
+
+def prepare_training_data(
+    config: DRNConfig,
+    features: str | os.PathLike,
+    annotations: str | os.PathLike,
+    dataset: str | None = None,
+    resume_from: str | os.PathLike | None = None,
+    with_test: bool = True,
+    progress: bool = False,
+) -> TrainingData:
+    """Load splits, drop pairs without features, build (or restore) the vocabulary, pool the grids."""
+    store = FeatureStore(features)
+    check_feature_dim(config, store.metadata.feature_dim, os.fspath(features))
+    durations = store.durations()
+    name = dataset or config.dataset
+    val_split, test_split = eval_splits(name)
+    splits = {"train": "train", "val": val_split, **({"test": test_split} if with_test else {})}
+    pairs, dropped = {}, {}
+    for role, split in splits.items():
+        selection = usable_pairs(load_pairs(config, annotations, split, durations, name), store)
+        pairs[role], dropped[role] = selection.kept, len(selection.dropped)
+        if not selection.kept:
+            raise InputError(f"no {split} pair has features in the store", path=os.fspath(features))
+    if resume_from is not None:
+        payload = read_checkpoint(resume_from)
+        vocab = Vocabulary(payload["vocab"])
+        vectors = payload["state_dict"]["query_encoder.word_vectors"].numpy()
+    else:
+        vocab, vectors = vocabulary_and_vectors([p.query for p in pairs["train"]], config.text)
+    videos = {p.video_id for role in pairs for p in pairs[role]}
+    grids = load_grids(store, sorted(videos), config.model.num_segments, progress)
+    made = {role: GroundingDataset(pairs[role], grids, vocab, config) for role in pairs}
+    return TrainingData(config, vocab, vectors, made["train"], made["val"], made.get("test"), dropped)

@@ -1,0 +1,104 @@
+"""Train DRN in its three stages on one machine (plain PyTorch; a Ray Train runner lives in moments.train).
+
+    python -m jobs.train --config configs/synthetic.yaml --features runs/syn/features \
+        --annotations runs/syn/annotations --out runs/syn/model
+
+Prints progress and one line per epoch, and ends with ONE line of JSON naming the best checkpoint (picked on the
+validation split) with its validation and test metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from drn.checkpoint import load_checkpoint, read_checkpoint
+from drn.config import load_config
+from drn.datasets import dataset_names
+from drn.errors import InputError
+from drn.model import DRN, count_parameters
+from drn.training import fit, stages_from_config
+from drn.training_setup import prepare_training_data
+from jobs.dataset_args import run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.train",
+        description="Train DRN (stage 1: all but the IoU head; 2: only the IoU head; 3: all) with checkpoint "
+        "selection on the validation split.",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="YAML preset, e.g. configs/charades_sta.yaml")
+    parser.add_argument("--features", required=True, help="feature store (folder or URI) with the clip features")
+    parser.add_argument("--annotations", required=True, type=Path, help="the dataset's annotation folder or file")
+    parser.add_argument("--dataset", choices=dataset_names(), default=None,
+                        help="annotation format (default: the config's 'dataset')")
+    parser.add_argument("--out", type=Path, default=Path("runs/train"), help="checkpoint folder (default runs/train)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set train.stage1.epochs=3 (repeatable)")
+    parser.add_argument("--stages", default=None,
+                        help="comma-separated stages to run (default 1,2,3; after --resume-from: the later stages)")
+    parser.add_argument("--resume-from", type=Path, default=None,
+                        help="start from this checkpoint's weights and vocabulary (its config must match)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def parse_stages(text: str | None, resumed_stage: int | None) -> list[int]:
+    if text is None:
+        return [s for s in (1, 2, 3) if resumed_stage is None or s > resumed_stage] or [3]
+    try:
+        stages = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--stages must be comma-separated numbers, got {text!r}") from None
+    if not stages or any(s not in (1, 2, 3) for s in stages):
+        raise InputError(f"--stages must list stages among 1,2,3, got {text!r}")
+    return stages
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_config(args.config, args.overrides)
+    torch.manual_seed(config.train.seed)
+    progress = not args.quiet
+    data = prepare_training_data(config, args.features, args.annotations, args.dataset, args.resume_from,
+                                 progress=progress)
+    resumed_stage = None
+    if args.resume_from is not None:
+        model, _, _ = load_checkpoint(args.resume_from, expected=config)
+        config.model.word_dim = model.config.model.word_dim
+        model.config = config
+        resumed_stage = int(read_checkpoint(args.resume_from)["stage"])
+    else:
+        model = DRN(config, data.word_vectors)
+    stages = stages_from_config(config, parse_stages(args.stages, resumed_stage))
+    print(f"pairs: train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0} "
+          f"(without features, dropped: {data.dropped}); vocabulary {len(data.vocab)} words; "
+          f"parameters {count_parameters(model):,}; stages {[s.number for s in stages]}", file=sys.stderr)
+
+    def report(record: dict) -> None:
+        val = record.get("val", {})
+        shown = {k: round(v, 2) for k, v in val.items() if k in ("R@1,IoU=0.5", "R@1,IoU=0.7", "R@5,IoU=0.5", "mIoU")}
+        print(f"stage {record['stage']} epoch {record['epoch']}: loss {record.get('loss_total', 0):.4f} "
+              f"({record['pairs_per_s']:.0f} pairs/s) val {shown}", file=sys.stderr)
+
+    result = fit(
+        model, data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs, args.out, stages,
+        test_batches=data.loader("test") if data.test else None, test_pairs=data.test.pairs if data.test else None,
+        report=report, progress=progress,
+    )
+    print(json.dumps({"best_checkpoint": result.best_checkpoint, "stage": result.best_stage,
+                      "val": result.val, "test": result.test}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))
