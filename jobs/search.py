@@ -1,0 +1,105 @@
+"""Search the segments index: `python -m jobs.search "someone opens a door" --db lancedb`.
+
+Answers from the LanceDB table that `jobs.ground` wrote: the stored queries nearest to the text in meaning and
+in words, and their best segments across the library. `--live` grounds the text against every video now
+(needs `moments.grounding`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from drn.errors import InputError
+
+_LIVE_MISSING = "--live is not available yet: it needs moments.grounding (the library-wide grounding module)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of `python -m jobs.search`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.search",
+        description="Find moments in the video library: the stored queries nearest to TEXT in meaning and in "
+        "words, and their best segments (video, start-end in seconds, score).",
+        epilog='example: python -m jobs.search "someone opens the fridge" --db lancedb --k 5 --min-score 0.3',
+    )
+    parser.add_argument("text", help="what to look for, in plain words")
+    parser.add_argument("--db", default=None, help="LanceDB URI: a folder or s3://... (default: $DRN_DB or ./lancedb)")
+    parser.add_argument("--table", default="segments", help="table name (default: segments)")
+    parser.add_argument("--k", type=int, default=10, help="number of segments to show (default: 10)")
+    parser.add_argument("--video", default=None, metavar="ID", help="only segments of this video")
+    parser.add_argument("--min-score", type=float, default=None, metavar="X", help="only segments scoring >= X")
+    parser.add_argument("--run-id", default=None, metavar="R", help="only segments of this grounding run")
+    parser.add_argument("--json", action="store_true", help="print JSON (one object per segment) instead of a table")
+    live = parser.add_argument_group("live grounding (ground TEXT against every video now)")
+    live.add_argument("--live", action="store_true", help="ground the text now instead of searching the index")
+    live.add_argument("--checkpoint", default=None, metavar="C", help="DRN checkpoint for --live")
+    live.add_argument("--features", default=None, metavar="S", help="feature store URI for --live")
+    live.add_argument("--save", action="store_true", help="with --live: also write the results to the index")
+    return parser
+
+
+def run_live(args: argparse.Namespace) -> pa.Table:
+    """Ground `args.text` against every video of `args.features` with `args.checkpoint` (moments.grounding)."""
+    if importlib.util.find_spec("moments.grounding") is None:
+        raise InputError(_LIVE_MISSING)
+    raise InputError(_LIVE_MISSING + " (its live entry point is not wired into jobs.search yet)")
+
+
+def run_search(args: argparse.Namespace) -> pa.Table:
+    """Answer from the index."""
+    from moments.index import Index, default_db_uri
+
+    index = Index(args.db or default_db_uri(), table=args.table)
+    return index.search(args.text, k=args.k, video_id=args.video, min_score=args.min_score, run_id=args.run_id)
+
+
+def format_results(results: pa.Table) -> str:
+    """A readable table: rank, query matched, video, start-end in seconds, score."""
+    if results.num_rows == 0:
+        return "no segments found"
+    rows = results.to_pylist()
+    header = ("#", "query matched", "video", "start-end (s)", "score")
+    lines = [
+        (str(row["result_rank"] + 1), _shorten(row["query_text"], 48), _shorten(row["video_id"], 24),
+         f"{row['start_s']:.2f}-{row['end_s']:.2f}", f"{row['score']:.3f}")
+        for row in rows
+    ]
+    widths = [max(len(header[c]), *(len(line[c]) for line in lines)) for c in range(len(header))]
+    out = ["  ".join(text.ljust(width) for text, width in zip(header, widths, strict=True))]
+    out.append("  ".join("-" * width for width in widths))
+    out += ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)) for line in lines]
+    return "\n".join(out)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.live and (args.checkpoint is None or args.features is None):
+        parser.error("--live needs --checkpoint and --features")
+    if args.k < 1:
+        parser.error("--k must be at least 1")
+    try:
+        results = run_live(args) if args.live else run_search(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        for row in results.to_pylist():
+            print(json.dumps(row, ensure_ascii=False))
+    else:
+        print(format_results(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

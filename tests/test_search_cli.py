@@ -1,0 +1,85 @@
+"""`python -m jobs.search`: the readable table, JSON, filters and the one-line errors (real LanceDB)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobs.search import build_parser, main
+from moments.embedding import embed_texts
+from moments.index import Index, segment_rows
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = {"q0": "a person opens the refrigerator", "q1": "the chef cuts the onion"}
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> str:
+    uri = str(tmp_path_factory.mktemp("cli") / "db")
+    index = Index(uri)
+    vectors = embed_texts(list(TEXTS.values()))
+    for (query_id, text), vector in zip(TEXTS.items(), vectors, strict=True):
+        for number, video_id in enumerate(["kitchen-1", "kitchen-2"]):
+            segments = np.array([[1.0 + number, 4.5 + number, 0.9 - 0.3 * number, 0.95, 0.9],
+                                 [10.0, 12.25, 0.4 - 0.3 * number, 0.5, 0.8]])
+            index.write_segments(segment_rows("run-a", "ckpt", query_id, text, vector, video_id, segments))
+    index.update_library_ranks("run-a")
+    index.ensure_indices()
+    return uri
+
+
+def test_prints_a_readable_table(db, capsys) -> None:
+    assert main(["someone opens the fridge", "--db", db, "--k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["#", "query", "matched", "video", "start-end", "(s)", "score"]
+    assert lines[2].split() == ["1", "a", "person", "opens", "the", "refrigerator", "kitchen-1", "1.00-4.50", "0.900"]
+    assert lines[3].split()[-3:] == ["kitchen-2", "2.00-5.50", "0.600"]
+    assert len(lines) == 2 + 3
+
+
+def test_json_with_filters(db, capsys) -> None:
+    argv = ["cutting an onion", "--db", db, "--json", "--video", "kitchen-2", "--min-score", "0.5", "--run-id",
+            "run-a"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(row["query_id"], row["video_id"], row["start_s"], row["end_s"]) for row in rows] == [
+        ("q1", "kitchen-2", 2.0, 5.5),  # the query nearest in meaning first, then the next one
+        ("q0", "kitchen-2", 2.0, 5.5),
+    ]
+    assert rows[0]["score"] == pytest.approx(0.6) and rows[0]["query_similarity"] > rows[1]["query_similarity"]
+
+
+def test_no_match_says_so(db, capsys) -> None:
+    assert main(["a person opens the refrigerator", "--db", db, "--run-id", "another-run"]) == 0
+    assert capsys.readouterr().out.strip() == "no segments found"
+
+
+def test_bad_input_exits_2_with_one_line(db, tmp_path) -> None:
+    missing = tmp_path / "missing"
+    for argv, reason in ((["   ", "--db", db], "query text is empty"), (["a door", "--db", str(missing)], "no table")):
+        done = subprocess.run([sys.executable, "-m", "jobs.search", *argv], cwd=REPO, capture_output=True,
+                              text=True)
+        assert done.returncode == 2
+        assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
+        assert done.stderr.startswith("error: ") and reason in done.stderr and "Traceback" not in done.stderr
+    assert not missing.exists()  # searching creates nothing
+
+
+def test_live_mode_is_not_available_yet(capsys) -> None:
+    code = main(["a door", "--live", "--checkpoint", "c.pt", "--features", "store"])
+    assert code == 2
+    assert "not available yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["a door", "--live"])  # live needs a checkpoint and features
+
+
+def test_help_names_every_option() -> None:
+    text = build_parser().format_help()
+    for option in ("--db", "--k", "--video", "--min-score", "--run-id", "--json", "--live", "--checkpoint",
+                   "--features", "--save"):
+        assert option in text
