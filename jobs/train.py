@@ -1,7 +1,8 @@
-"""Train DRN in its three stages on one machine (plain PyTorch; a Ray Train runner lives in moments.train).
+"""Train DRN in its three stages: in this process (plain PyTorch), or data-parallel on Ray Train.
 
     python -m jobs.train --config configs/synthetic.yaml --features runs/syn/features \
         --annotations runs/syn/annotations --out runs/syn/model
+    python -m jobs.train ... --num-workers 2 [--use-gpu] [--storage s3://bucket/runs --name run]   # Ray Train
 
 Prints progress and one line per epoch, and ends with ONE line of JSON naming the best checkpoint (picked on the
 validation split) with its validation and test metrics.
@@ -25,6 +26,7 @@ from drn.model import DRN, count_parameters
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
 from jobs.dataset_args import run_main
+from moments.train import StageFailedError, add_distributed_arguments, run_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start from this checkpoint's weights and vocabulary (its config must match)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_distributed_arguments(parser)
     return parser
 
 
@@ -64,6 +67,14 @@ def parse_stages(text: str | None, resumed_stage: int | None) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.num_workers:
+        resumed_stage = int(read_checkpoint(args.resume_from)["stage"]) if args.resume_from else None
+        try:
+            run_from_args(args, parse_stages(args.stages, resumed_stage))
+        except StageFailedError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)

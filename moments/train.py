@@ -1,0 +1,267 @@
+"""DRN's three training stages on Ray Train: one TorchTrainer per stage, checkpoints in the run's storage, resumable.
+
+    python -m moments.train --config configs/synthetic.yaml --features runs/syn/features \\
+        --annotations runs/syn/annotations --num-workers 2 --storage runs/ray --name syn
+
+Stage k is a TorchTrainer whose RunConfig name is ``<name>-stage<k>`` under ``--storage``; it starts from the best
+validation checkpoint of stage k-1. A worker that dies is replaced and its stage goes on from the latest epoch
+checkpoint (``--max-failures``); a job that is killed and started again with the same ``--storage`` and ``--name``
+skips the stages with a ``DONE.json`` and resumes the others from their latest checkpoint (Ray Train V2 restores a
+run built again under the same storage path and name). The per-worker loop is ``moments.train_worker``; the
+storage layout is described in ``moments.train_storage``. The last stdout line is ONE line of JSON: the best
+checkpoint with its validation and test metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from drn.checkpoint import check_feature_dim, load_checkpoint, save_checkpoint
+from drn.config import DRNConfig, load_config
+from drn.data import usable_pairs
+from drn.errors import InputError
+from drn.store import FeatureStore
+from drn.training import selection_key, stages_from_config, validate
+from drn.training_setup import eval_splits, load_pairs, prepare_training_data
+from moments.train_storage import BEST_FILE, DONE_FILE, RunStorage
+from moments.train_worker import MODEL_FILE, FailureInjection, local_model_file, train_stage_worker
+
+FAIL_AT_ENV, FAIL_MARKER_ENV = "MOMENTS_TRAIN_FAIL_AT", "MOMENTS_TRAIN_FAIL_MARKER"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SHOWN_MISSING = 10
+
+
+class StageFailedError(RuntimeError):
+    """A stage's Ray Train run failed after its retries; rerunning the same command resumes it."""
+
+
+def check_pairs_have_features(config: DRNConfig, features: str, annotations: str, dataset: str | None,
+                              skip_missing_videos: bool) -> dict[str, int]:
+    """Per split, the pairs whose video is not an ``ok`` video of the store; an InputError listing them unless
+    ``skip_missing_videos`` (then the workers leave those pairs out, as ``drn.training_setup`` does)."""
+    store = FeatureStore(features)
+    check_feature_dim(config, store.metadata.feature_dim, features)
+    durations = store.durations()
+    name = dataset or config.dataset
+    val_split, test_split = eval_splits(name)
+    dropped: dict[str, int] = {}
+    missing: set[str] = set()
+    total = 0
+    for split in ("train", val_split, test_split):
+        pairs = load_pairs(config, annotations, split, durations, name)
+        selection = usable_pairs(pairs, store)
+        total += len(pairs)
+        dropped[split] = len(selection.dropped)
+        kept = {p.video_id for p in selection.kept}
+        missing |= {p.video_id for p in pairs if p.video_id not in kept}
+    if missing and not skip_missing_videos:
+        shown = ", ".join(sorted(missing)[:SHOWN_MISSING]) + (" ..." if len(missing) > SHOWN_MISSING else "")
+        raise InputError(
+            f"{sum(dropped.values())} of {total} pairs name {len(missing)} videos that are not ok videos of the "
+            f"feature store ({shown}); pass --skip-missing-videos to train without them", path=features)
+    return dropped
+
+
+def stage_job(config: DRNConfig, features: str, annotations: str, dataset: str | None, stage_number: int,
+              init_checkpoint: str | None, *, precision: str = "auto", failure: FailureInjection | None = None,
+              sync_batchnorm: bool = False, threads: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """The train_loop_config of one stage: plain values only, so every worker rebuilds the same state."""
+    stage = stages_from_config(config, [stage_number])[0]
+    return {"config": config.to_dict(), "features": features, "annotations": annotations, "dataset": dataset,
+            "stage": dataclasses.asdict(stage), "init_checkpoint": init_checkpoint, "precision": precision,
+            "failure": dataclasses.asdict(failure) if failure else None, "sync_batchnorm": sync_batchnorm,
+            "threads": threads, "progress": progress}
+
+
+def _best_of(best_checkpoints: Sequence[tuple[ray.train.Checkpoint, dict]]) -> tuple[ray.train.Checkpoint, dict]:
+    """The best epoch by selection score; the earlier epoch wins a tie (as in drn.training.train_stage)."""
+    scored = [(c, m) for c, m in best_checkpoints if "selection_score" in m]
+    if not scored:
+        raise StageFailedError("the stage reported no checkpoint with validation metrics")
+    return max(scored, key=lambda cm: (cm[1]["selection_score"], -cm[1]["epoch"]))
+
+
+def _cause_line(err: BaseException) -> str:
+    """The most telling line of a (Ray-wrapped) error: its last ``SomethingError: ...`` line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line)]
+    return (causes or lines or [type(err).__name__])[-1][:300]
+
+
+def run_stage(storage: RunStorage, job: dict[str, Any], *, num_workers: int, use_gpu: bool, max_failures: int,
+              keep_checkpoints: int | None, cpus_per_worker: float = 1.0) -> dict[str, Any]:
+    """Train one stage with a TorchTrainer; write and return its ``best.json`` record, then ``DONE.json``."""
+    number = job["stage"]["number"]
+    run_name = storage.stage_run(number)
+    trainer = TorchTrainer(
+        train_stage_worker,
+        train_loop_config=job,
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage.uri,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints,
+                                                         checkpoint_score_attribute="selection_score",
+                                                         checkpoint_score_order="max"),
+        ),
+    )
+    started = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as err:  # ray.train.TrainingFailedError and friends
+        first = _cause_line(err)
+        raise StageFailedError(f"stage {number} failed ({first}); run the same command again to resume it "
+                               f"from its latest checkpoint under {storage.uri_of(run_name)}") from err
+    checkpoint, metrics = _best_of(result.best_checkpoints or [])
+    ckpt_uri = storage.uri_from_path(checkpoint.path)
+    run_info = result.return_value or {}
+    record = {
+        "stage": number, "epoch": int(metrics["epoch"]), "checkpoint": ckpt_uri,
+        "model": f"{ckpt_uri}/{MODEL_FILE}", "selection_score": metrics["selection_score"],
+        "val": {k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
+        "first_epoch": run_info.get("first_epoch"), "resumed": run_info.get("resumed"),
+        "epochs_run": [h["epoch"] for h in run_info.get("history", [])],
+        "pairs_per_s": [h["pairs_per_s"] for h in run_info.get("history", [])],
+        "world_size": run_info.get("world_size"), "seconds": time.time() - started,
+    }
+    storage.write_json(record, run_name, BEST_FILE)
+    storage.write_json({**record, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, run_name, DONE_FILE)
+    return record
+
+
+def _final_evaluation(config_dict: dict, features: str, annotations: str, dataset: str | None, model_uri: str,
+                      storage_uri: str, name: str, stage: int) -> dict[str, Any]:
+    """Validation and test metrics of the chosen checkpoint, and a copy of it as ``<name>/best.pt``."""
+    config = DRNConfig.from_dict(config_dict)
+    storage = RunStorage.open(storage_uri, name)
+    with local_model_file(None, model_uri) as model_file:
+        data = prepare_training_data(config, features, annotations, dataset, resume_from=model_file)
+        model, _, vocab = load_checkpoint(model_file, expected=config)
+    val = validate(model, data.loader("val"), data.val.pairs, config)
+    test = validate(model, data.loader("test"), data.test.pairs, config) if data.test is not None else None
+    with tempfile.TemporaryDirectory(prefix="drn-best-") as tmp:
+        local = os.path.join(tmp, "best.pt")
+        save_checkpoint(local, model, vocab, stage=stage, metrics={"val": val, "test": test, "source": model_uri})
+        best_uri = storage.upload_file(local, name, "best.pt")
+    return {"best_checkpoint": best_uri, "val": val, "test": test,
+            "pairs": {"train": len(data.train), "val": len(data.val), "test": len(data.test or [])}}
+
+
+def fit_distributed(
+    config: DRNConfig, features: str | os.PathLike, annotations: str | os.PathLike, dataset: str | None = None, *,
+    num_workers: int, use_gpu: bool = False, storage: str | os.PathLike, name: str,
+    stages: Sequence[int] = (1, 2, 3), init_checkpoint: str | None = None, max_failures: int = 3,
+    keep_checkpoints: int | None = 2, cpus_per_worker: float = 1.0, precision: str = "auto",
+    sync_batchnorm: bool = False, skip_missing_videos: bool = False, threads: int | None = None,
+    fail_at: str | None = None, fail_marker: str | None = None, progress: bool = False,
+) -> dict[str, Any]:
+    """Train ``stages`` in order on ``num_workers`` Ray Train workers; returns (and stores) the final summary.
+
+    ``fail_at`` (default: $MOMENTS_TRAIN_FAIL_AT) is a test hook, e.g. ``"stage=2,epoch=1,step=1"``; with
+    ``fail_marker`` (default: $MOMENTS_TRAIN_FAIL_MARKER) it fires only once.
+    """
+    features, annotations = os.fspath(features), os.fspath(annotations)
+    if num_workers < 1:
+        raise InputError(f"--num-workers must be at least 1, not {num_workers}")
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {PRECISIONS}, not {precision!r}")
+    run_storage = RunStorage.open(storage, name)
+    run_storage.check_writable()
+    dropped = check_pairs_have_features(config, features, annotations, dataset, skip_missing_videos)
+    failure = FailureInjection.parse(fail_at if fail_at is not None else os.environ.get(FAIL_AT_ENV),
+                                     fail_marker if fail_marker is not None else os.environ.get(FAIL_MARKER_ENV))
+    chosen = stages_from_config(config, stages)
+    if not ray.is_initialized():
+        ray.init()
+
+    records: list[dict[str, Any]] = []
+    earlier = (run_storage.stage_done(n) for n in range(chosen[0].number - 1, 0, -1))
+    previous = next((done for done in earlier if done is not None), None)
+    init = init_checkpoint or (previous["checkpoint"] if previous else None)
+    if chosen[0].number > 1 and init is None:
+        raise InputError(f"stage {chosen[0].number} starts from the best checkpoint of stage "
+                         f"{chosen[0].number - 1}: run that stage first under the same storage and name, "
+                         "or give a checkpoint to start from")
+    for stage in chosen:
+        done = run_storage.stage_done(stage.number)
+        if done is not None:
+            print(f"stage {stage.number}: done earlier (best epoch {done['epoch']}), skipped", file=sys.stderr)
+            record = {**done, "skipped": True}
+        else:
+            job = stage_job(config, features, annotations, dataset, stage.number, init, precision=precision,
+                            failure=failure, sync_batchnorm=sync_batchnorm, threads=threads, progress=progress)
+            record = {**run_stage(run_storage, job, num_workers=num_workers, use_gpu=use_gpu,
+                                  max_failures=max_failures, keep_checkpoints=keep_checkpoints,
+                                  cpus_per_worker=cpus_per_worker), "skipped": False}
+        records.append(record)
+        init = record["checkpoint"]
+
+    best = records[0]
+    for record in records[1:]:
+        if selection_key(record["val"], config.train.select_metric) > selection_key(
+                best["val"], config.train.select_metric):
+            best = record
+    evaluate_remote = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(_final_evaluation)
+    final = ray.get(evaluate_remote.remote(config.to_dict(), features, annotations, dataset, best["model"],
+                                           run_storage.uri, name, best["stage"]))
+    summary = {"best_checkpoint": final["best_checkpoint"], "stage": best["stage"], "epoch": best["epoch"],
+               "source_checkpoint": best["model"], "val": final["val"], "test": final["test"],
+               "pairs": final["pairs"], "dropped_pairs": dropped, "num_workers": num_workers,
+               "stages": records}
+    run_storage.write_json(summary, name, "summary.json")
+    return summary
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Ray Train flags (``--num-workers``, ``--use-gpu``, ``--storage``, ``--name``, ...)."""
+    group = parser.add_argument_group("distributed training (Ray Train)")
+    group.add_argument("--num-workers", type=int, default=None,
+                       help="train on this many Ray Train workers (DDP); without it jobs.train runs in-process")
+    group.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL, mixed precision)")
+    group.add_argument("--storage", default=None,
+                       help="run storage, a folder or URI such as s3://bucket/runs (default: --out)")
+    group.add_argument("--name", default=None, help="run name; stages are <name>-stage<k> (default: config name)")
+    group.add_argument("--max-failures", type=int, default=3,
+                       help="worker-group restarts per stage, each from the latest checkpoint (default 3)")
+    group.add_argument("--keep-checkpoints", type=int, default=2,
+                       help="epoch checkpoints kept per stage, best first; the latest is always kept (default 2)")
+    group.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default 1)")
+    group.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto: bfloat16 autocast on GPU, float32 on CPU (default auto)")
+    group.add_argument("--sync-batchnorm", action="store_true",
+                       help="GPU only: SyncBatchNorm, so trained BN layers see the global batch")
+    group.add_argument("--skip-missing-videos", action="store_true",
+                       help="train without the pairs whose video has no features (default: stop and list them)")
+
+
+def run_from_args(args: argparse.Namespace, stages: Sequence[int]) -> dict[str, Any]:
+    """Run ``fit_distributed`` from parsed ``jobs.train`` arguments; prints the summary as ONE JSON line."""
+    config = load_config(args.config, getattr(args, "overrides", []))
+    storage = args.storage if args.storage is not None else os.fspath(getattr(args, "out", "runs/train"))
+    resume_from = getattr(args, "resume_from", None)
+    summary = fit_distributed(
+        config, args.features, args.annotations, getattr(args, "dataset", None),
+        num_workers=args.num_workers or 1, use_gpu=args.use_gpu, storage=storage, name=args.name or config.name,
+        stages=stages, init_checkpoint=os.fspath(resume_from) if resume_from else None,
+        max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints,
+        cpus_per_worker=args.cpus_per_worker, precision=args.precision, sync_batchnorm=args.sync_batchnorm,
+        skip_missing_videos=args.skip_missing_videos, threads=getattr(args, "threads", None),
+        progress=not getattr(args, "quiet", False),
+    )
+    shown = {k: summary[k] for k in ("best_checkpoint", "stage", "epoch", "val", "test")}
+    print(json.dumps(shown), flush=True)
+    return summary
