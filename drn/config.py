@@ -158,8 +158,30 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
         if key not in known:
             raise InputError(f"unknown config key '{prefix}{key}' (known: {', '.join(known)})", path=source)
         sub = _dataclass_type(cls, key)
-        kwargs[key] = _build(sub, value, source, f"{prefix}{key}.") if sub is not None else _coerce(value)
+        if sub is not None:
+            kwargs[key] = _build(sub, value, source, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_scalar(known[key], _coerce(value), f"{prefix}{key}", source)
     return cls(**kwargs)
+
+
+def _check_scalar(field: dataclasses.Field, value: Any, name: str, source: str) -> Any:
+    """Convert a number given as text (YAML reads ``1e-3`` as a string) and refuse values of the wrong kind."""
+    default = field.default
+    if isinstance(default, bool) or default is None or default is dataclasses.MISSING:
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise InputError(f"config key '{name}' must be true or false, not {value!r}", path=source)
+        return value
+    if isinstance(default, (int, float)) and not isinstance(value, bool):
+        kind = float if isinstance(default, float) else int
+        try:
+            number = kind(value) if isinstance(value, str) else value
+        except ValueError:
+            number = None
+        if isinstance(number, (int, float)) and (kind is float or float(number).is_integer()):
+            return kind(number)
+        raise InputError(f"config key '{name}' must be a number, not {value!r}", path=source)
+    return value
 
 
 def _dataclass_type(cls: type, name: str) -> type | None:
