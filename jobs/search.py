@@ -8,7 +8,6 @@ in words, and their best segments across the library. `--live` grounds the text 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -16,8 +15,6 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from drn.errors import InputError
-
-_LIVE_MISSING = "--live is not available yet: it needs moments.grounding (the library-wide grounding module)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_live(args: argparse.Namespace) -> pa.Table:
     """Ground `args.text` against every video of `args.features` with `args.checkpoint` (moments.grounding)."""
-    if importlib.util.find_spec("moments.grounding") is None:
-        raise InputError(_LIVE_MISSING)
-    raise InputError(_LIVE_MISSING + " (its live entry point is not wired into jobs.search yet)")
+    from moments.grounding import ground_live
+    from moments.index import default_db_uri
+
+    return ground_live(
+        args.text, args.checkpoint, args.features, k=args.k, videos=[args.video] if args.video else None,
+        min_score=args.min_score, save=args.save, db=args.db or default_db_uri(), table=args.table,
+    )
 
 
 def run_search(args: argparse.Namespace) -> pa.Table:

@@ -70,10 +70,11 @@ def test_bad_input_exits_2_with_one_line(db, tmp_path) -> None:
     assert not missing.exists()  # searching creates nothing
 
 
-def test_live_mode_is_not_available_yet(capsys) -> None:
-    code = main(["a door", "--live", "--checkpoint", "c.pt", "--features", "store"])
+def test_live_mode_names_a_missing_checkpoint(tmp_path, capsys) -> None:
+    code = main(["a door", "--live", "--checkpoint", str(tmp_path / "c.pt"), "--features", str(tmp_path)])
     assert code == 2
-    assert "not available yet" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "c.pt" in err and len(err.splitlines()) == 1
     with pytest.raises(SystemExit):
         main(["a door", "--live"])  # live needs a checkpoint and features
 

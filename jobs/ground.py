@@ -1,0 +1,109 @@
+"""Ground a query collection against a whole video library and write the top segments to LanceDB, on Ray Data.
+
+    python -m jobs.ground --checkpoint runs/syn/model/best.pt --features runs/syn/features --queries q.txt
+    ray job submit --working-dir . -- python -m jobs.ground --checkpoint ckpt.pt --features s3://b/features \
+        --queries s3://b/queries.jsonl --db s3://b/lancedb --num-gpus-per-actor 1 --num-actors 8
+
+Rerunning with the same run id (the default is derived from the checkpoint and the inputs) resumes: videos with
+rows for every query are skipped and rewritten rows merge, so each (run, query, video, rank) is there once.
+See docs/grounding.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from drn.errors import InputError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.ground",
+        description="Score every query of a collection against every ok video of a feature store with a DRN "
+        "checkpoint; write the top-k segments of each (query, video) to the LanceDB 'segments' table, with "
+        "library-wide ranks per query.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="DRN checkpoint (.pt) written by jobs.train")
+    parser.add_argument("--features", required=True, help="feature store (a folder or an object-store URI)")
+    parser.add_argument("--queries", required=True,
+                        help="query collection: a text file (one query a line) or a .jsonl file with "
+                             "'query_id' and 'query' per line")
+    parser.add_argument("--db", default=None, help="LanceDB URI: a folder or s3://... (default: $DRN_DB or ./lancedb)")
+    parser.add_argument("--table", default="segments", help="table name")
+    parser.add_argument("--run-id", default=None,
+                        help="run id of the rows (default: run-<hash of checkpoint, store, queries, top-k, windows>)")
+    parser.add_argument("--videos", default=None,
+                        help="only these videos: a comma-separated list or a file with one video id a line")
+    parser.add_argument("--top-k", type=int, default=5, help="segments kept per (query, video) after NMS")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a table with another schema, and delete this run's rows first (no resume)")
+    windows = parser.add_argument_group("long videos (default: from the checkpoint or the dataset's training "
+                                        "durations; see docs/grounding.md)")
+    windows.add_argument("--window-s", type=float, default=None, help="window length in seconds")
+    windows.add_argument("--window-stride-s", type=float, default=None, help="seconds between windows "
+                         "(default: half a window)")
+    windows.add_argument("--max-whole-s", type=float, default=None,
+                         help="videos up to this long are grounded whole, longer ones in windows")
+    work = parser.add_argument_group("resources")
+    work.add_argument("--num-actors", type=int, default=1, help="grounding actors (each holds the model)")
+    work.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (0: CPU)")
+    work.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (torch threads on CPU)")
+    work.add_argument("--videos-per-batch", type=int, default=16, help="videos per actor call")
+    work.add_argument("--pair-batch-size", type=int, default=256, help="(query, video) pairs per forward pass")
+    work.add_argument("--write-batch-rows", type=int, default=50_000, help="rows per LanceDB merge")
+    work.add_argument("--max-videos", type=int, default=None,
+                      help="ground at most this many of the videos still to do (a trial; rerun to finish)")
+    work.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from moments.queries import read_queries
+
+    collection = read_queries(args.queries)  # before the heavy imports: a bad collection fails at once
+    if collection.dropped:
+        print(f"{len(collection.dropped)} query line(s) skipped:")
+        print(collection.report())
+    print(f"{len(collection)} queries from {args.queries}")
+
+    from moments.grounding import GroundingJob, Resources, WindowOptions
+
+    if args.no_progress:
+        import ray
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    job = GroundingJob(
+        args.checkpoint, args.features, collection, db=args.db, table=args.table, run_id=args.run_id,
+        videos=args.videos, top_k=args.top_k, overwrite=args.overwrite,
+        windows=WindowOptions(args.window_s, args.window_stride_s, args.max_whole_s),
+        resources=Resources(args.num_actors, args.num_gpus_per_actor, args.cpus_per_actor, args.videos_per_batch,
+                            args.pair_batch_size),
+        write_batch_rows=args.write_batch_rows, max_videos=args.max_videos,
+    )
+    summary = job.run()
+    encoded_drops = summary.dropped_queries[len(collection.dropped):]
+    for line, reason in encoded_drops:
+        print(f"{args.queries}, line {line}: {reason}")
+    print(f"run {summary.run_id} with checkpoint {summary.checkpoint_id}; {summary.window}")
+    print(f"videos: {summary.videos_total} selected, {summary.videos_skipped} already done, "
+          f"{summary.videos_done} grounded, {summary.videos_failed} failed; {summary.rows_written} rows written")
+    for vid, error in summary.failures[:10]:
+        print(f"  failed {vid}: {error}")
+    print(summary.throughput_line())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

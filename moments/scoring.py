@@ -1,0 +1,154 @@
+"""Score one batch of videos against a whole query collection and turn the result into `segments` rows.
+
+This is the body that every grounding actor runs (and that live grounding runs in-process): each video (or each
+window of a long video) is pooled and projected once, each query was encoded once beforehand, and only the
+pair-specific rest of the model runs per (query, window), ``pair_batch_size`` pairs at a time. A video that
+cannot be scored (missing, NaN features, ...) becomes a failure row; the other videos of the batch go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from drn.inference import EncodedQueries, Grounder
+from drn.store import VideoFeatures
+from moments.embedding import EMBEDDING_DIM
+from moments.index import segments_schema, segments_table
+from moments.windows import Window, WindowRule, cut_windows, merge_windows
+
+ERROR_COLUMN = "error"
+
+
+@dataclass
+class QuerySide:
+    """Everything about the queries that the rows need: ids, texts, MiniLM embeddings, the encoded model side."""
+
+    ids: list[str]
+    texts: list[str]
+    embeddings: np.ndarray  # [Q, 384], unit rows
+    encoded: EncodedQueries
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    run_id: str
+    checkpoint_id: str
+
+
+def output_schema() -> pa.Schema:
+    """The rows an actor yields: the segments schema plus ``error`` (null, or why a video failed)."""
+    return segments_schema().append(pa.field(ERROR_COLUMN, pa.string()))
+
+
+class LibraryScorer:
+    """A grounder with the encoded queries, a window rule and ``top_k``: videos in, `segments` rows out."""
+
+    def __init__(self, grounder: Grounder, queries: QuerySide, rule: WindowRule, labels: RunLabels, *,
+                 top_k: int = 5, pair_batch_size: int = 256) -> None:
+        decode = dataclasses.replace(grounder.config.decode, top_n=top_k)
+        self.grounder = Grounder(grounder.model, dataclasses.replace(grounder.config, decode=decode),
+                                 grounder.vocab, grounder.device)
+        self.queries = queries
+        self.rule = rule
+        self.labels = labels
+        self.top_k = top_k
+        self.pair_batch_size = pair_batch_size
+
+    def score(self, videos: list[VideoFeatures], failures: list[tuple[str, str]] | None = None) -> pa.Table:
+        """Rows for every (query, video) of ``videos`` (top-k each) plus one error row per failed video."""
+        failures = list(failures or [])
+        windows: list[Window] = []
+        grids: list[np.ndarray] = []
+        kept: list[VideoFeatures] = []
+        for video in videos:
+            try:
+                cut = cut_windows(video, self.rule, len(kept))
+                if not cut:
+                    raise ValueError("no clip inside any window")
+                video_grids = self.grounder.grids([w.features for w in cut])[0]
+            except Exception as error:  # one bad video never stops the batch
+                failures.append((video.video_id, f"{type(error).__name__}: {error}"))
+                continue
+            kept.append(video)
+            windows += cut
+            grids.append(video_grids)
+        tables = []
+        if kept:
+            tables.append(self._rows(kept, windows, np.concatenate(grids)))
+        if failures:
+            tables.append(_failure_rows(failures, self.labels))
+        if not tables:
+            return output_schema().empty_table()
+        return pa.concat_tables(tables)
+
+    def _rows(self, videos: list[VideoFeatures], windows: list[Window], grids: np.ndarray) -> pa.Table:
+        results = self.grounder.ground(
+            grids, self.queries.encoded, video_ids=[str(i) for i in range(len(windows))],
+            durations=[w.features.duration_s for w in windows], pair_batch_size=self.pair_batch_size,
+        )
+        num_windows = len(windows)
+        nms = self.grounder.config.decode.nms_threshold
+        query_index, video_index, blocks = [], [], []
+        for q in range(len(self.queries.ids)):
+            by_video: dict[int, list[tuple[float, np.ndarray]]] = {}
+            for w, window in enumerate(windows):
+                result = results[q * num_windows + w]
+                by_video.setdefault(window.video_index, []).append((window.offset_s, result.segments))
+            for v, parts in by_video.items():
+                merged = merge_windows(parts, float(videos[v].duration_s), nms, self.top_k)
+                query_index.append(q)
+                video_index.append(v)
+                blocks.append(merged)
+        return self._table(videos, query_index, video_index, blocks)
+
+    def _table(self, videos: list[VideoFeatures], query_index: list[int], video_index: list[int],
+               blocks: list[np.ndarray]) -> pa.Table:
+        sizes = np.array([len(b) for b in blocks], dtype=np.int64)
+        rows_q = np.repeat(np.array(query_index, dtype=np.int64), sizes)
+        rows_v = np.repeat(np.array(video_index, dtype=np.int64), sizes)
+        ranks = np.concatenate([np.argsort(np.argsort(-b[:, 2], kind="stable"), kind="stable") for b in blocks])
+        values = np.concatenate(blocks) if blocks else np.zeros((0, 5))
+        count = len(values)
+        embeddings = np.ascontiguousarray(self.queries.embeddings[rows_q], dtype=np.float32).ravel()
+        table = pa.table({
+            "run_id": pa.array([self.labels.run_id] * count, pa.string()),
+            "checkpoint_id": pa.array([self.labels.checkpoint_id] * count, pa.string()),
+            "query_id": pa.array(np.array(self.queries.ids, dtype=object)[rows_q], pa.string()),
+            "query_text": pa.array(np.array(self.queries.texts, dtype=object)[rows_q], pa.string()),
+            "query_embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings), EMBEDDING_DIM),
+            "video_id": pa.array(np.array([v.video_id for v in videos], dtype=object)[rows_v], pa.string()),
+            "rank": pa.array(ranks.astype(np.int32)),
+            "start_s": pa.array(values[:, 0]),
+            "end_s": pa.array(values[:, 1]),
+            "score": pa.array(values[:, 2].astype(np.float32)),
+            "match_score": pa.array(values[:, 3].astype(np.float32)),
+            "iou_score": pa.array(values[:, 4].astype(np.float32)),
+        })
+        table = segments_table(table)  # conforms the column order and types, and checks the values
+        return table.append_column(ERROR_COLUMN, pa.nulls(table.num_rows, pa.string()))
+
+
+def _failure_rows(failures: list[tuple[str, str]], labels: RunLabels) -> pa.Table:
+    schema = output_schema()
+    count = len(failures)
+    columns = {name: pa.nulls(count, schema.field(name).type) for name in schema.names}
+    columns["run_id"] = pa.array([labels.run_id] * count, pa.string())
+    columns["video_id"] = pa.array([vid for vid, _ in failures], pa.string())
+    columns[ERROR_COLUMN] = pa.array([message for _, message in failures], pa.string())
+    return pa.table(columns, schema=schema)
+
+
+def split_output(table: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """An actor's output as (segments rows ready to write, failures as ``(video_id, error)``)."""
+    errors = table.column(ERROR_COLUMN)
+    if errors.null_count == table.num_rows:
+        return table.drop_columns([ERROR_COLUMN]), []
+    failed = errors.is_valid()
+    bad = table.filter(failed)
+    good = table.filter(pc.invert(failed)).drop_columns([ERROR_COLUMN])
+    return good, list(zip(bad.column("video_id").to_pylist(), bad.column(ERROR_COLUMN).to_pylist(), strict=True))
