@@ -253,6 +253,7 @@ def fit(
     test_pairs: Sequence[GroundingPair] | None = None,
     report: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
+    checkpoint_facts: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``stages`` in order, each starting from the previous stage's best weights.
 
@@ -293,5 +294,6 @@ def fit(
     if test_batches is not None and test_pairs is not None:
         test_metrics = validate(model, test_batches, test_pairs, config)
     path = os.path.join(out_dir, "best.pt")
-    save_checkpoint(path, model, vocab, stage=best_stage, metrics={"val": val_metrics, "test": test_metrics})
+    metrics = {"val": val_metrics, "test": test_metrics, **(checkpoint_facts or {})}
+    save_checkpoint(path, model, vocab, stage=best_stage, metrics=metrics)
     return FitResult(path, best_stage, val_metrics, test_metrics, results)

@@ -39,6 +39,12 @@ class TrainingData:
     test: GroundingDataset | None
     dropped: dict[str, int] = field(default_factory=dict)  # split -> pairs without features
 
+    def train_durations(self) -> dict[str, float]:
+        """Median and 95th percentile of the training videos' durations (seconds), recorded in checkpoints so
+        that grounding can cut long videos into windows of the length the model was trained on."""
+        durations = np.array(sorted({p.video_id: p.duration_s for p in self.train.pairs}.values()))
+        return {"median": float(np.median(durations)), "p95": float(np.percentile(durations, 95))}
+
     def loader(self, split: str, shuffle: bool | None = None) -> DataLoader:
         dataset = getattr(self, split)
         shuffle = split == "train" if shuffle is None else shuffle

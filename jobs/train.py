@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = fit(
         model, data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs, args.out, stages,
         test_batches=data.loader("test") if data.test else None, test_pairs=data.test.pairs if data.test else None,
-        report=report, progress=progress,
+        report=report, progress=progress, checkpoint_facts={"train_duration_s": data.train_durations()},
     )
     print(json.dumps({"best_checkpoint": result.best_checkpoint, "stage": result.best_stage,
                       "val": result.val, "test": result.test}))

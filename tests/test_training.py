@@ -136,6 +136,8 @@ def test_train_cli_ends_with_one_json_line(tiny_benchmark, tmp_path, capsys) -> 
         assert (tmp_path / "run" / name).is_file()
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert best["metrics"]["val"] == result["val"]
+    durations = best["metrics"]["train_duration_s"]  # read by grounding to size its windows
+    assert 0 < durations["median"] <= durations["p95"]
     # the best checkpoint is the best stage by validation R@1,IoU=0.5 (then mIoU), never by test
     stage_vals = [torch.load(tmp_path / "run" / f"stage{s}_best.pt", weights_only=True)["metrics"]["val"]
                   for s in (1, 2, 3)]
