@@ -27,6 +27,7 @@ from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
 
 COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black")
 CLIP_LEN_S, CLIP_STRIDE_S = 1.0, 0.5
+EVENT_FRACTION = (0.08, 0.35)  # shortest and longest event, as fractions of the video
 
 
 @dataclass
@@ -37,10 +38,12 @@ class SyntheticBenchmark:
     num_pairs: dict[str, int]
 
 
-def _place_events(rng: np.random.Generator, duration: float, count: int) -> list[tuple[float, float]]:
-    """``count`` non-overlapping (start, end) spans in time order, each 8-35 % of the video."""
+def _place_events(
+    rng: np.random.Generator, duration: float, count: int, event_fraction: tuple[float, float] = EVENT_FRACTION
+) -> list[tuple[float, float]]:
+    """``count`` non-overlapping (start, end) spans in time order, each ``event_fraction`` (8-35 %) of the video."""
     for _ in range(100):
-        lengths = rng.uniform(0.08, 0.35, size=count) * duration
+        lengths = rng.uniform(*event_fraction, size=count) * duration
         free = duration - lengths.sum()
         if free <= 0:
             continue
@@ -54,7 +57,8 @@ def _place_events(rng: np.random.Generator, duration: float, count: int) -> list
     raise RuntimeError("could not place events")
 
 
-def _video(rng: np.random.Generator, signatures: np.ndarray, noise: float):
+def _video(rng: np.random.Generator, signatures: np.ndarray, noise: float,
+           event_fraction: tuple[float, float] = EVENT_FRACTION):
     """Clip features, clip times, duration and a list of (colour index, start, end) events of one video."""
     duration = float(rng.uniform(20.0, 60.0))
     starts = np.arange(0.0, duration - CLIP_LEN_S + 1e-9, CLIP_STRIDE_S)
@@ -67,7 +71,7 @@ def _video(rng: np.random.Generator, signatures: np.ndarray, noise: float):
             order.insert(int(rng.integers(0, 4)), order.pop())
     else:
         order = list(rng.choice(len(COLORS), size=int(rng.integers(2, 5)), replace=False))
-    spans = _place_events(rng, duration, len(order))
+    spans = _place_events(rng, duration, len(order), event_fraction)
     dim = signatures.shape[1]
     features = rng.normal(0.0, noise, size=(len(starts), dim)).astype(np.float32)
     centres = (starts + ends) / 2
@@ -103,9 +107,17 @@ def _queries(events: list[tuple[int, float, float]]) -> list[tuple[str, float, f
 
 def make_synthetic_benchmark(
     out_dir: str | os.PathLike, num_videos: int = 400, feature_dim: int = 64, seed: int = 0,
-    noise: float = 0.5, signal: float = 1.5,
+    noise: float = 0.5, signal: float = 1.5, event_fraction: tuple[float, float] = EVENT_FRACTION,
 ) -> SyntheticBenchmark:
-    """Write the benchmark under ``out_dir`` (``features/`` and ``annotations/``) and describe it."""
+    """Write the benchmark under ``out_dir`` (``features/`` and ``annotations/``) and describe it.
+
+    ``noise`` is the background's standard deviation, ``signal`` the strength of the colour signatures and
+    ``event_fraction`` the (shortest, longest) event as fractions of the video: more noise, less signal or
+    shorter events make the benchmark harder.
+    """
+    lo, hi = event_fraction
+    if not (0.0 < lo <= hi and 4 * lo < 1.0):
+        raise ValueError(f"event_fraction must satisfy 0 < shortest <= longest, shortest < 0.25; got {event_fraction}")
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     signatures = rng.normal(0.0, 1.0, size=(len(COLORS), feature_dim))
@@ -118,7 +130,7 @@ def make_synthetic_benchmark(
     with FeatureStoreWriter(out / "features", metadata) as writer:
         for v in range(num_videos):
             video_id = f"syn{v:05d}"
-            features, starts, ends, duration, events = _video(rng, signatures.astype(np.float32), noise)
+            features, starts, ends, duration, events = _video(rng, signatures.astype(np.float32), noise, event_fraction)
             writer.add_clips(video_id, features, starts, ends)
             writer.finish_video(VideoRecord(
                 video_id=video_id, uri=f"synthetic://{video_id}", fps=2.0, num_frames=int(duration * 2),

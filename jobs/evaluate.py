@@ -3,21 +3,42 @@
     python -m jobs.evaluate --dataset charades_sta --annotations ../shared/data/annotations/charades_sta \
         --split test --predictions preds.jsonl [--nms m-0.05] [--comparison gt] [--json]
 
+    python -m jobs.evaluate --dataset jsonl --annotations runs/syn/annotations --split test \
+        --checkpoint runs/syn/model/best.pt --features runs/syn/features [--predictions-out preds.jsonl] [--top-n 5]
+
 Predictions are JSONL, one query a line: {"qid", "video_id", "segments": [[start_s, end_s, score], ...]}.
+With ``--checkpoint`` the model is run on the split's pairs (videos pooled from ``--features``) and its predictions
+are scored (and written with ``--predictions-out``) exactly as a predictions file would be.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from drn.checkpoint import check_feature_dim, load_checkpoint
+from drn.data import GroundingDataset, collate, load_grids, usable_pairs
 from drn.datasets import LoadedSplit
+from drn.errors import InputError
 from drn.evaluation import EvalConfig, EvalResult, evaluate, format_result
-from drn.predictions import Prediction, read_predictions
+from drn.pairs import GroundingPair
+from drn.predictions import Prediction, read_predictions, write_predictions
+from drn.store import FeatureStore
+from drn.training import predict
 from jobs.dataset_args import add_dataset_arguments, load_split_from_args, run_main
 
 COMPARISON_CHOICES = {">=": ">=", "ge": ">=", ">": ">", "gt": ">"}
+MISSING_VIDEO_CHOICES = ("error", "skip", "miss")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +66,27 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``--checkpoint`` mode (running a trained model on a feature store)."""
+    group = parser.add_argument_group("checkpoint mode (with --checkpoint)")
+    group.add_argument("--features", help="feature store (folder or URI) holding the split's videos")
+    group.add_argument("--predictions-out", type=Path, default=None,
+                       help="also write the model's predictions to this JSONL file (scorable later with --predictions)")
+    group.add_argument("--top-n", type=int, default=None,
+                       help="segments kept per query after NMS (default: the checkpoint's decode.top_n, usually 5)")
+    group.add_argument(
+        "--missing-videos",
+        choices=MISSING_VIDEO_CHOICES,
+        default="error",
+        help="pairs whose video has no features in the store: error (default), skip (left out of the scored "
+        "split, counted) or miss (scored as misses, counted)",
+    )
+    group.add_argument("--batch-size", type=int, default=64, help="pairs per forward pass (default 64)")
+    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    group.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
         recall_at=tuple(args.recall_at),
@@ -58,35 +100,144 @@ def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.evaluate",
-        description="Evaluate moment predictions on a dataset split (R@n,IoU=m and mIoU of the top-1).",
+        description="Evaluate moment predictions on a dataset split (R@n,IoU=m and mIoU of the top-1): "
+        "a predictions file, or a DRN checkpoint run on a feature store.",
     )
     add_dataset_arguments(parser, default_split="test")
     source = parser.add_argument_group("what to evaluate").add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help="a predictions JSONL file")
+    source.add_argument("--checkpoint", type=Path, help="a DRN checkpoint (e.g. runs/train/best.pt); needs --features")
+    add_checkpoint_arguments(parser)
     add_eval_arguments(parser)
     return parser
 
 
+@dataclass
+class CheckpointRun:
+    """A checkpoint's predictions on a split: the pairs it could score and those whose video lacks features."""
+
+    predictions: list[Prediction]
+    scored: list[GroundingPair]
+    without_features: list[GroundingPair] = field(default_factory=list)
+
+
+def run_checkpoint(
+    checkpoint: str | os.PathLike,
+    features: str | os.PathLike,
+    pairs: Sequence[GroundingPair],
+    *,
+    top_n: int | None = None,
+    missing_videos: str = "error",
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = False,
+) -> CheckpointRun:
+    """Run ``checkpoint`` on ``pairs`` with the videos of the feature store ``features``.
+
+    A store whose feature dimension differs from the model's is an InputError; so is a pair whose video has no
+    features, unless ``missing_videos`` is ``"skip"`` or ``"miss"`` (those pairs are then listed, not predicted).
+    """
+    if missing_videos not in MISSING_VIDEO_CHOICES:
+        raise InputError(f"missing_videos must be one of {', '.join(MISSING_VIDEO_CHOICES)}, got {missing_videos!r}")
+    if top_n is not None and top_n < 1:
+        raise InputError(f"--top-n must be at least 1, got {top_n}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    model, config, vocab = load_checkpoint(checkpoint)
+    store = FeatureStore(features)
+    check_feature_dim(config, store.metadata.feature_dim, os.fspath(features))
+    if top_n is not None:
+        config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, top_n=top_n))
+    selection = usable_pairs(pairs, store)
+    if selection.dropped and missing_videos == "error":
+        qid, reason = selection.dropped[0]
+        raise InputError(
+            f"{len(selection.dropped)} of {len(pairs)} pairs have no features in the store (first: qid {qid!r}: "
+            f"{reason}); use --missing-videos skip or miss to score the rest",
+            path=os.fspath(features),
+        )
+    kept = selection.kept
+    predictions: list[Prediction] = []
+    if kept:
+        grids = load_grids(store, [p.video_id for p in kept], config.model.num_segments, progress)
+        dataset = GroundingDataset(kept, grids, vocab, config)
+        batches = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+        model.to(device)
+        predictions = predict(model, tqdm(batches, desc="predict", disable=not progress), config)
+    kept_ids = {id(p) for p in kept}
+    return CheckpointRun(predictions, list(kept), [p for p in pairs if id(p) not in kept_ids])
+
+
 def predictions_from_args(args: argparse.Namespace, loaded: LoadedSplit) -> Mapping[int | str, Prediction]:
-    """The predictions to score; other sources (a checkpoint run on a feature store) plug in here."""
-    return read_predictions(args.predictions)
+    """The predictions to score: a predictions file, or the checkpoint run on the feature store."""
+    if args.checkpoint is None:
+        return read_predictions(args.predictions)
+    return {p.qid: p for p in checkpoint_run_from_args(args, loaded).predictions}
 
 
-def result_text(result: EvalResult, loaded: LoadedSplit, as_json: bool, title: str | None = None) -> str:
-    """The printed result: the table (or JSON) with the dataset, split and convention."""
+def checkpoint_run_from_args(args: argparse.Namespace, loaded: LoadedSplit) -> CheckpointRun:
+    """Run ``--checkpoint`` on the split, report pairs without features, write ``--predictions-out``."""
+    if not args.features:
+        raise InputError("--checkpoint needs --features (the feature store holding the split's videos)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = run_checkpoint(
+        args.checkpoint, args.features, loaded.pairs, top_n=args.top_n, missing_videos=args.missing_videos,
+        batch_size=args.batch_size, device=args.device, progress=not args.quiet,
+    )
+    if run.without_features:
+        print(f"{len(run.without_features)} of {len(loaded.pairs)} pairs have no features in the store: "
+              f"{'left out of the score' if args.missing_videos == 'skip' else 'scored as misses'}", file=sys.stderr)
+    if args.predictions_out is not None:
+        count = write_predictions(args.predictions_out, run.predictions)
+        print(f"wrote {count} predictions to {args.predictions_out}", file=sys.stderr)
+    return run
+
+
+def result_text(
+    result: EvalResult, loaded: LoadedSplit, as_json: bool, title: str | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> str:
+    """The printed result: the table (or JSON) with the dataset, split and convention (and ``extra`` facts)."""
     report = loaded.report
+    extra = dict(extra or {})
     if as_json:
-        return json.dumps({"dataset": report.dataset, "split": report.split, "title": title, **result.to_dict()})
+        return json.dumps({"dataset": report.dataset, "split": report.split, "title": title, **extra,
+                           **result.to_dict()})
     heading = f"{report.dataset} {report.split}" + (f" - {title}" if title else "")
-    return format_result(result, title=heading)
+    text = format_result(result, title=heading)
+    if extra:
+        text += "\n" + "   ".join(f"{key} {value}" for key, value in extra.items())
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.predictions is not None:
+        used = [flag for flag, value in (("--features", args.features), ("--predictions-out", args.predictions_out),
+                                         ("--top-n", args.top_n)) if value is not None]
+        if used:
+            parser.error(f"{', '.join(used)} only apply with --checkpoint")
     config = eval_config_from_args(args)
     loaded = load_split_from_args(args)
-    result = evaluate(loaded.pairs, predictions_from_args(args, loaded), config)
-    print(result_text(result, loaded, args.json))
+    pairs, title, extra = loaded.pairs, None, {}
+    if args.checkpoint is None:
+        predictions = predictions_from_args(args, loaded)
+    else:
+        run = checkpoint_run_from_args(args, loaded)
+        predictions = {p.qid: p for p in run.predictions}
+        title = f"checkpoint {args.checkpoint}"
+        extra = {"checkpoint": str(args.checkpoint), "pairs_without_features": len(run.without_features),
+                 "missing_videos": args.missing_videos}
+        if args.missing_videos == "skip":
+            pairs = run.scored
+        elif run.without_features:
+            config = dataclasses.replace(config, allow_missing=True)
+        if not pairs:
+            raise InputError("no pair of the split has features in the store", path=args.features)
+    result = evaluate(pairs, predictions, config)
+    print(result_text(result, loaded, args.json, title, extra))
     return 0
 
 

@@ -1,0 +1,134 @@
+"""``python -m jobs.evaluate --checkpoint``: a real tiny model trained here, scored through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from drn.config import load_config
+from drn.datasets import load_split
+from drn.evaluation import EvalConfig, evaluate
+from drn.model import DRN
+from drn.predictions import read_predictions
+from drn.synthetic import make_synthetic_benchmark
+from drn.training import fit, stages_from_config
+from drn.training_setup import prepare_training_data
+from jobs.dataset_args import run_main
+from jobs.evaluate import main as evaluate_main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DIM = 16
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A synthetic benchmark and a checkpoint trained on it for one short epoch (a few seconds)."""
+    root = tmp_path_factory.mktemp("evalckpt")
+    bench = make_synthetic_benchmark(root / "syn", num_videos=40, feature_dim=DIM, seed=3)
+    config = load_config(REPO_ROOT / "configs/synthetic.yaml", [f"model.feature_dim={DIM}", "train.stage1.epochs=2"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        data = prepare_training_data(config, bench.features, bench.annotations)
+        model = DRN(config, data.word_vectors)
+        result = fit(model, data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs,
+                     root / "model", stages_from_config(config, [1]))
+    finally:
+        torch.set_num_threads(threads)
+    return {"features": Path(bench.features), "annotations": Path(bench.annotations),
+            "checkpoint": Path(result.best_checkpoint), "root": root}
+
+
+def run_cli(*args: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "jobs.evaluate", *map(str, args)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_checkpoint_metrics_equal_the_evaluator_on_the_written_predictions(trained) -> None:
+    out = trained["root"] / "preds.jsonl"
+    proc = run_cli("--dataset", "jsonl", "--annotations", trained["annotations"], "--split", "test",
+                   "--checkpoint", trained["checkpoint"], "--features", trained["features"],
+                   "--predictions-out", out, "--top-n", 3, "--json", "--quiet", "--threads", 1)
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    pairs = load_split("jsonl", trained["annotations"], "test").pairs
+    predictions = read_predictions(out)
+    assert len(predictions) == len(pairs) > 10
+    assert all(1 <= len(p.segments) <= 3 for p in predictions.values())
+    expected = evaluate(pairs, predictions, EvalConfig()).to_dict()
+    assert printed["recall"] == expected["recall"]
+    assert printed["miou"] == expected["miou"]
+    assert printed["num_queries"] == len(pairs)
+    assert printed["pairs_without_features"] == 0
+    # the trained model is not a constant: its top-1 segments differ across queries
+    assert len({tuple(p.segments[0, :2].round(3)) for p in predictions.values()}) > 1
+
+    # the same file scored through --predictions gives the same numbers
+    again = run_cli("--dataset", "jsonl", "--annotations", trained["annotations"], "--split", "test",
+                    "--predictions", out, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["recall"] == printed["recall"]
+
+
+def test_a_store_of_another_feature_dimension_is_a_one_line_error(trained) -> None:
+    other = make_synthetic_benchmark(trained["root"] / "other", num_videos=10, feature_dim=DIM // 2, seed=4)
+    proc = run_cli("--dataset", "jsonl", "--annotations", other.annotations, "--split", "test",
+                   "--checkpoint", trained["checkpoint"], "--features", other.features, "--quiet")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    message = proc.stderr.strip()
+    assert len(message.splitlines()) == 1
+    assert f"features are {DIM // 2}-d but the model expects {DIM}-d" in message
+    assert other.features in message
+
+
+def write_split_with_an_unknown_video(trained, folder: Path) -> int:
+    """A copy of the test split plus one pair whose video is not in the store; returns the original count."""
+    folder.mkdir(exist_ok=True)
+    lines = (trained["annotations"] / "test.jsonl").read_text().splitlines()
+    ghost = {"qid": len(lines), "video_id": "no_such_video", "query": "the red event", "start_s": 1.0,
+             "end_s": 4.0, "duration_s": 20.0}
+    (folder / "test.jsonl").write_text("\n".join([*lines, json.dumps(ghost)]) + "\n")
+    (folder / "train.jsonl").write_text((trained["annotations"] / "train.jsonl").read_text())
+    return len(lines)
+
+
+def test_pairs_without_features_are_an_error_or_skipped_or_misses_with_a_count(trained, capsys) -> None:
+    folder = trained["root"] / "ghost"
+    count = write_split_with_an_unknown_video(trained, folder)
+    base = ["--dataset", "jsonl", "--annotations", str(folder), "--split", "test", "--checkpoint",
+            str(trained["checkpoint"]), "--features", str(trained["features"]), "--json", "--quiet"]
+
+    assert run_main(evaluate_main, base) == 2
+    err = capsys.readouterr().err
+    assert "1 of" in err and "no_such_video" in err and "--missing-videos" in err
+
+    assert run_main(evaluate_main, [*base, "--missing-videos", "skip"]) == 0
+    skipped = json.loads(capsys.readouterr().out)
+    assert skipped["pairs_without_features"] == 1
+    assert skipped["num_queries"] == count
+
+    assert run_main(evaluate_main, [*base, "--missing-videos", "miss"]) == 0
+    missed = json.loads(capsys.readouterr().out)
+    assert missed["num_queries"] == count + 1 and missed["num_missing"] == 1
+    # one more query, scored as a miss: each recall shrinks by the factor count / (count + 1)
+    for key, value in skipped["recall"].items():
+        assert missed["recall"][key] == pytest.approx(value * count / (count + 1), abs=1e-3)
+
+
+def test_checkpoint_mode_needs_features_and_predictions_mode_refuses_checkpoint_options(trained, capsys) -> None:
+    args = ["--dataset", "jsonl", "--annotations", str(trained["annotations"]), "--split", "test"]
+    assert run_main(evaluate_main, [*args, "--checkpoint", str(trained["checkpoint"])]) == 2
+    assert "--features" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        evaluate_main([*args, "--predictions", "x.jsonl", "--top-n", "3"])
+    assert exc.value.code == 2
+    assert "--top-n only apply with --checkpoint" in capsys.readouterr().err
