@@ -371,9 +371,12 @@ class FeatureStore:
             by_shard.setdefault(row["shard"], []).append(vid)
         for shard in sorted(by_shard):
             table = self._shard_clips(shard)
-            ids = table["video_id"].to_numpy(zero_copy_only=False)
+            rows_of: dict[str, list[int]] = {}
+            for i, vid in enumerate(table["video_id"].to_pylist()):  # one pass over the shard, not one per video
+                rows_of.setdefault(vid, []).append(i)
             for vid in by_shard[shard]:
-                yield self._assemble(vid, table.filter(pa.array(ids == vid)), self._row_of[vid]["duration_s"])
+                rows = table.take(pa.array(rows_of.get(vid, []), pa.int64()))
+                yield self._assemble(vid, rows, self._row_of[vid]["duration_s"])
 
     def _read_videos(self) -> pa.Table:
         parts = []
