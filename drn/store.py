@@ -169,7 +169,8 @@ class FeatureStoreWriter:
 
     Use ``add_clips`` as clips become available (any number of calls per video, in time order), then
     ``finish_video`` with its record; ``close`` seals the shard. A failed video needs only ``finish_video``.
-    Shards roll over after ``videos_per_shard`` videos.
+    Shards roll over after ``videos_per_shard`` videos, at the first moment no video is half written (so
+    several videos may be in flight at once, as when pipeline stages deliver them interleaved).
     """
 
     def __init__(
@@ -225,7 +226,7 @@ class FeatureStoreWriter:
             self._write_chunk(record.video_id, np.concatenate(pending))
         self._next_chunk.pop(record.video_id, None)
         self._records.append(record)
-        if len(self._records) >= self.videos_per_shard:
+        if len(self._records) >= self.videos_per_shard and not self._pending:
             self.close()
 
     def close(self) -> None:

@@ -218,15 +218,12 @@ class _VideoState:
 class SegmentWriter:
     """Stage 3: puts segments back together per video (in order) and writes them to the store.
 
-    The shard is sealed after ``videos_per_shard`` videos, at a moment when no video is half written (the store's
-    writer must not roll over on its own, so it is opened with an unreachable ``videos_per_shard``).
+    The store's writer seals a shard once it holds enough videos and none is half written.
     """
 
-    def __init__(self, writer: FeatureStoreWriter, clip_len: int, clip_stride: int, videos_per_shard: int = 64) -> None:
+    def __init__(self, writer: FeatureStoreWriter, clip_len: int, clip_stride: int) -> None:
         self.writer = writer
         self.clip_len, self.clip_stride = clip_len, clip_stride
-        self.videos_per_shard = max(1, videos_per_shard)
-        self._in_shard = 0
         self._videos: dict[str, _VideoState] = {}
 
     def add(self, row: dict) -> VideoRecord | None:
@@ -259,10 +256,6 @@ class SegmentWriter:
         else:
             record = VideoRecord(vid, str(last["uri"]), num_clips=state.clips, **facts)
         self.writer.finish_video(record)
-        self._in_shard += 1
-        if self._in_shard >= self.videos_per_shard and not self._videos:
-            self.writer.close()
-            self._in_shard = 0
         return record
 
 
@@ -301,12 +294,12 @@ def run_extraction(
     summary = ExtractionSummary()
     todo, skipped = plan_extraction(sources, out, retry_failed)
     summary.skipped = len(skipped)
-    writer = FeatureStoreWriter(out, metadata, videos_per_shard=1 << 62)  # refuses a store of another kind
+    writer = FeatureStoreWriter(out, metadata, videos_per_shard=videos_per_shard)  # refuses a store of another kind
     if not todo:
         summary.seconds = time.perf_counter() - started
         return summary
     dataset = _build_dataset(todo, config, metadata, weights, resources, block_frames)
-    segments = SegmentWriter(writer, config.clip_len, config.clip_stride, videos_per_shard)
+    segments = SegmentWriter(writer, config.clip_len, config.clip_stride)
     with writer:
         for row in dataset.iter_rows():
             record = segments.add(row)

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -176,23 +175,30 @@ def _complete_rows(store: Path) -> tuple[list[str], list[tuple[str, int]]]:
 def test_killed_job_resumes_with_every_video_once(ray_session, tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     lib.mkdir()
-    ids = [f"v{i}" for i in range(6)]  # the C3D actors take 4 segments a call: a kill leaves work undone
+    ids = [f"v{i}" for i in range(6)]
     for vid in ids:
         _video(lib / f"{vid}.mp4", 20, 25.0)  # one clip each
     store = tmp_path / "store"
+    # The driver SIGKILLs itself right after its second video is written: a real kill at a known point, while
+    # its third shard is open and later videos are in flight.
+    script = (
+        "import os, signal, sys\n"
+        "from pipeline.extract import Resources, run_extraction\n"
+        "from pipeline.c3d import C3DConfig, random_weights_id\n"
+        "from pipeline.sources import list_videos\n"
+        "written = []\n"
+        "def on_video(record):\n"
+        "    written.append(record)\n"
+        "    if len(written) == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "run_extraction(list_videos(sys.argv[1]), sys.argv[2], C3DConfig(weights='random', seed=1), weights=None,\n"
+        "               weights_sha256=random_weights_id(1), resources=Resources(batch_size=2, torch_threads=2),\n"
+        "               videos_per_shard=1, on_video=on_video)\n"
+    )
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "jobs.extract", "--videos", str(lib), "--out", str(store), "--weights", "random",
-           "--seed", "1", "--videos-per-shard", "1", "--batch-size", "2", "--torch-threads", "2", "--no-progress"]
-    job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
-    deadline = time.monotonic() + 120
-    try:
-        while not list((store / "videos").glob("*.parquet")) and time.monotonic() < deadline:
-            assert job.poll() is None, "the job ended before it could be killed"
-            time.sleep(0.05)
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)  # the driver dies mid-way; its cluster-side workers go with the job
-        job.wait()
+    job = subprocess.run([sys.executable, "-c", script, str(lib), str(store)], cwd=REPO, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180)
+    assert job.returncode == -signal.SIGKILL
     done_before = set(FeatureStore(store).ok_video_ids())
     assert 1 <= len(done_before) < len(ids)
 
@@ -210,8 +216,8 @@ def test_segments_out_of_order_and_interleaved_are_written_in_order(tmp_path: Pa
     from pipeline.extract import SegmentWriter
 
     meta = StoreMetadata("c3d-sports1m", "fc6", "random-seed0", 4, 2, "native", 8, "float32")
-    writer = FeatureStoreWriter(tmp_path, meta, videos_per_shard=1 << 62, max_chunk_bytes=3 * 8 * 4)
-    segments = SegmentWriter(writer, clip_len=4, clip_stride=2, videos_per_shard=1)
+    writer = FeatureStoreWriter(tmp_path, meta, videos_per_shard=1, max_chunk_bytes=3 * 8 * 4)
+    segments = SegmentWriter(writer, clip_len=4, clip_stride=2)
 
     def seg(vid: str, index: int, first: int, count: int, last: bool, frames: int = -1, status: str = "ok") -> dict:
         clips = np.arange(first, first + count, dtype=np.float32)
