@@ -11,6 +11,7 @@ The file is a ``torch.save`` dict (loadable with ``weights_only=True``)::
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from drn.config import DRNConfig, model_differences
 from drn.errors import InputError
 from drn.model import DRN
+from drn.store import open_filesystem
 from drn.text import Vocabulary
 
 FORMAT, VERSION = "drn-checkpoint", 1
@@ -50,7 +52,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw checkpoint dict, after checking that it is one."""
     path = os.fspath(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if "://" in path:  # an object-store URI (s3://, gs://, ...): read it through pyarrow's filesystems
+            fs, inner = open_filesystem(path)
+            with fs.open_input_stream(inner) as stream:
+                payload = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
+        else:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise InputError("checkpoint not found", path=path) from err
     except Exception as err:  # a truncated or foreign file

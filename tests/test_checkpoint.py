@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -41,6 +43,8 @@ def test_round_trip_gives_a_ready_identical_model(saved) -> None:
     assert not loaded.training
     payload = read_checkpoint(path)
     assert payload["stage"] == 2 and payload["metrics"]["val"]["R@1,IoU=0.5"] == 12.5
+    by_uri = read_checkpoint(Path(path).resolve().as_uri())  # file:// goes the object-store way
+    assert by_uri["vocab"] == payload["vocab"] and by_uri["state_dict"].keys() == payload["state_dict"].keys()
     video, words = torch.randn(2, 8, 16), torch.tensor([[2, 3, 5], [2, 4, 0]])
     with torch.no_grad():
         a = model(video, words, words != 0).flat()
