@@ -150,6 +150,12 @@ def open_filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(text)
 
 
+def absolute_uri(uri: str | os.PathLike) -> str:
+    """An object-store URI as it is, a local path made absolute: what to hand to workers in other folders."""
+    text = os.fspath(uri)
+    return text if "://" in text else os.path.abspath(text)
+
+
 def new_shard_name() -> str:
     """A shard name that sorts by creation time and never collides across workers."""
     return f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"

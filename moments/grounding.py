@@ -40,7 +40,7 @@ from drn.config import DRNConfig
 from drn.errors import InputError
 from drn.inference import EncodedQueries, Grounder
 from drn.model import DRN
-from drn.store import FeatureStore, VideoFeatures
+from drn.store import FeatureStore, VideoFeatures, absolute_uri
 from drn.text import Vocabulary
 from moments.embedding import embed_texts
 from moments.index import RESULT_COLUMNS, SEGMENTS_TABLE, Index, default_db_uri
@@ -339,6 +339,10 @@ class GroundingJob:
     fail_after_writes: int | None = None  # test hook: raise after this many writes, as if the job were killed
     on_write: Callable[[int, int], None] | None = None  # (videos finished so far, rows written so far)
 
+    def __post_init__(self) -> None:
+        # Actors run in folders of their own (or on other machines): hand them absolute paths.
+        self.features, self.checkpoint = absolute_uri(self.features), absolute_uri(self.checkpoint)
+
     def run(self) -> GroundingSummary:
         if self.top_k < 1:
             raise InputError(f"--top-k must be at least 1, not {self.top_k}")
@@ -469,7 +473,7 @@ def ground_live(
     if len(video_ids) <= in_process_max_videos:
         batches = scored_batches_local(model, side, store, video_ids, rule, labels, top_k, resources)
     else:
-        batches = scored_batches_ray(model, side, features, video_ids, rule, labels, top_k, resources)
+        batches = scored_batches_ray(model, side, absolute_uri(features), video_ids, rule, labels, top_k, resources)
     parts = [split_output(output)[0] for output in batches]
     rows = pa.concat_tables(parts) if parts else None
     if rows is None or rows.num_rows == 0:

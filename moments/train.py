@@ -33,7 +33,7 @@ from drn.checkpoint import check_feature_dim, load_checkpoint, save_checkpoint
 from drn.config import DRNConfig, load_config
 from drn.data import usable_pairs
 from drn.errors import InputError
-from drn.store import FeatureStore
+from drn.store import FeatureStore, absolute_uri
 from drn.training import selection_key, stages_from_config, validate
 from drn.training_setup import eval_splits, load_pairs, prepare_training_data
 from moments.train_storage import BEST_FILE, DONE_FILE, RunStorage
@@ -175,7 +175,9 @@ def fit_distributed(
     ``fail_at`` (default: $MOMENTS_TRAIN_FAIL_AT) is a test hook, e.g. ``"stage=2,epoch=1,step=1"``; with
     ``fail_marker`` (default: $MOMENTS_TRAIN_FAIL_MARKER) it fires only once.
     """
-    features, annotations = os.fspath(features), os.fspath(annotations)
+    # Workers run in folders of their own (or on other machines): hand them absolute paths.
+    features, annotations = absolute_uri(features), absolute_uri(annotations)
+    init_checkpoint = absolute_uri(init_checkpoint) if init_checkpoint else None
     if num_workers < 1:
         raise InputError(f"--num-workers must be at least 1, not {num_workers}")
     if precision not in PRECISIONS:

@@ -154,8 +154,16 @@ def resumed_run(ray_session, bench, tmp_path_factory):
         "stage1_files": sorted(p.name for p in (storage / "syn-stage1").iterdir()),
         "stage2_files": sorted(p.name for p in (storage / "syn-stage2").iterdir()),
     }
-    summary = ray_train.fit_distributed(config, bench.features, bench.annotations, **common, max_failures=1,
-                                        fail_at="stage=3,epoch=2,step=2,rank=1", fail_marker=str(marker))
+    # the restart runs from another folder with relative paths, as a user would type them: workers must still
+    # find the store and the annotations
+    here = os.getcwd()
+    os.chdir(Path(bench.features).parent)
+    try:
+        summary = ray_train.fit_distributed(
+            config, os.path.relpath(bench.features), os.path.relpath(bench.annotations), **common,
+            max_failures=1, fail_at="stage=3,epoch=2,step=2,rank=1", fail_marker=str(marker))
+    finally:
+        os.chdir(here)
     return {"config": config, "storage": storage, "stop": str(stopped.value), "after_stop": after_stop,
             "summary": summary, "marker": marker}
 

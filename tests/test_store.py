@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from drn.errors import InputError
-from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord, absolute_uri
 
 
 def _meta(dim: int = 8, dtype: str = "float16", **kw) -> StoreMetadata:
@@ -98,3 +98,9 @@ def test_refuses_to_mix_metadata_and_bad_features(tmp_path) -> None:
         writer.add_clips("w", feats[:, :4], s, e)
     with pytest.raises(InputError, match="not a feature store"):
         FeatureStore(tmp_path / "missing")
+
+
+def test_absolute_uri_keeps_uris_and_anchors_local_paths(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert absolute_uri("features") == str(tmp_path / "features")
+    assert absolute_uri("s3://bucket/features") == "s3://bucket/features"
