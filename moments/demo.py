@@ -514,7 +514,8 @@ def where_things_are(paths: DemoPaths) -> str:
         f'search:    python -m jobs.search "a red circle moves up" --db {paths.db}',
         f"explore:   DRN_DB={paths.db} DRN_FEATURES={paths.features} DRN_ANNOTATIONS={paths.annotations} "
         "jupyter lab notebooks/explore_results.ipynb",
-        f"           (the notebook's defaults already point at {DEFAULT_OUT}/; set the variables for --out {out})",
+        f"           (the notebook's defaults already point at {DEFAULT_OUT}/; set the variables for --out {out};",
+        "           set-up installs no notebook server: pip install jupyterlab)",
     ])
 
 
