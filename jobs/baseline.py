@@ -23,7 +23,8 @@ from drn.baselines import (
 )
 from drn.evaluation import evaluate
 from drn.predictions import write_predictions
-from jobs.dataset_args import add_dataset_arguments, load_split_from_args, run_main
+from jobs.cli import job_main
+from jobs.dataset_args import add_dataset_arguments, load_split_from_args
 from jobs.evaluate import add_eval_arguments, eval_config_from_args, result_text
 
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@job_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = eval_config_from_args(args)
@@ -79,4 +81,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main))
+    raise SystemExit(main())

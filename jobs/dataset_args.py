@@ -6,8 +6,6 @@ import argparse
 import csv
 import io
 import json
-import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from drn.datasets import LoadedSplit, dataset_names, load_split, options_of
@@ -96,12 +94,3 @@ def load_split_from_args(args: argparse.Namespace, split: str | None = None) -> 
         flags = ", ".join("--" + name.replace("_", "-") for name in unsupported)
         raise InputError(f"{flags} do(es) not apply to dataset {args.dataset}")
     return load_split(args.dataset, args.annotations, split or args.split, **options)
-
-
-def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main``; bad input prints one line to stderr and returns 2 instead of a traceback."""
-    try:
-        return main(argv)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from drn.errors import InputError
-from moments.demo import DEFAULT_OUT, DEMO_CONFIG, DemoSettings, main_error, run_demo
+from jobs.cli import job_main
+from moments.demo import DEFAULT_OUT, DEMO_CONFIG, DemoSettings, run_demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@job_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = DemoSettings(
@@ -56,10 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=args.config, overrides=tuple(args.overrides), num_workers=args.num_workers, use_gpu=args.use_gpu,
         progress=not args.no_progress,
     )
-    try:
-        run_demo(settings, echo=lambda line: print(line, flush=True))
-    except InputError as error:
-        return main_error(error)
+    run_demo(settings, echo=lambda line: print(line, flush=True))
     return 0
 
 

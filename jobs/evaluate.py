@@ -35,7 +35,8 @@ from drn.pairs import GroundingPair
 from drn.predictions import Prediction, read_predictions, write_predictions
 from drn.store import FeatureStore
 from drn.training import predict
-from jobs.dataset_args import add_dataset_arguments, load_split_from_args, run_main
+from jobs.cli import job_main
+from jobs.dataset_args import add_dataset_arguments, load_split_from_args
 
 COMPARISON_CHOICES = {">=": ">=", "ge": ">=", ">": ">", "gt": ">"}
 MISSING_VIDEO_CHOICES = ("error", "skip", "miss")
@@ -211,6 +212,7 @@ def result_text(
     return text
 
 
+@job_main
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -242,4 +244,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main))
+    raise SystemExit(main())

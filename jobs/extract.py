@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from drn.errors import InputError
+from jobs.cli import job_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,13 +64,9 @@ def parse_fps(text: str) -> str:
     return f"{value:g}"
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run(build_parser().parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:

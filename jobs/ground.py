@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from drn.errors import InputError
+from jobs.cli import job_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,13 +96,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@job_main
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drn.errors import InputError
+from jobs.cli import job_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,21 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from pipeline.importers import ClipTiming, import_arrays, import_hdf5
+    from pipeline.importers import ClipTiming, import_arrays, import_hdf5
 
-        timing = ClipTiming(args.clip_len, args.clip_stride, args.fps)
-        if args.hdf5:
-            summary = import_hdf5(args.hdf5, args.out, timing, dataset=args.dataset, layer=args.layer,
-                                  dtype=args.dtype, extractor=args.extractor or "imported-hdf5")
-        else:
-            summary = import_arrays(args.npy, args.out, timing, layer=args.layer, dtype=args.dtype,
-                                    extractor=args.extractor or "imported")
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    timing = ClipTiming(args.clip_len, args.clip_stride, args.fps)
+    if args.hdf5:
+        summary = import_hdf5(args.hdf5, args.out, timing, dataset=args.dataset, layer=args.layer,
+                              dtype=args.dtype, extractor=args.extractor or "imported-hdf5")
+    else:
+        summary = import_arrays(args.npy, args.out, timing, layer=args.layer, dtype=args.dtype,
+                                extractor=args.extractor or "imported")
     print(f"done: {summary.done}  failed: {summary.failed}  store: {args.out}")
     for vid, error in (summary.failures or [])[:10]:
         print(f"  failed {vid}: {error}")

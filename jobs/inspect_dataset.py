@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from drn.datasets import LoadedSplit
-from jobs.dataset_args import add_dataset_arguments, load_split_from_args, run_main
+from jobs.cli import job_main
+from jobs.dataset_args import add_dataset_arguments, load_split_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +82,7 @@ def format_summary(summary: dict[str, object], show_qids: int) -> str:
     return "\n".join(lines)
 
 
+@job_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     summary = summarize(load_split_from_args(args))
@@ -89,4 +91,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main))
+    raise SystemExit(main())

@@ -11,6 +11,9 @@ import argparse
 import json
 import sys
 
+from drn.errors import InputError
+from jobs.cli import job_main
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -32,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipeline.synthetic import make_library, pick_codec
@@ -44,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fps <= 0 or args.width < 32 or args.height < 32:
         problems.append("--fps must be positive and --width/--height at least 32")
     if problems:
-        print("error: " + "; ".join(problems), file=sys.stderr)
-        return 2
+        raise InputError("; ".join(problems))
     if args.codec is None and pick_codec() != "libx264":
         print("note: this PyAV wheel has no libx264; writing MPEG-4 Part 2 videos instead")
     summary = make_library(args.out, num_videos=args.videos, seed=args.seed, min_duration_s=args.min_duration,

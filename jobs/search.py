@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from drn.errors import InputError
+from jobs.cli import job_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +82,7 @@ def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+@job_main
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -89,11 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--live needs --checkpoint and --features")
     if args.k < 1:
         parser.error("--k must be at least 1")
-    try:
-        results = run_live(args) if args.live else run_search(args)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    results = run_live(args) if args.live else run_search(args)
     if args.json:
         for row in results.to_pylist():
             print(json.dumps(row, ensure_ascii=False))

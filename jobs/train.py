@@ -25,7 +25,7 @@ from drn.errors import InputError
 from drn.model import DRN, count_parameters
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
-from jobs.dataset_args import run_main
+from jobs.cli import job_main
 from moments.train import StageFailedError, add_distributed_arguments, run_from_args
 
 
@@ -65,6 +65,7 @@ def parse_stages(text: str | None, resumed_stage: int | None) -> list[int]:
     return stages
 
 
+@job_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_workers:
@@ -112,4 +113,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main))
+    raise SystemExit(main())

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -574,9 +573,3 @@ def _start_ray() -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-
-
-def main_error(error: InputError) -> int:
-    """Print an InputError as one line on stderr; the exit status 2."""
-    print(f"error: {error}", file=sys.stderr)
-    return 2

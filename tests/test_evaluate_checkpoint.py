@@ -19,7 +19,6 @@ from drn.predictions import read_predictions
 from drn.synthetic import make_synthetic_benchmark
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
-from jobs.dataset_args import run_main
 from jobs.evaluate import main as evaluate_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -107,16 +106,16 @@ def test_pairs_without_features_are_an_error_or_skipped_or_misses_with_a_count(t
     base = ["--dataset", "jsonl", "--annotations", str(folder), "--split", "test", "--checkpoint",
             str(trained["checkpoint"]), "--features", str(trained["features"]), "--json", "--quiet"]
 
-    assert run_main(evaluate_main, base) == 2
+    assert evaluate_main(base) == 2
     err = capsys.readouterr().err
     assert "1 of" in err and "no_such_video" in err and "--missing-videos" in err
 
-    assert run_main(evaluate_main, [*base, "--missing-videos", "skip"]) == 0
+    assert evaluate_main([*base, "--missing-videos", "skip"]) == 0
     skipped = json.loads(capsys.readouterr().out)
     assert skipped["pairs_without_features"] == 1
     assert skipped["num_queries"] == count
 
-    assert run_main(evaluate_main, [*base, "--missing-videos", "miss"]) == 0
+    assert evaluate_main([*base, "--missing-videos", "miss"]) == 0
     missed = json.loads(capsys.readouterr().out)
     assert missed["num_queries"] == count + 1 and missed["num_missing"] == 1
     # one more query, scored as a miss: each recall shrinks by the factor count / (count + 1)
@@ -126,7 +125,7 @@ def test_pairs_without_features_are_an_error_or_skipped_or_misses_with_a_count(t
 
 def test_checkpoint_mode_needs_features_and_predictions_mode_refuses_checkpoint_options(trained, capsys) -> None:
     args = ["--dataset", "jsonl", "--annotations", str(trained["annotations"]), "--split", "test"]
-    assert run_main(evaluate_main, [*args, "--checkpoint", str(trained["checkpoint"])]) == 2
+    assert evaluate_main([*args, "--checkpoint", str(trained["checkpoint"])]) == 2
     assert "--features" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         evaluate_main([*args, "--predictions", "x.jsonl", "--top-n", "3"])

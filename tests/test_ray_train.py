@@ -20,7 +20,6 @@ from drn.synthetic import make_synthetic_benchmark
 from drn.training import Stage, configure_stage, make_optimizer, train_step, validate
 from drn.training_setup import prepare_training_data
 from jobs import train as train_job
-from jobs.dataset_args import run_main
 from moments import train as ray_train
 from moments.train_storage import RunStorage
 from moments.train_worker import distributed_step, world
@@ -240,9 +239,9 @@ def test_unwritable_or_unknown_storage_is_refused_before_training(tmp_path, caps
         RunStorage.open("nosuchscheme://bucket/runs", "x")
     args = ["--config", str(CONFIG), "--features", bench.features, "--annotations", bench.annotations,
             "--num-workers", "2", "--storage", str(blocker / "runs"), "--name", "x"]
-    assert run_main(train_job.main, args) == 2
+    assert train_job.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "not writable" in err and len(err.splitlines()) == 1
-    assert run_main(train_job.main, [*args[:-4], "--storage", str(tmp_path), "--set", "train.nope=1"]) == 2
+    assert train_job.main([*args[:-4], "--storage", str(tmp_path), "--set", "train.nope=1"]) == 2
     assert "unknown config key 'train.nope'" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x-stage1")

@@ -152,9 +152,9 @@ def test_train_cli_ends_with_one_json_line(tiny_benchmark, tmp_path, capsys) -> 
 
 
 def test_train_cli_bad_input_exits_2_with_one_line(tiny_benchmark, tmp_path, capsys) -> None:
-    code = train_job.run_main(train_job.main, cli_args(tiny_benchmark, tmp_path, "--set", "model.colour=red"))
+    code = train_job.main(cli_args(tiny_benchmark, tmp_path, "--set", "model.colour=red"))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unknown config key 'model.colour'" in err[0]
-    code = train_job.run_main(train_job.main, cli_args(tiny_benchmark, tmp_path, "--set", "model.feature_dim=32"))
+    code = train_job.main(cli_args(tiny_benchmark, tmp_path, "--set", "model.feature_dim=32"))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "features are 16-d but the model expects 32-d" in err[-1]
