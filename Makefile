@@ -4,8 +4,11 @@
 setup:
 	./scripts/setup.sh
 
+# The demo replaces its own earlier output in demo_output/ (run it again any time); DEMO_ARGS= turns that off.
+DEMO_ARGS ?= --force
+
 demo: setup
-	.venv/bin/python -m jobs.demo $(ARGS)
+	.venv/bin/python -m jobs.demo $(DEMO_ARGS) $(ARGS)
 
 test: setup
 	.venv/bin/ruff check .
