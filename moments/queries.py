@@ -14,12 +14,12 @@ left is an error too.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
+from drn.datasets.reading import parse_json_line
 from drn.errors import InputError
 from drn.store import open_filesystem
 
@@ -78,12 +78,7 @@ def _read_text(uri: str) -> str:
 
 
 def _parse_jsonl_line(raw: str, uri: str, line: int) -> tuple[str, str]:
-    try:
-        item = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise InputError(f"not valid JSON ({err.msg})", path=uri, line=line) from None
-    if not isinstance(item, dict):
-        raise InputError("each line must be a JSON object with 'query_id' and 'query'", path=uri, line=line)
+    item = parse_json_line(raw, uri, line)
     for name in ("query_id", "query"):
         if name not in item:
             raise InputError(f"missing field '{name}'", path=uri, line=line)

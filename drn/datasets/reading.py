@@ -44,7 +44,7 @@ def read_json(path: Path) -> Any:
         raise InputError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
 
 
-def parse_json_line(text: str, path: Path, line: int) -> dict[str, Any]:
+def parse_json_line(text: str, path: Path | str, line: int) -> dict[str, Any]:
     """One JSONL record, which must be a JSON object."""
     try:
         record = json.loads(text)
