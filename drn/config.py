@@ -30,8 +30,9 @@ class TextConfig:
     glove_path: str | None = None
     max_words: int = 30  # the encoder's limit on words per query
     truncate_long_queries: bool = False  # False: a longer query is an InputError; True: keep the first max_words
-    min_word_count: int = 1  # training words seen fewer times map to UNK
+    min_word_count: int = 1  # closed vocabularies: training words seen fewer times map to UNK
     lowercase: bool = True
+    open_vocabulary: bool = True  # minilm: spell every word in WordPiece pieces at encoding time (drn.text)
 
 
 @dataclass
@@ -85,6 +86,19 @@ class StageConfig:
 
 
 @dataclass
+class NegativesConfig:
+    """Negative pairs (a query with a video that does not hold it): what makes scores comparable across videos.
+
+    Each positive row of a batch gets up to ``per_positive`` negative rows: its query with other videos of the
+    same batch, never a video annotated with the same text (``drn.text.query_key``) or a near paraphrase (MiniLM
+    sentence cosine >= ``paraphrase_cosine``). 0 turns them off and trains exactly as without them.
+    """
+
+    per_positive: int = 2
+    paraphrase_cosine: float = 0.9
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 32
     grad_clip_norm: float = 5.0
@@ -95,6 +109,7 @@ class TrainConfig:
     stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=10, lr=1e-3))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=5, lr=1e-5))
     stage3: StageConfig = field(default_factory=lambda: StageConfig(epochs=5, lr=1e-6))
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
 
 
 @dataclass
@@ -142,6 +157,10 @@ def validate(config: DRNConfig) -> None:
         (config.text.max_words >= 1, "text.max_words must be at least 1"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.model.feature_dim >= 1, "model.feature_dim must be at least 1"),
+        (config.train.negatives.per_positive >= 0,
+         f"train.negatives.per_positive must be 0 (off) or more, not {config.train.negatives.per_positive}"),
+        (0.0 < config.train.negatives.paraphrase_cosine <= 1.0,
+         f"train.negatives.paraphrase_cosine must be in (0, 1], not {config.train.negatives.paraphrase_cosine}"),
     ]
     for ok, message in checks:
         if not ok:

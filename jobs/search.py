@@ -52,12 +52,13 @@ def run_live(args: argparse.Namespace) -> pa.Table:
     )
 
 
-def run_search(args: argparse.Namespace) -> pa.Table:
-    """Answer from the index."""
+def run_search(args: argparse.Namespace) -> tuple[pa.Table, list[str]]:
+    """Answer from the index: the rows and the notices to show beside them."""
     from moments.index import Index, default_db_uri
 
     index = Index(args.db or default_db_uri(), table=args.table)
-    return index.search(args.text, k=args.k, video_id=args.video, min_score=args.min_score, run_id=args.run_id)
+    answer = index.answer(args.text, k=args.k, video_id=args.video, min_score=args.min_score, run_id=args.run_id)
+    return answer.rows, answer.notices()
 
 
 def format_results(results: pa.Table) -> str:
@@ -65,9 +66,9 @@ def format_results(results: pa.Table) -> str:
     if results.num_rows == 0:
         return "no segments found"
     rows = results.to_pylist()
-    header = ("#", "query matched", "video", "start-end (s)", "score")
+    header = ("#", "query matched", "match", "video", "start-end (s)", "score")
     lines = [
-        (str(row["result_rank"] + 1), _shorten(row["query_text"], 48), _shorten(row["video_id"], 24),
+        (str(row["result_rank"] + 1), _shorten(row["query_text"], 48), _match_label(row), _shorten(row["video_id"], 24),
          f"{row['start_s']:.2f}-{row['end_s']:.2f}", f"{row['score']:.3f}")
         for row in rows
     ]
@@ -76,6 +77,14 @@ def format_results(results: pa.Table) -> str:
     out.append("  ".join("-" * width for width in widths))
     out += ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)) for line in lines]
     return "\n".join(out)
+
+
+def _match_label(row: dict) -> str:
+    """``same``, ``paraphrase 0.98`` or ``OTHER 0.81``: whether a row answers the searched text."""
+    match = row.get("query_match") or "same"
+    if match == "same":
+        return "same"
+    return f"{'paraphrase' if match == 'paraphrase' else 'OTHER'} {row.get('query_similarity') or 0:.2f}"
 
 
 def _shorten(text: str, width: int) -> str:
@@ -90,7 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--live needs --checkpoint and --features")
     if args.k < 1:
         parser.error("--k must be at least 1")
-    results = run_live(args) if args.live else run_search(args)
+    if args.live:
+        from moments.index import SearchAnswer
+
+        results = run_live(args)
+        notices = SearchAnswer(args.text, results, args.text, 1.0, grounded=True).notices()
+    else:
+        results, notices = run_search(args)
+    for notice in notices:
+        print(f"note: {notice}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         for row in results.to_pylist():
             print(json.dumps(row, ensure_ascii=False))

@@ -22,7 +22,7 @@ from drn.checkpoint import load_checkpoint, read_checkpoint
 from drn.config import load_config
 from drn.datasets import dataset_names
 from drn.errors import InputError
-from drn.model import DRN, count_parameters
+from drn.model import count_parameters
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
 from jobs.cli import job_main
@@ -90,11 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         model.config = config
         resumed_stage = int(read_checkpoint(args.resume_from)["stage"])
     else:
-        model = DRN(config, data.word_vectors)
+        model = data.new_model()
     stages = stages_from_config(config, parse_stages(args.stages, resumed_stage))
     print(f"pairs: train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0} "
           f"(without features, dropped: {data.dropped}); vocabulary {len(data.vocab)} words; "
           f"parameters {count_parameters(model):,}; stages {[s.number for s in stages]}", file=sys.stderr)
+    print(data.negatives.report.line() if data.negatives is not None else
+          "negative pairs: off (train.negatives.per_positive=0): scores will not compare across videos",
+          file=sys.stderr)
 
     def report(record: dict) -> None:
         val = record.get("val", {})
@@ -105,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = fit(
         model, data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs, args.out, stages,
         test_batches=data.loader("test") if data.test else None, test_pairs=data.test.pairs if data.test else None,
-        report=report, progress=progress, checkpoint_facts={"train_duration_s": data.train_durations()},
+        report=report, progress=progress, checkpoint_facts=data.checkpoint_facts(),
     )
     print(json.dumps({"best_checkpoint": result.best_checkpoint, "stage": result.best_stage,
                       "val": result.val, "test": result.test}))
