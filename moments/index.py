@@ -444,7 +444,8 @@ class Index:
         nearest = max(found.values(), key=lambda hit: hit["similarity"], default=None)
         answer = SearchAnswer(text, _empty_result(), nearest["text"] if nearest else None,
                               nearest["similarity"] if nearest else None,
-                              any(hit["match"] != "other" for hit in found.values()))
+                              any(hit["match"] != "other" for hit in found.values()),
+                              filtered=any(f is not None for f in (video_id, min_score, run_id)))
         if not found:
             return answer
         chosen = sorted(found.values(), key=lambda hit: (hit["match"] == "other", -hit["relevance"],
@@ -569,6 +570,7 @@ class SearchAnswer:
     nearest_query: str | None  # the stored query nearest in meaning, whatever the filters kept
     nearest_similarity: float | None
     grounded: bool  # some stored query is the searched text (the same words or a close paraphrase)
+    filtered: bool = False  # the search had filters (video, min_score, run): "grounded" holds within them
 
     def notices(self, live_hint: str = "ground it with --live or add it to the collection") -> list[str]:
         """One line each: the text was never grounded; a run's scores do not compare across videos."""
@@ -576,7 +578,8 @@ class SearchAnswer:
         if not self.grounded:
             nearest = (f'; nearest "{self.nearest_query}" ({self.nearest_similarity:.2f})'
                        if self.nearest_query is not None else "")
-            lines.append(f'no grounded query matches "{self.text}"{nearest}; {live_hint}')
+            within = " with these filters" if self.filtered else ""
+            lines.append(f'no grounded query matches "{self.text}"{within}{nearest}; {live_hint}')
         if self.rows.num_rows:
             runs = dict(zip(self.rows.column("run_id").to_pylist(), self.rows.column("calibrated").to_pylist(),
                             strict=True))
