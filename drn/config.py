@@ -89,13 +89,15 @@ class StageConfig:
 class NegativesConfig:
     """Negative pairs (a query with a video that does not hold it): what makes scores comparable across videos.
 
-    Each positive row of a batch gets up to ``per_positive`` negative rows: its query with other videos of the
-    same batch, never a video annotated with the same text (``drn.text.query_key``) or a near paraphrase (MiniLM
-    sentence cosine >= ``paraphrase_cosine``). 0 turns them off and trains exactly as without them.
+    Each positive row of a batch gets up to ``per_positive`` negative rows: its query with other videos, never a
+    video annotated with the same text (``drn.text.query_key``) or a near paraphrase (MiniLM sentence cosine >=
+    ``paraphrase_cosine``). ``hard_fraction`` of them are hard negatives (videos of the nearest other texts of the
+    split), the rest other videos of the batch. 0 turns them off and trains exactly as without them.
     """
 
     per_positive: int = 2
     paraphrase_cosine: float = 0.9
+    hard_fraction: float = 0.5
 
 
 @dataclass
@@ -159,6 +161,8 @@ def validate(config: DRNConfig) -> None:
         (config.model.feature_dim >= 1, "model.feature_dim must be at least 1"),
         (config.train.negatives.per_positive >= 0,
          f"train.negatives.per_positive must be 0 (off) or more, not {config.train.negatives.per_positive}"),
+        (0.0 <= config.train.negatives.hard_fraction <= 1.0,
+         f"train.negatives.hard_fraction must be in [0, 1], not {config.train.negatives.hard_fraction}"),
         (0.0 < config.train.negatives.paraphrase_cosine <= 1.0,
          f"train.negatives.paraphrase_cosine must be in (0, 1], not {config.train.negatives.paraphrase_cosine}"),
     ]

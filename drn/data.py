@@ -9,7 +9,8 @@ A batch of B pairs holds ``video [B, T, D]``, ``words [B, L, S]``, ``word_mask [
 units) and bookkeeping lists. With negatives it also holds the R >= B rows the model scores: ``video_index [R]``
 and ``query_index [R]`` (row r pairs video ``video_index[r]`` with query ``query_index[r]``; the first B rows are
 the positives in order), ``negative [R]`` (True for negative rows) and ``blocked [B, B]`` (True where video j
-holds row i's text or a near paraphrase).
+holds row i's text or a near paraphrase). ``video`` then holds the batch's videos followed by the hard negative
+videos drawn from the split, so it may have more than B rows.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from drn.config import DRNConfig
 from drn.grid import pool_to_grid
-from drn.negatives import InBatchNegatives, NegativeFilter
+from drn.negatives import NegativeFilter, NegativeSampler
 from drn.pairs import GroundingPair
 from drn.text import OpenVocabulary, Vocabulary, pad_word_ids
 
@@ -106,22 +107,39 @@ def collate(items: list[dict]) -> dict:
 
 
 class PairCollator:
-    """``collate`` plus up to ``per_positive`` in-batch negative rows per positive row (``drn.negatives``).
+    """``collate`` plus up to ``per_positive`` negative rows per positive row (``drn.negatives``): the row's
+    query with another video of the batch, or with a hard negative video of the split (its grid from ``grids``,
+    appended to the batch's videos).
 
     With ``per_positive == 0`` (or no filter) the batch is exactly ``collate``'s.
     """
 
-    def __init__(self, negative_filter: NegativeFilter | None, per_positive: int, seed: int = 0) -> None:
+    def __init__(self, negative_filter: NegativeFilter | None, per_positive: int, seed: int = 0,
+                 hard_fraction: float = 0.0, grids: dict[str, np.ndarray] | None = None) -> None:
         self.filter = negative_filter
-        self.negatives = InBatchNegatives(per_positive, seed)
+        self.grids = grids or {}
+        self.sampler = None
+        if negative_filter is not None and per_positive > 0:
+            self.sampler = NegativeSampler(negative_filter, per_positive, hard_fraction if grids else 0.0, seed)
 
     def __call__(self, items: list[dict]) -> dict:
         batch = collate(items)
-        if self.filter is None or self.negatives.per_positive == 0:
+        if self.sampler is None:
             return batch
         blocked = self.filter.blocked_matrix(batch["query"], batch["video_id"])
-        rows, columns = self.negatives.pick(blocked, batch["video_id"], batch["qid"])
+        pairs = self.sampler.sample(batch["query"], batch["video_id"], batch["qid"], blocked)
         count = len(items)
+        column = {video: j for j, video in reversed(list(enumerate(batch["video_id"])))}
+        extra: list[np.ndarray] = []
+        rows, columns = [], []
+        for row, video in pairs:
+            if video not in column:
+                column[video] = count + len(extra)
+                extra.append(np.asarray(self.grids[video], dtype=np.float32))
+            rows.append(row)
+            columns.append(column[video])
+        if extra:
+            batch["video"] = torch.cat([batch["video"], torch.from_numpy(np.stack(extra))])
         batch["blocked"] = blocked
         batch["video_index"] = torch.tensor(list(range(count)) + columns, dtype=torch.long)
         batch["query_index"] = torch.tensor(list(range(count)) + rows, dtype=torch.long)

@@ -7,6 +7,11 @@ with other videos of the same batch (in-batch negatives: their video side is alr
 rows every matching label and every IoU-head target is 0, with no location loss (``drn.targets``,
 ``drn.losses``).
 
+Half of the K rows (``train.negatives.hard_fraction``) are *hard* negatives drawn from the whole training split:
+videos annotated with the texts nearest to the query that are still not paraphrases of it ("the red square moves
+right" for "the red square moves left"). Random in-batch videos mostly differ from the query in obvious ways; the
+hard ones teach the detail that tells two moments apart, which within a single video is seldom needed.
+
 A video must never serve as a negative for a query it holds. Query texts recur across videos (Charades-STA:
 "person opens the door" in dozens of videos, often reworded), so :class:`NegativeFilter` blocks, for each query
 text, every video annotated with the same text (``drn.text.query_key``) or with a near paraphrase: MiniLM
@@ -32,6 +37,7 @@ from drn.text import query_key
 
 EmbedTexts = Callable[[Sequence[str]], np.ndarray]
 _BLOCK = 2048  # texts per row block of the cosine matrix
+HARD_CANDIDATES = 16  # hard-negative videos kept per text (one is drawn at random each time)
 
 
 @dataclass
@@ -65,6 +71,7 @@ class NegativeFilter:
     key_index: dict[str, int]
     blocked: list[frozenset[int]]  # per key: indices into video_ids
     report: NegativeReport
+    hard: list[list[int]] = field(default_factory=list)  # per key: the nearest non-blocked videos, nearest first
     video_index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +82,13 @@ class NegativeFilter:
         key = self.key_index.get(query_key(text))
         video = self.video_index.get(video_id)
         return key is None or video is None or video in self.blocked[key]
+
+    def hard_videos(self, text: str) -> list[str]:
+        """The videos annotated with the texts nearest to ``text`` that are not paraphrases of it, nearest first."""
+        key = self.key_index.get(query_key(text))
+        if key is None or not self.hard:
+            return []
+        return [self.video_ids[v] for v in self.hard[key]]
 
     def blocked_matrix(self, texts: Sequence[str], video_ids: Sequence[str]) -> torch.Tensor:
         """``[len(texts), len(video_ids)]`` bool: True where the video may not be a negative for the text
@@ -109,7 +123,8 @@ def build_negative_filter(pairs: Sequence[GroundingPair], paraphrase_cosine: flo
             holders.append(set())
         holders[key].add(video_index[pair.video_id])
     texts = list(keys)
-    near = _near_texts(embed(texts), paraphrase_cosine) if paraphrase_cosine < 1.0 else [[i] for i in range(len(texts))]
+    vectors = np.asarray(embed(texts), dtype=np.float32)
+    near = _near_texts(vectors, paraphrase_cosine) if paraphrase_cosine < 1.0 else [[i] for i in range(len(texts))]
     blocked = [frozenset().union(*(holders[j] for j in near[i]), holders[i]) for i in range(len(texts))]
     for i, videos in enumerate(blocked):
         if len(videos) >= len(video_ids):
@@ -123,7 +138,24 @@ def build_negative_filter(pairs: Sequence[GroundingPair], paraphrase_cosine: flo
         paraphrase += len(blocked[key]) - len(holders[key])
     report = NegativeReport(len(pairs), len(video_ids), len(texts), len(pairs) * (len(video_ids) - 1), same,
                             paraphrase, paraphrase_cosine)
-    return NegativeFilter(video_ids, keys, blocked, report)
+    hard = _hard_videos(vectors, holders, blocked, HARD_CANDIDATES)
+    return NegativeFilter(video_ids, keys, blocked, report, hard)
+
+
+def _hard_videos(vectors: np.ndarray, holders: list[set[int]], blocked: list[frozenset[int]],
+                 count: int) -> list[list[int]]:
+    """For each text, up to ``count`` videos of the most similar texts, leaving out its blocked videos."""
+    hard: list[list[int]] = []
+    for first in range(0, len(vectors), _BLOCK):
+        similarity = vectors[first:first + _BLOCK] @ vectors.T
+        for row, i in zip(similarity, range(first, first + len(similarity)), strict=True):
+            chosen: list[int] = []
+            for j in np.argsort(-row, kind="stable"):
+                chosen += [v for v in sorted(holders[j]) if v not in blocked[i] and v not in chosen]
+                if len(chosen) >= count:
+                    break
+            hard.append(chosen[:count])
+    return hard
 
 
 def _near_texts(vectors: np.ndarray, threshold: float) -> list[list[int]]:
@@ -137,33 +169,39 @@ def _near_texts(vectors: np.ndarray, threshold: float) -> list[list[int]]:
 
 
 @dataclass
-class InBatchNegatives:
-    """Pick up to ``per_positive`` negative columns per positive row of a batch, from the batch's other videos.
+class NegativeSampler:
+    """Up to ``per_positive`` negative videos per positive row of a batch: ``hard_fraction`` of them hard (drawn
+    from the split, ``NegativeFilter.hard_videos``), the rest from the batch's other videos.
 
     The choice is a function of the batch's content and ``seed``, so a resumed epoch draws the same negatives.
     """
 
+    filter: NegativeFilter
     per_positive: int
+    hard_fraction: float = 0.5
     seed: int = 0
 
-    def pick(self, blocked: torch.Tensor, video_ids: Sequence[str], qids: Sequence[object]) -> tuple[list[int],
-                                                                                                     list[int]]:
-        """``(rows, columns)`` of the negative pairs: row i's query with column j's video, j not blocked for i and
-        each video at most once per row."""
+    @property
+    def hard_per_positive(self) -> int:
+        return min(self.per_positive, int(self.per_positive * self.hard_fraction + 0.5))
+
+    def sample(self, texts: Sequence[str], video_ids: Sequence[str], qids: Sequence[object],
+               blocked: torch.Tensor) -> list[tuple[int, str]]:
+        """``(row, video_id)`` of each negative pair of a batch whose rows are ``texts`` x ``video_ids`` and whose
+        ``blocked`` matrix (``NegativeFilter.blocked_matrix``) says which batch videos each row may not use."""
         rng = np.random.default_rng([self.seed, zlib.crc32(repr(list(qids)).encode())])
-        rows: list[int] = []
-        columns: list[int] = []
-        first_of_video: dict[str, int] = {}
-        for j, video in enumerate(video_ids):
-            first_of_video.setdefault(video, j)
-        distinct = sorted(first_of_video.values())
-        allowed = ~blocked
-        for i in range(blocked.shape[0]):
-            options = [j for j in distinct if bool(allowed[i, j])]
-            if not options:
-                continue
-            chosen = rng.choice(len(options), size=min(self.per_positive, len(options)), replace=False)
-            for c in sorted(chosen.tolist()):
-                rows.append(i)
-                columns.append(options[c])
-        return rows, columns
+        batch_videos = list(dict.fromkeys(video_ids))
+        column = {video: j for j, video in reversed(list(enumerate(video_ids)))}
+        hard_count = self.hard_per_positive
+        out: list[tuple[int, str]] = []
+        for i, text in enumerate(texts):
+            used: set[str] = set()
+            hard = [v for v in self.filter.hard_videos(text) if v != video_ids[i]]
+            for c in sorted(rng.choice(len(hard), size=min(hard_count, len(hard)), replace=False).tolist()):
+                used.add(hard[c])
+            easy = [v for v in batch_videos if v not in used and not bool(blocked[i, column[v]])]
+            for c in sorted(rng.choice(len(easy), size=min(self.per_positive - len(used), len(easy)),
+                                       replace=False).tolist()):
+                used.add(easy[c])
+            out += [(i, video) for video in sorted(used)]
+        return out

@@ -59,7 +59,8 @@ class TrainingData:
         """How batches of ``split`` are put together: with negative rows for training when the config asks."""
         if split == "train" and self.negatives is not None:
             negatives = self.config.train.negatives
-            return PairCollator(self.negatives, negatives.per_positive, self.config.train.seed)
+            return PairCollator(self.negatives, negatives.per_positive, self.config.train.seed,
+                                negatives.hard_fraction, self.train.grids)
         return collate
 
     def train_durations(self) -> dict[str, float]:

@@ -54,7 +54,7 @@ def test_the_filter_keeps_same_text_and_paraphrase_videos_out_of_the_negatives(d
     assert "excluded" in report.line() and "0.9" in report.line()
     collator = PairCollator(door_filter, per_positive=4, seed=0)
     for seed in range(5):
-        collator.negatives.seed = seed
+        collator.sampler.seed = seed
         batch = collator(items(DOOR_PAIRS))
         for row, video in zip(batch["query_index"].tolist(), batch["video_index"].tolist(), strict=True):
             if row != video:  # a negative row: never a video that holds the query
@@ -63,6 +63,23 @@ def test_the_filter_keeps_same_text_and_paraphrase_videos_out_of_the_negatives(d
         door_rows = batch["query_index"][negatives] == 0
         assert sorted(batch["video_index"][negatives][door_rows].tolist()) == [3, 4]  # only v4 and v5 remain
         assert batch["blocked"][0].tolist() == [True, True, True, False, False]
+
+
+def test_hard_negatives_come_from_the_nearest_other_texts_of_the_split(door_filter) -> None:
+    hard = door_filter.hard_videos("person opens the door")
+    assert sorted(hard) == ["v4", "v5"]  # every other video is blocked: same text or paraphrase
+    items_ = items(DOOR_PAIRS)
+    grids = {it["video_id"]: it["video"].numpy() for it in items_}
+    collator = PairCollator(door_filter, per_positive=1, seed=0, hard_fraction=1.0, grids=grids)
+    batch = collator(items_[:2])  # both rows are about the door; neither v4 nor v5 is in the batch
+    assert batch["video"].shape[0] > 2  # the hard videos' grids were appended
+    negatives = batch["negative"]
+    assert int(negatives.sum()) == 2
+    for column in batch["video_index"][negatives].tolist():
+        torch.testing.assert_close(batch["video"][column], torch.from_numpy(grids[hard[0]]) if
+                                   torch.equal(batch["video"][column], torch.from_numpy(grids[hard[0]])) else
+                                   torch.from_numpy(grids[hard[1]]))
+    assert PairCollator(door_filter, 0, grids=grids)(items_[:2]).keys() == collate(items_[:2]).keys()
 
 
 def test_negative_rows_have_no_positive_location_and_zero_targets(door_filter) -> None:
