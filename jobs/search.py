@@ -2,7 +2,8 @@
 
 Answers from the LanceDB table that `jobs.ground` wrote: the stored queries nearest to the text in meaning and
 in words, and their best segments across the library. `--live` grounds the text against every video now
-(needs `moments.grounding`).
+(needs `moments.grounding`). With `DRN_SERVE=http://host:port` set, indexed searches go to a running
+search service (`python -m jobs.serve`), which has the index and the model loaded already.
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ def run_search(args: argparse.Namespace) -> pa.Table:
     return index.search(args.text, k=args.k, video_id=args.video, min_score=args.min_score, run_id=args.run_id)
 
 
+def run_remote(args: argparse.Namespace, address: str) -> pa.Table:
+    """Ask the search service at `address` ($DRN_SERVE), which has the index and the model loaded already."""
+    from drn.errors import InputError
+    from moments.service_client import SERVE_ENV, remote_search
+
+    if args.db is not None or args.table != "segments":
+        raise InputError(f"--db/--table name a local index, but {SERVE_ENV} sends searches to the service at "
+                         f"{address}; unset {SERVE_ENV} to search another index")
+    return pa.Table.from_pylist(remote_search(address, args.text, k=args.k, video=args.video,
+                                              min_score=args.min_score, run_id=args.run_id))
+
+
 def format_results(results: pa.Table) -> str:
     """A readable table: rank, query matched, video, start-end in seconds, score."""
     if results.num_rows == 0:
@@ -90,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--live needs --checkpoint and --features")
     if args.k < 1:
         parser.error("--k must be at least 1")
-    results = run_live(args) if args.live else run_search(args)
+    from moments.service_client import service_address
+
+    remote = None if args.live else service_address()  # DRN_SERVE: a running service answers, fast
+    results = run_live(args) if args.live else run_remote(args, remote) if remote else run_search(args)
     if args.json:
         for row in results.to_pylist():
             print(json.dumps(row, ensure_ascii=False))
