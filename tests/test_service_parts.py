@@ -125,3 +125,19 @@ def test_jobs_serve_refuses_bad_settings_before_starting_anything(tmp_path, caps
     for option in ("--db", "--features", "--videos", "--checkpoint", "--host", "--port", "--replicas"):
         assert option in text
     assert "127.0.0.1" in text
+
+
+def test_the_demo_says_how_to_watch_its_results_and_checks_the_port_first(tmp_path, capsys) -> None:
+    from jobs import demo as demo_cli
+    from moments.demo import DemoPaths, where_things_are
+
+    paths = DemoPaths(tmp_path / "demo")
+    note = where_things_are(paths)
+    assert f"python -m jobs.serve --db {paths.db} --features {paths.features} --videos {paths.videos}" in note
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert demo_cli.main(["--out", str(tmp_path / "out"), "--serve", "--port", str(port)]) == 2
+    assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any work

@@ -9,6 +9,7 @@ const state = {
   results: [],        // the rows of the last search (the fields of `jobs.search --json`)
   durations: {},      // video_id -> duration_s, from /api/videos
   playing: null,      // the moment in the player: {video_id, start_s, end_s, ...}
+  searches: 0,        // searches answered so far (document.body.dataset.searches, for tests and tools)
 };
 
 function api(path, params) {
@@ -99,6 +100,7 @@ async function search(event) {
     renderTimelines();
     say(error.message, true);
   }
+  document.body.dataset.searches = String(++state.searches);
 }
 
 function renderResults() {
