@@ -95,6 +95,9 @@ class SearchBackend:
         index = Index(settings.db, table=settings.table)
         index.table  # noqa: B018 - raises InputError naming the db when the table does not exist yet
         library = VideoLibrary.from_store(settings.features, settings.videos) if settings.features else None
+        import torch
+
+        torch.set_num_threads(1)  # requests run side by side in threads: one torch thread each
         embed_text("warm up")  # loads MiniLM once
         if index.count() > 0:
             index.search("warm up", k=1)  # opens the index files once
