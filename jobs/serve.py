@@ -2,13 +2,15 @@
 
 Starts a Ray Serve application (moments.service) that loads the index and the sentence model once and serves a
 JSON API and a web page that plays the moments it finds. It binds to 127.0.0.1 unless --host says otherwise, and
-runs until Ctrl-C. On a cluster, `serve deploy configs/serve.yaml` deploys the same application (docs/cluster.md).
+runs until Ctrl-C (or SIGTERM). On a cluster, `serve deploy configs/serve.yaml` deploys the same application
+(docs/serve.md, docs/cluster.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import urllib.error
@@ -94,6 +96,7 @@ def serve_and_wait(settings, host: str, port: int, *, replicas: int = 1, num_cpu
     if detach:
         return url
     print("open it in a browser; press Ctrl-C to stop", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops it as cleanly as Ctrl-C
     try:
         while True:
             time.sleep(3600)
@@ -101,6 +104,10 @@ def serve_and_wait(settings, host: str, port: int, *, replicas: int = 1, num_cpu
         print("stopping the service", flush=True)
         serve.shutdown()
     return url
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @job_main

@@ -208,7 +208,8 @@ class SearchBackend:
         frame = frame.sort_values(["score", "run_id", "query_id", "rank"], ascending=[False, True, True, True],
                                   kind="stable").head(limit)
         moments = json_rows(pa.Table.from_pandas(frame, preserve_index=False))
-        duration = info.duration_s if info is not None else max((m["end_s"] or 0.0 for m in moments), default=0.0)
+        known = info.duration_s if info is not None else None
+        duration = known or max((m["end_s"] or 0.0 for m in moments), default=0.0)
         body = {"video_id": video_id, "duration_s": duration, "moments_total": total, "count": len(moments),
                 "moments": moments, "available": self.library is not None and self.library.file_of(video_id)
                 is not None}
@@ -238,7 +239,7 @@ class SearchBackend:
     def clip(self, query: dict[str, str]) -> tuple[Path, Clip | None]:
         """GET /api/clip: the whole file (the service answers Range requests), or a short clip of [start, end]."""
         video, path = self.video_file(query.get("video"))
-        span = params.clip_span(query.get("start"), query.get("end"), video.duration_s)
+        span = params.clip_span(query.get("start"), query.get("end"), video.duration_s or math.inf)
         if span is None:
             return path, None
         return path, moment_clip(path, *span)
@@ -246,7 +247,7 @@ class SearchBackend:
     def frame(self, query: dict[str, str]) -> bytes:
         """GET /api/frames: the frame at t as JPEG (width pixels wide)."""
         video, path = self.video_file(query.get("video"))
-        t = params.frame_time(query.get("t"), video.duration_s)
+        t = params.frame_time(query.get("t"), video.duration_s or math.inf)
         width = params.frame_width(query.get("width"))
         stat = path.stat()
         return _cached_frame(str(path), stat.st_mtime_ns, round(t, 3), width)

@@ -10,6 +10,7 @@ the id is looked up in this table and no text from a request is ever joined to a
 
 from __future__ import annotations
 
+import math
 import os
 import posixpath
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ class LibraryVideo:
 
     video_id: str
     uri: str
-    duration_s: float
+    duration_s: float | None  # None when extraction did not record it
     fps: float | None
     width: int | None
     height: int | None
@@ -63,7 +64,7 @@ class VideoLibrary:
             if relative is None:
                 relative = PurePosixPath(posixpath.basename(row["uri"].rstrip("/"))) if row["uri"] else None
             videos[row["video_id"]] = LibraryVideo(
-                video_id=row["video_id"], uri=row["uri"], duration_s=float(row["duration_s"] or 0.0),
+                video_id=row["video_id"], uri=row["uri"], duration_s=_finite(row.get("duration_s")),
                 fps=row.get("fps"), width=row.get("width"), height=row.get("height"), relative=relative,
             )
         return cls(videos, root_path, store_uri)
@@ -90,6 +91,10 @@ class VideoLibrary:
             if candidate.is_relative_to(self.root) and candidate.is_file():
                 return candidate
         return None
+
+
+def _finite(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
 
 
 def _local(uri: str | None) -> str | None:

@@ -224,6 +224,7 @@ BAD_REQUESTS = [
     ("api/search?q=door&video=no_such_video", 404, "unknown video"),
     (f"api/search?q={urllib.parse.quote(LONG_QUERY)}", 400, "20,016 characters"),
     ("api/videos/no_such_video", 404, "unknown video"),
+    ("api/videos/..%2F..%2Fetc%2Fpasswd", 404, "unknown video"),
     ("api/videos/synth_0000?limit=lots", 400, "limit must be a whole number"),
     ("api/clip", 400, "video is missing"),
     ("api/clip?video=no_such_video", 404, "unknown video"),
