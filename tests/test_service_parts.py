@@ -141,3 +141,14 @@ def test_the_demo_says_how_to_watch_its_results_and_checks_the_port_first(tmp_pa
         assert demo_cli.main(["--out", str(tmp_path / "out"), "--serve", "--port", str(port)]) == 2
     assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_the_pages_files_ship_as_package_data() -> None:
+    import fnmatch
+    import re
+
+    section = (REPO / "pyproject.toml").read_text().split("[tool.setuptools.package-data]", 1)[1]
+    globs = re.findall(r'"([^"]+)"', re.search(r"^moments = \[(.*?)\]", section, re.M).group(1))
+    files = sorted(path.relative_to(REPO / "moments").as_posix() for path in (REPO / "moments" / "web").iterdir())
+    assert files == ["web/app.js", "web/index.html", "web/style.css"]
+    assert all(any(fnmatch.fnmatch(name, pattern) for pattern in globs) for name in files)
