@@ -2,7 +2,7 @@
 
 Starts a Ray Serve application (moments.service) that loads the index and the sentence model once and serves a
 JSON API and a web page that plays the moments it finds. It binds to 127.0.0.1 unless --host says otherwise, and
-runs until Ctrl-C (or SIGTERM). On a cluster, `serve deploy configs/serve.yaml` deploys the same application
+runs until Ctrl-C (or SIGTERM). On a cluster, `serve deploy configs/serve/moments.yaml` deploys the same application
 (docs/serve.md, docs/cluster.md).
 """
 

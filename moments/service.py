@@ -13,7 +13,7 @@ and the video manifest once (`moments.search_backend.SearchBackend`); its replic
 | `GET /api/frames?video=&t=[&width=]` | the frame at t as JPEG |
 
 Bad parameters are answered 4xx with `{"error": ..., "parameter": ...}`; anything unexpected is a 500 with a
-JSON message, and the replica keeps serving. `jobs.serve` starts it locally; `configs/serve.yaml` runs it with
+JSON message, and the replica keeps serving. `jobs.serve` starts it locally; `configs/serve/moments.yaml` runs it with
 `serve run` / `serve deploy` through `app_builder`.
 """
 

@@ -91,7 +91,7 @@ def test_serve_config_is_valid_and_builds_the_app(tmp_path, monkeypatch) -> None
 
     from moments.service import MomentsService, app_builder, settings_from_args
 
-    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "configs" / "serve.yaml").read_text()))
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "configs" / "serve" / "moments.yaml").read_text()))
     assert config.http_options.host == "127.0.0.1"
     app = config.applications[0]
     assert app.import_path == "moments.service:app_builder" and app.deployments[0].name == MomentsService.name
