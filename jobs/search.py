@@ -2,7 +2,8 @@
 
 Answers from the LanceDB table that `jobs.ground` wrote: the stored queries nearest to the text in meaning and
 in words, and their best segments across the library. `--live` grounds the text against every video now
-(needs `moments.grounding`).
+(needs `moments.grounding`). With `DRN_SERVE=http://host:port` set, indexed searches go to a running
+search service (`python -m jobs.serve`), which has the index and the model loaded already.
 """
 
 from __future__ import annotations
@@ -61,6 +62,19 @@ def run_search(args: argparse.Namespace) -> tuple[pa.Table, list[str]]:
     return answer.rows, answer.notices()
 
 
+def run_remote(args: argparse.Namespace, address: str) -> tuple[pa.Table, list[str]]:
+    """Ask the search service at `address` ($DRN_SERVE), which has the index and the model loaded already."""
+    from drn.errors import InputError
+    from moments.service_client import SERVE_ENV, remote_search
+
+    if args.db is not None or args.table != "segments":
+        raise InputError(f"--db/--table name a local index, but {SERVE_ENV} sends searches to the service at "
+                         f"{address}; unset {SERVE_ENV} to search another index")
+    rows, notices = remote_search(address, args.text, k=args.k, video=args.video, min_score=args.min_score,
+                                  run_id=args.run_id)
+    return pa.Table.from_pylist(rows), notices
+
+
 def format_results(results: pa.Table) -> str:
     """A readable table: rank, query matched, video, start-end in seconds, score."""
     if results.num_rows == 0:
@@ -99,11 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--live needs --checkpoint and --features")
     if args.k < 1:
         parser.error("--k must be at least 1")
+    from moments.service_client import service_address
+
+    remote = None if args.live else service_address()  # DRN_SERVE: a running service answers, fast
     if args.live:
         from moments.index import SearchAnswer
 
         results = run_live(args)
         notices = SearchAnswer(args.text, results, args.text, 1.0, grounded=True).notices()
+    elif remote:
+        results, notices = run_remote(args, remote)
     else:
         results, notices = run_search(args)
     for notice in notices:

@@ -524,6 +524,8 @@ def where_things_are(paths: DemoPaths) -> str:
         f"report                  {paths.marker}",
         "",
         f'search:    python -m jobs.search "a red circle moves up" --db {paths.db}',
+        f"watch:     python -m jobs.serve --db {paths.db} --features {paths.features} --videos {paths.videos}",
+        "           then open http://127.0.0.1:8000/ (or run the demo with --serve)",
         f"explore:   DRN_DB={paths.db} DRN_FEATURES={paths.features} DRN_ANNOTATIONS={paths.annotations} "
         "jupyter lab notebooks/explore_results.ipynb",
         f"           (the notebook's defaults already point at {DEFAULT_OUT}/; set the variables for --out {out};",
