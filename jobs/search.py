@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from jobs.cli import job_main
+from moments.results import format_results
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,28 +59,6 @@ def run_search(args: argparse.Namespace) -> pa.Table:
 
     index = Index(args.db or default_db_uri(), table=args.table)
     return index.search(args.text, k=args.k, video_id=args.video, min_score=args.min_score, run_id=args.run_id)
-
-
-def format_results(results: pa.Table) -> str:
-    """A readable table: rank, query matched, video, start-end in seconds, score."""
-    if results.num_rows == 0:
-        return "no segments found"
-    rows = results.to_pylist()
-    header = ("#", "query matched", "video", "start-end (s)", "score")
-    lines = [
-        (str(row["result_rank"] + 1), _shorten(row["query_text"], 48), _shorten(row["video_id"], 24),
-         f"{row['start_s']:.2f}-{row['end_s']:.2f}", f"{row['score']:.3f}")
-        for row in rows
-    ]
-    widths = [max(len(header[c]), *(len(line[c]) for line in lines)) for c in range(len(header))]
-    out = ["  ".join(text.ljust(width) for text, width in zip(header, widths, strict=True))]
-    out.append("  ".join("-" * width for width in widths))
-    out += ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)) for line in lines]
-    return "\n".join(out)
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @job_main

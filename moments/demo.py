@@ -452,8 +452,8 @@ def search_texts(texts: Sequence[str], vocabulary: set[str]) -> list[tuple[str, 
 def run_searches(paths: DemoPaths, searches: Sequence[tuple[str, str]], k: int = 3,
                  echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Step 6: search the index for each text and print the results."""
-    from jobs.search import format_results
     from moments.index import Index
+    from moments.results import format_results
 
     index = Index(paths.db)
     found = []
