@@ -23,8 +23,9 @@ from drn.config import load_config
 from drn.datasets import dataset_names
 from drn.errors import InputError
 from drn.model import DRN, count_parameters
+from drn.store import FeatureStore
 from drn.training import fit, stages_from_config
-from drn.training_setup import prepare_training_data
+from drn.training_setup import adopt_store_feature_dim, prepare_training_data
 from jobs.cli import job_main
 from moments.train import StageFailedError, add_distributed_arguments, run_from_args
 
@@ -79,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)
+    notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, args.overrides,
+                                     args.features)
+    if notice:
+        print(notice, file=sys.stderr)
     torch.manual_seed(config.train.seed)
     progress = not args.quiet
     data = prepare_training_data(config, args.features, args.annotations, args.dataset, args.resume_from,

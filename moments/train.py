@@ -35,7 +35,7 @@ from drn.data import usable_pairs
 from drn.errors import InputError
 from drn.store import FeatureStore, absolute_uri
 from drn.training import selection_key, stages_from_config, validate
-from drn.training_setup import eval_splits, load_pairs, prepare_training_data
+from drn.training_setup import adopt_store_feature_dim, eval_splits, load_pairs, prepare_training_data
 from moments.train_storage import BEST_FILE, DONE_FILE, RunStorage
 from moments.train_worker import MODEL_FILE, FailureInjection, local_model_file, train_stage_worker
 
@@ -253,7 +253,12 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace, stages: Sequence[int]) -> dict[str, Any]:
     """Run ``fit_distributed`` from parsed ``jobs.train`` arguments; prints the summary as ONE JSON line."""
-    config = load_config(args.config, getattr(args, "overrides", []))
+    overrides = getattr(args, "overrides", [])
+    config = load_config(args.config, overrides)
+    notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, overrides,
+                                     args.features)
+    if notice:
+        print(notice, file=sys.stderr)
     storage = args.storage if args.storage is not None else os.fspath(getattr(args, "out", "runs/train"))
     resume_from = getattr(args, "resume_from", None)
     summary = fit_distributed(
