@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from drn.checkpoint import check_feature_dim, load_checkpoint
+from drn.checkpoint import check_feature_dim, load_checkpoint, read_checkpoint
 from drn.data import GroundingDataset, collate, load_grids, usable_pairs
 from drn.datasets import LoadedSplit
 from drn.errors import InputError
@@ -88,6 +88,21 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def dataset_from_args(args: argparse.Namespace) -> str:
+    """``--dataset``, or the dataset the ``--checkpoint`` was trained on; an explicit one must agree with it."""
+    if args.checkpoint is None:
+        if args.dataset is None:
+            raise InputError("--dataset is required with --predictions (which dataset format to read)")
+        return args.dataset
+    recorded = read_checkpoint(args.checkpoint)["config"].get("dataset")
+    if args.dataset is not None and recorded is not None and args.dataset != recorded:
+        raise InputError(f"--dataset {args.dataset} disagrees with the checkpoint, which was trained on {recorded}; "
+                         "leave --dataset out to use the checkpoint's", path=args.checkpoint)
+    if args.dataset is None and recorded is None:
+        raise InputError("the checkpoint does not record its dataset: give --dataset", path=args.checkpoint)
+    return args.dataset or recorded
+
+
 def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
         recall_at=tuple(args.recall_at),
@@ -104,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate moment predictions on a dataset split (R@n,IoU=m and mIoU of the top-1): "
         "a predictions file, or a DRN checkpoint run on a feature store.",
     )
-    add_dataset_arguments(parser, default_split="test")
+    add_dataset_arguments(parser, default_split="test",
+                          dataset_help="which dataset format to read (required with --predictions; with --checkpoint "
+                                       "the checkpoint's dataset, which an explicit value must match)")
     source = parser.add_argument_group("what to evaluate").add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help="a predictions JSONL file")
     source.add_argument("--checkpoint", type=Path, help="a DRN checkpoint (e.g. runs/train/best.pt); needs --features")
@@ -222,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if used:
             parser.error(f"{', '.join(used)} only apply with --checkpoint")
     config = eval_config_from_args(args)
+    args.dataset = dataset_from_args(args)
     loaded = load_split_from_args(args)
     pairs, title, extra = loaded.pairs, None, {}
     if args.checkpoint is None:

@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)
+    config.dataset = args.dataset or config.dataset  # the checkpoint records the annotation format it was trained on
     notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, args.overrides,
                                      args.features)
     if notice:

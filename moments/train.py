@@ -255,6 +255,7 @@ def run_from_args(args: argparse.Namespace, stages: Sequence[int]) -> dict[str, 
     """Run ``fit_distributed`` from parsed ``jobs.train`` arguments; prints the summary as ONE JSON line."""
     overrides = getattr(args, "overrides", [])
     config = load_config(args.config, overrides)
+    config.dataset = getattr(args, "dataset", None) or config.dataset  # recorded in the checkpoints
     notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, overrides,
                                      args.features)
     if notice:

@@ -172,12 +172,13 @@ def test_a_preset_trains_on_a_store_of_another_dimension_without_set(tiny_benchm
     sizes = [a for s in SMALL[1:] for a in ("--set", s)]  # small layers, but no model.feature_dim
     args = ["--config", "configs/synthetic.yaml", "--features", tiny_benchmark.features, "--annotations",
             tiny_benchmark.annotations, "--out", str(tmp_path / "run"), "--quiet", "--stages", "1",
-            "--set", "train.stage1.epochs=1", *sizes]
+            "--set", "train.stage1.epochs=1", "--set", "dataset=charades_sta", "--dataset", "jsonl", *sizes]
     assert train_job.main(args) == 0
     captured = capsys.readouterr()
     assert "model.feature_dim: 16 (the feature store's dimension; the config said 64)" in captured.err
     best = json.loads(captured.out.strip().splitlines()[-1])["best_checkpoint"]
     assert read_checkpoint(best)["config"]["model"]["feature_dim"] == 16
+    assert read_checkpoint(best)["config"]["dataset"] == "jsonl"  # --dataset, not the config's, is recorded
     model, config, _ = load_checkpoint(best)
     assert config.model.feature_dim == 16 and model.config.model.feature_dim == 16
 
