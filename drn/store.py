@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from drn.durations import timeline_duration
 from drn.errors import InputError
 
 METADATA_PREFIX = "drn."
@@ -347,8 +348,14 @@ class FeatureStore:
         return ok["video_id"].to_pylist()
 
     def durations(self) -> dict[str, float]:
+        """Every ``ok`` video's timeline duration in seconds (``drn.durations``): the decoded duration, or the
+        last clip's end where the row has none."""
         ok = self._videos.filter(pc.equal(self._videos["status"], "ok"))
-        return dict(zip(ok["video_id"].to_pylist(), ok["duration_s"].to_pylist(), strict=True))
+        recorded = dict(zip(ok["video_id"].to_pylist(), ok["duration_s"].to_pylist(), strict=True))
+        out = {vid: timeline_duration(d, ()) for vid, d in recorded.items()}
+        unknown = [vid for vid, d in out.items() if not math.isfinite(d)]
+        out.update(self._last_clip_ends(unknown))
+        return out
 
     def __contains__(self, video_id: str) -> bool:
         return video_id in self._row_of
@@ -385,6 +392,20 @@ class FeatureStore:
                 rows = table.take(pa.array(rows_of.get(vid, []), pa.int64()))
                 yield self._assemble(vid, rows, self._row_of[vid]["duration_s"])
 
+    def _last_clip_ends(self, video_ids: Iterable[str]) -> dict[str, float]:
+        """The last clip's end of each video, reading only the clip times of the shards that hold them."""
+        by_shard: dict[str, set[str]] = {}
+        for vid in video_ids:
+            by_shard.setdefault(self._row_of[vid]["shard"], set()).add(vid)
+        ends: dict[str, float] = {}
+        for shard, wanted in sorted(by_shard.items()):
+            table = pq.read_table(f"{self.root}/clips/{shard}.parquet", filesystem=self.fs,
+                                  columns=["video_id", "clip_end_s"])
+            for vid, times in zip(table["video_id"].to_pylist(), table["clip_end_s"].to_pylist(), strict=True):
+                if vid in wanted and times:
+                    ends[vid] = max(ends.get(vid, -math.inf), max(times))
+        return {vid: ends.get(vid, math.nan) for wanted in by_shard.values() for vid in wanted}
+
     def _read_videos(self) -> pa.Table:
         parts = []
         for path in _list_parquet(self.fs, f"{self.root}/videos"):
@@ -419,8 +440,7 @@ class FeatureStore:
         feats = _flatten_features(rows["features"], dim)
         starts = pc.list_flatten(rows["clip_start_s"]).to_numpy()
         ends = pc.list_flatten(rows["clip_end_s"]).to_numpy()
-        duration = float(duration_s) if duration_s is not None and math.isfinite(duration_s) else float(ends[-1])
-        return VideoFeatures(video_id, feats, starts, ends, duration)
+        return VideoFeatures(video_id, feats, starts, ends, timeline_duration(duration_s, ends))
 
 
 def _flatten_features(column: pa.ChunkedArray, dim: int) -> np.ndarray:

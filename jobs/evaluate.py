@@ -182,8 +182,8 @@ def run_checkpoint(
         batches = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
         model.to(device)
         predictions = predict(model, tqdm(batches, desc="predict", disable=not progress), config)
-    kept_ids = {id(p) for p in kept}
-    return CheckpointRun(predictions, list(kept), [p for p in pairs if id(p) not in kept_ids])
+    dropped = {qid for qid, _ in selection.dropped}
+    return CheckpointRun(predictions, list(kept), [p for p in pairs if p.qid in dropped])
 
 
 def predictions_from_args(args: argparse.Namespace, loaded: LoadedSplit) -> Mapping[int | str, Prediction]:
@@ -250,9 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         title = f"checkpoint {args.checkpoint}"
         extra = {"checkpoint": str(args.checkpoint), "pairs_without_features": len(run.without_features),
                  "missing_videos": args.missing_videos}
-        if args.missing_videos == "skip":
-            pairs = run.scored
-        elif run.without_features:
+        pairs = run.scored if args.missing_videos == "skip" else [*run.scored, *run.without_features]
+        if run.without_features and args.missing_videos != "skip":
             config = dataclasses.replace(config, allow_missing=True)
         if not pairs:
             raise InputError("no pair of the split has features in the store", path=args.features)
