@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +45,10 @@ class StoreMetadata:
     clip_stride: int
     fps: str
     feature_dim: int
-    dtype: str = "float16"
+    dtype: str = "float16"  # the stored dtype of the features
+    # what the extractor computed in (float32, bfloat16, float16; "unknown" for imported or older stores). Not part
+    # of a store's kind: features computed in bf16 and fp32 agree (cosine >= 0.99), so files may differ in it.
+    compute_dtype: str = field(default="unknown", compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float16", "float32"):
@@ -62,6 +65,8 @@ class StoreMetadata:
         values: dict[str, object] = {}
         for f in fields(cls):
             raw = metadata.get(f"{METADATA_PREFIX}{f.name}".encode())
+            if raw is None and not f.compare:  # optional, recorded since drn.compute_dtype was added
+                continue
             if raw is None:
                 raise InputError(f"schema metadata lacks '{METADATA_PREFIX}{f.name}'", path=source)
             text = raw.decode()
@@ -71,7 +76,8 @@ class StoreMetadata:
     def differences(self, other: StoreMetadata) -> list[str]:
         """``'key: a vs b'`` for every field where the two disagree."""
         mine, theirs = asdict(self), asdict(other)
-        return [f"{METADATA_PREFIX}{k}: {mine[k]!r} vs {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+        kind = [f.name for f in fields(self) if f.compare]
+        return [f"{METADATA_PREFIX}{k}: {mine[k]!r} vs {theirs[k]!r}" for k in kind if mine[k] != theirs[k]]
 
     @property
     def numpy_dtype(self) -> np.dtype:
