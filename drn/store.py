@@ -30,7 +30,10 @@ from drn.durations import timeline_duration
 from drn.errors import InputError
 
 METADATA_PREFIX = "drn."
-DEFAULT_MAX_CHUNK_BYTES = 4 << 20
+# A chunk is one Parquet row; the Parquet writer holds some 30 to 45 bytes per feature value while it encodes one
+# (levels and page buffers of the nested list column), and the allocator keeps that memory for the next chunk:
+# 1 MiB chunks (128 fc6 clips in float16) cost the writer about 25 MB, 4 MiB chunks about 80 MB (docs/extraction.md).
+DEFAULT_MAX_CHUNK_BYTES = 1 << 20
 VIDEO_STATUSES = ("ok", "failed")
 
 
@@ -177,6 +180,16 @@ def _write_table_atomically(fs: pafs.FileSystem, path: str, table: pa.Table) -> 
         pq.write_table(table, path, filesystem=fs)
 
 
+def writer_memory_pool() -> pa.MemoryPool:
+    """The Arrow memory pool of the writers: jemalloc where pyarrow has it. Writing chunk after chunk of a long
+    video through the default pool (mimalloc) or the system allocator let memory creep up by 100 MB and more over
+    an hour of video; jemalloc stayed flat (docs/extraction.md, "Memory")."""
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        return pa.default_memory_pool()
+
+
 class FeatureStoreWriter:
     """Writes videos into one shard at a time; bounded memory whatever a video's length.
 
@@ -199,6 +212,7 @@ class FeatureStoreWriter:
         self.schema = clips_schema(metadata)
         self.videos_per_shard = videos_per_shard
         self.clips_per_chunk = max(1, max_chunk_bytes // (metadata.feature_dim * metadata.numpy_dtype.itemsize))
+        self._pool = writer_memory_pool()
         existing = existing_metadata(uri)
         if existing is not None and existing != metadata:
             raise InputError(
@@ -271,11 +285,11 @@ class FeatureStoreWriter:
     def _write_chunk(self, video_id: str, block: np.ndarray) -> None:
         if self._clips_writer is None:
             path = f"{self.root}/clips/{self._shard}.parquet"
-            self._clips_writer = pq.ParquetWriter(path, self.schema, filesystem=self.fs)
+            self._clips_writer = pq.ParquetWriter(path, self.schema, filesystem=self.fs, memory_pool=self._pool)
         chunk = self._next_chunk.get(video_id, 0)
         self._next_chunk[video_id] = chunk + 1
         dim = self.metadata.feature_dim
-        values = pa.array(block[:, 2:].astype(self.metadata.numpy_dtype).ravel())
+        values = pa.array(block[:, 2:].astype(self.metadata.numpy_dtype).ravel(), memory_pool=self._pool)
         features = pa.FixedSizeListArray.from_arrays(values, dim)
         row = pa.Table.from_arrays(
             [

@@ -44,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip-stride", type=int, default=8, help="frames between clip starts")
     parser.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="GPUs per C3D actor (0: run on CPU)")
     parser.add_argument("--num-actors", type=int, default=None, help="C3D actors (default: one per GPU, or 1)")
-    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per C3D actor (torch threads on CPU)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per C3D actor")
     parser.add_argument("--torch-threads", type=int, default=None,
-                        help="CPU threads of each actor's network (default: --cpus-per-actor)")
+                        help="CPU threads of each actor's network (default: on GPU --cpus-per-actor; on CPU the "
+                             "smallest node's CPUs shared among the actors, since decoding needs little)")
     parser.add_argument("--decode-tasks", type=int, default=None,
                         help="concurrent decoding tasks, one CPU each (default: the CPUs the actors leave)")
     parser.add_argument("--batch-size", type=int, default=None, help="clips per forward pass (default 64 GPU, 8 CPU)")

@@ -48,7 +48,8 @@ class Resources:
     decode_tasks: int | None = None  # None: the cluster's CPUs left after the actors, at least one
     batch_size: int = 8  # clips per forward pass
     clips_per_row: int | None = None  # None: batch_size
-    torch_threads: int | None = None  # CPU threads of each actor's network; None: cpus_per_actor
+    torch_threads: int | None = None  # CPU threads of each actor's network; None: cpus_per_actor (default_resources
+    # gives CPU actors the smallest node's CPUs shared among them: decoding takes a few % of the CPU that C3D does)
 
 
 @dataclass
@@ -420,5 +421,8 @@ def default_resources(num_gpus_per_actor: float, num_actors: int | None, **overr
         num_actors = max(1, int(gpus // num_gpus_per_actor)) if num_gpus_per_actor > 0 else 1
     values = {k: v for k, v in overrides.items() if v is not None}
     values.setdefault("batch_size", 64 if num_gpus_per_actor > 0 else 8)
+    if num_gpus_per_actor <= 0:  # C3D on CPU: its threads take the node, decoding (a few % of the work) shares it
+        nodes = [n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")] or [1]
+        values.setdefault("torch_threads", max(1, int(min(nodes)) // num_actors))
     return Resources(num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor, **values)
 
