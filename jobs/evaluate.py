@@ -79,8 +79,8 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
         "--missing-videos",
         choices=MISSING_VIDEO_CHOICES,
         default="error",
-        help="pairs whose video has no features in the store: error (default), skip (left out of the scored "
-        "split, counted) or miss (scored as misses, counted)",
+        help="pairs whose video has no features in the store (or that start after its decoded end): error "
+        "(default), skip (left out of the scored split, counted) or miss (scored as misses, counted)",
     )
     group.add_argument("--batch-size", type=int, default=64, help="pairs per forward pass (default 64)")
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

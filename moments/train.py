@@ -59,18 +59,20 @@ def check_pairs_have_features(config: DRNConfig, features: str, annotations: str
     val_split, test_split = eval_splits(name)
     dropped: dict[str, int] = {}
     missing: set[str] = set()
-    total = 0
+    ok = set(store.ok_video_ids())
+    total = without = 0
     for split in ("train", val_split, test_split):
         pairs = load_pairs(config, annotations, split, durations, name)
-        selection = usable_pairs(pairs, store)
+        selection = usable_pairs(pairs, store)  # also drops pairs that start after their video's decoded end
         total += len(pairs)
         dropped[split] = len(selection.dropped)
-        kept = {p.video_id for p in selection.kept}
-        missing |= {p.video_id for p in pairs if p.video_id not in kept}
+        lacking = [p.video_id for p in pairs if p.video_id not in ok]
+        without += len(lacking)
+        missing.update(lacking)
     if missing and not skip_missing_videos:
         shown = ", ".join(sorted(missing)[:SHOWN_MISSING]) + (" ..." if len(missing) > SHOWN_MISSING else "")
         raise InputError(
-            f"{sum(dropped.values())} of {total} pairs name {len(missing)} videos that are not ok videos of the "
+            f"{without} of {total} pairs name {len(missing)} videos that are not ok videos of the "
             f"feature store ({shown}); pass --skip-missing-videos to train without them", path=features)
     return dropped
 
