@@ -352,6 +352,7 @@ class FeatureStore:
         self._videos = self._read_videos()
         self._metadata = existing_metadata(uri)
         self._clips_cache: tuple[str, pa.Table] | None = None
+        self._durations: dict[str, float] | None = None
 
     @property
     def metadata(self) -> StoreMetadata:
@@ -370,12 +371,13 @@ class FeatureStore:
     def durations(self) -> dict[str, float]:
         """Every ``ok`` video's timeline duration in seconds (``drn.durations``): the decoded duration, or the
         last clip's end where the row has none."""
-        ok = self._videos.filter(pc.equal(self._videos["status"], "ok"))
-        recorded = dict(zip(ok["video_id"].to_pylist(), ok["duration_s"].to_pylist(), strict=True))
-        out = {vid: timeline_duration(d, ()) for vid, d in recorded.items()}
-        unknown = [vid for vid, d in out.items() if not math.isfinite(d)]
-        out.update(self._last_clip_ends(unknown))
-        return out
+        if self._durations is None:
+            ok = self._videos.filter(pc.equal(self._videos["status"], "ok"))
+            recorded = dict(zip(ok["video_id"].to_pylist(), ok["duration_s"].to_pylist(), strict=True))
+            out = {vid: timeline_duration(d, ()) for vid, d in recorded.items()}
+            out.update(self._last_clip_ends([vid for vid, d in out.items() if not math.isfinite(d)]))
+            self._durations = out
+        return dict(self._durations)
 
     def __contains__(self, video_id: str) -> bool:
         return video_id in self._row_of
