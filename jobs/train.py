@@ -83,8 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.dataset = args.dataset or config.dataset  # the checkpoint records the annotation format it was trained on
     notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, args.overrides,
                                      args.features)
-    if notice:
-        print(notice, file=sys.stderr)
     torch.manual_seed(config.train.seed)
     progress = not args.quiet
     data = prepare_training_data(config, args.features, args.annotations, args.dataset, args.resume_from,
@@ -98,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         model = DRN(config, data.word_vectors)
     stages = stages_from_config(config, parse_stages(args.stages, resumed_stage))
+    if notice:  # after the inputs passed their checks: bad input stays one line
+        print(notice, file=sys.stderr)
     print(f"pairs: train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0} "
           f"(without features, dropped: {data.dropped}); vocabulary {len(data.vocab)} words; "
           f"parameters {count_parameters(model):,}; stages {[s.number for s in stages]}", file=sys.stderr)

@@ -170,9 +170,11 @@ def fit_distributed(
     stages: Sequence[int] = (1, 2, 3), init_checkpoint: str | None = None, max_failures: int = 3,
     keep_checkpoints: int | None = 2, cpus_per_worker: float = 1.0, precision: str = "auto",
     sync_batchnorm: bool = False, skip_missing_videos: bool = False, threads: int | None = None,
-    fail_at: str | None = None, fail_marker: str | None = None, progress: bool = False,
+    fail_at: str | None = None, fail_marker: str | None = None, progress: bool = False, notices: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train ``stages`` in order on ``num_workers`` Ray Train workers; returns (and stores) the final summary.
+
+    ``notices`` are printed to stderr once the inputs have passed their checks (bad input stays one line).
 
     ``fail_at`` (default: $MOMENTS_TRAIN_FAIL_AT) is a test hook, e.g. ``"stage=2,epoch=1,step=1"``; with
     ``fail_marker`` (default: $MOMENTS_TRAIN_FAIL_MARKER) it fires only once.
@@ -187,6 +189,8 @@ def fit_distributed(
     run_storage = RunStorage.open(storage, name)
     run_storage.check_writable()
     dropped = check_pairs_have_features(config, features, annotations, dataset, skip_missing_videos)
+    for notice in notices:
+        print(notice, file=sys.stderr)
     failure = FailureInjection.parse(fail_at if fail_at is not None else os.environ.get(FAIL_AT_ENV),
                                      fail_marker if fail_marker is not None else os.environ.get(FAIL_MARKER_ENV))
     chosen = stages_from_config(config, stages)
@@ -260,8 +264,6 @@ def run_from_args(args: argparse.Namespace, stages: Sequence[int]) -> dict[str, 
     config.dataset = getattr(args, "dataset", None) or config.dataset  # recorded in the checkpoints
     notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, overrides,
                                      args.features)
-    if notice:
-        print(notice, file=sys.stderr)
     storage = args.storage if args.storage is not None else os.fspath(getattr(args, "out", "runs/train"))
     resume_from = getattr(args, "resume_from", None)
     summary = fit_distributed(
@@ -271,7 +273,7 @@ def run_from_args(args: argparse.Namespace, stages: Sequence[int]) -> dict[str, 
         max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints,
         cpus_per_worker=args.cpus_per_worker, precision=args.precision, sync_batchnorm=args.sync_batchnorm,
         skip_missing_videos=args.skip_missing_videos, threads=getattr(args, "threads", None),
-        progress=not getattr(args, "quiet", False),
+        progress=not getattr(args, "quiet", False), notices=[notice] if notice else [],
     )
     shown = {k: summary[k] for k in ("best_checkpoint", "stage", "epoch", "val", "test")}
     print(json.dumps(shown), flush=True)
