@@ -241,6 +241,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     return DRNConfig.from_dict(data, source=source)
 
 
+def overridden_keys(overrides: list[str] | tuple[str, ...]) -> set[str]:
+    """The dotted keys that ``key=value`` overrides set (``{"model.feature_dim"}`` for ``model.feature_dim=512``)."""
+    return {item.split("=", 1)[0].strip() for item in overrides if "=" in item}
+
+
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Set ``a.b.c=value`` (value parsed as YAML) in a nested dict; unknown keys fail later, by name."""
     if "=" not in item:

@@ -63,7 +63,7 @@ def decode_segments(
     cand = torch.cat(
         [boxes[rows, chosen], score[rows, chosen, None], match[rows, chosen, None], quality[rows, chosen, None]],
         dim=-1,
-    ).cpu().numpy().astype(np.float64)
+    ).float().cpu().numpy().astype(np.float64)  # .float(): outputs computed under bf16 autocast
     durations = np.asarray(durations, dtype=np.float64)
     results = []
     for b in range(cand.shape[0]):

@@ -23,8 +23,9 @@ from drn.config import load_config
 from drn.datasets import dataset_names
 from drn.errors import InputError
 from drn.model import count_parameters
+from drn.store import FeatureStore
 from drn.training import fit, stages_from_config
-from drn.training_setup import prepare_training_data
+from drn.training_setup import adopt_store_feature_dim, prepare_training_data
 from jobs.cli import job_main
 from moments.train import StageFailedError, add_distributed_arguments, run_from_args
 
@@ -79,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)
+    config.dataset = args.dataset or config.dataset  # the checkpoint records the annotation format it was trained on
+    notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, args.overrides,
+                                     args.features)
     torch.manual_seed(config.train.seed)
     progress = not args.quiet
     data = prepare_training_data(config, args.features, args.annotations, args.dataset, args.resume_from,
@@ -92,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         model = data.new_model()
     stages = stages_from_config(config, parse_stages(args.stages, resumed_stage))
+    if notice:  # after the inputs passed their checks: bad input stays one line
+        print(notice, file=sys.stderr)
     print(f"pairs: train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0} "
           f"(without features, dropped: {data.dropped}); vocabulary {len(data.vocab)} words; "
           f"parameters {count_parameters(model):,}; stages {[s.number for s in stages]}", file=sys.stderr)

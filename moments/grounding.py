@@ -191,9 +191,8 @@ def select_videos(store: FeatureStore, videos: str | Sequence[str] | None) -> li
     if videos is None:
         wanted = ok
     else:
-        if isinstance(videos, str):
-            path = Path(videos)
-            names = path.read_text().splitlines() if path.is_file() else videos.split(",")
+        if isinstance(videos, str):  # a file (one id a line) or a comma-separated list, however long
+            names = Path(videos).read_text().splitlines() if _is_local_file(videos) else videos.split(",")
         else:
             names = list(videos)
         wanted = list(dict.fromkeys(n.strip() for n in names if n.strip()))
@@ -206,6 +205,11 @@ def select_videos(store: FeatureStore, videos: str | Sequence[str] | None) -> li
                              path=store.uri)
     shard_of = dict(zip(store.videos()["video_id"].to_pylist(), store.videos()["shard"].to_pylist(), strict=True))
     return sorted(wanted, key=lambda vid: (shard_of.get(vid, ""), vid))
+
+
+def _is_local_file(text: str) -> bool:
+    """Whether ``text`` names an existing local file; False (never an error) for text that cannot be a path."""
+    return "://" not in text and os.path.isfile(text)
 
 
 def check_db_writable(uri: str) -> None:

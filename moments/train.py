@@ -35,7 +35,7 @@ from drn.data import usable_pairs
 from drn.errors import InputError
 from drn.store import FeatureStore, absolute_uri
 from drn.training import selection_key, stages_from_config, validate
-from drn.training_setup import eval_splits, load_pairs, prepare_training_data
+from drn.training_setup import adopt_store_feature_dim, eval_splits, load_pairs, prepare_training_data
 from moments.train_storage import BEST_FILE, DONE_FILE, RunStorage
 from moments.train_worker import MODEL_FILE, FailureInjection, local_model_file, train_stage_worker
 
@@ -59,18 +59,20 @@ def check_pairs_have_features(config: DRNConfig, features: str, annotations: str
     val_split, test_split = eval_splits(name)
     dropped: dict[str, int] = {}
     missing: set[str] = set()
-    total = 0
+    ok = set(store.ok_video_ids())
+    total = without = 0
     for split in ("train", val_split, test_split):
         pairs = load_pairs(config, annotations, split, durations, name)
-        selection = usable_pairs(pairs, store)
+        selection = usable_pairs(pairs, store)  # also drops pairs that start after their video's decoded end
         total += len(pairs)
         dropped[split] = len(selection.dropped)
-        kept = {p.video_id for p in selection.kept}
-        missing |= {p.video_id for p in pairs if p.video_id not in kept}
+        lacking = [p.video_id for p in pairs if p.video_id not in ok]
+        without += len(lacking)
+        missing.update(lacking)
     if missing and not skip_missing_videos:
         shown = ", ".join(sorted(missing)[:SHOWN_MISSING]) + (" ..." if len(missing) > SHOWN_MISSING else "")
         raise InputError(
-            f"{sum(dropped.values())} of {total} pairs name {len(missing)} videos that are not ok videos of the "
+            f"{without} of {total} pairs name {len(missing)} videos that are not ok videos of the "
             f"feature store ({shown}); pass --skip-missing-videos to train without them", path=features)
     return dropped
 
@@ -168,9 +170,11 @@ def fit_distributed(
     stages: Sequence[int] = (1, 2, 3), init_checkpoint: str | None = None, max_failures: int = 3,
     keep_checkpoints: int | None = 2, cpus_per_worker: float = 1.0, precision: str = "auto",
     sync_batchnorm: bool = False, skip_missing_videos: bool = False, threads: int | None = None,
-    fail_at: str | None = None, fail_marker: str | None = None, progress: bool = False,
+    fail_at: str | None = None, fail_marker: str | None = None, progress: bool = False, notices: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train ``stages`` in order on ``num_workers`` Ray Train workers; returns (and stores) the final summary.
+
+    ``notices`` are printed to stderr once the inputs have passed their checks (bad input stays one line).
 
     ``fail_at`` (default: $MOMENTS_TRAIN_FAIL_AT) is a test hook, e.g. ``"stage=2,epoch=1,step=1"``; with
     ``fail_marker`` (default: $MOMENTS_TRAIN_FAIL_MARKER) it fires only once.
@@ -185,6 +189,8 @@ def fit_distributed(
     run_storage = RunStorage.open(storage, name)
     run_storage.check_writable()
     dropped = check_pairs_have_features(config, features, annotations, dataset, skip_missing_videos)
+    for notice in notices:
+        print(notice, file=sys.stderr)
     failure = FailureInjection.parse(fail_at if fail_at is not None else os.environ.get(FAIL_AT_ENV),
                                      fail_marker if fail_marker is not None else os.environ.get(FAIL_MARKER_ENV))
     chosen = stages_from_config(config, stages)
@@ -253,7 +259,11 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace, stages: Sequence[int]) -> dict[str, Any]:
     """Run ``fit_distributed`` from parsed ``jobs.train`` arguments; prints the summary as ONE JSON line."""
-    config = load_config(args.config, getattr(args, "overrides", []))
+    overrides = getattr(args, "overrides", [])
+    config = load_config(args.config, overrides)
+    config.dataset = getattr(args, "dataset", None) or config.dataset  # recorded in the checkpoints
+    notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, overrides,
+                                     args.features)
     storage = args.storage if args.storage is not None else os.fspath(getattr(args, "out", "runs/train"))
     resume_from = getattr(args, "resume_from", None)
     summary = fit_distributed(
@@ -263,7 +273,7 @@ def run_from_args(args: argparse.Namespace, stages: Sequence[int]) -> dict[str, 
         max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints,
         cpus_per_worker=args.cpus_per_worker, precision=args.precision, sync_batchnorm=args.sync_batchnorm,
         skip_missing_videos=args.skip_missing_videos, threads=getattr(args, "threads", None),
-        progress=not getattr(args, "quiet", False),
+        progress=not getattr(args, "quiet", False), notices=[notice] if notice else [],
     )
     shown = {k: summary[k] for k in ("best_checkpoint", "stage", "epoch", "val", "test")}
     print(json.dumps(shown), flush=True)
