@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(parser, default_split="test")
     source = parser.add_argument_group("what to evaluate").add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help="a predictions JSONL file")
-    source.add_argument("--checkpoint", type=Path, help="a DRN checkpoint (e.g. runs/train/best.pt); needs --features")
+    source.add_argument("--checkpoint", help="a DRN checkpoint (e.g. runs/train/best.pt or s3://...); needs --features")
     add_checkpoint_arguments(parser)
     add_eval_arguments(parser)
     return parser

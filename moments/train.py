@@ -112,7 +112,7 @@ def run_stage(storage: RunStorage, job: dict[str, Any], *, num_workers: int, use
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage.uri,
+            name=run_name, storage_path=storage.ray_storage[0], storage_filesystem=storage.ray_storage[1],
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints,
                                                          checkpoint_score_attribute="selection_score",
