@@ -123,6 +123,19 @@ class VideoDecoder:
             self.info.num_frames = delivered
         self._bytes = None
 
+    def frames_at(self, times_s: list[float]) -> np.ndarray:
+        """RGB frames ``[n, H, W, 3]`` at the video's own size showing the given times (frame ``int(t * fps)``),
+        read with one ``get_batch`` (for looking at found moments, e.g. in the notebook)."""
+        import decord
+
+        self._locate()
+        reader = decord.VideoReader(self._input(), ctx=decord.cpu(0), num_threads=1)
+        fps = float(reader.get_avg_fps()) or 25.0
+        indices = [min(max(int(t * fps), 0), len(reader) - 1) for t in times_s]
+        frames = reader.get_batch(indices).asnumpy()
+        self._bytes = None
+        return frames
+
     def _locate(self) -> None:
         """Local files are opened by path; an object-store video is checked, and read into memory when small."""
         self._remote, self._bytes = None, None

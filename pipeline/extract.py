@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from drn.errors import InputError
-from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord, open_filesystem
+from drn.store import (
+    FeatureStore,
+    FeatureStoreWriter,
+    StoreMetadata,
+    VideoRecord,
+    check_store_location,
+    open_filesystem,
+)
 from pipeline.c3d import C3DConfig, C3DFeatureExtractor, build_c3d, center_crop, store_metadata
 from pipeline.capacity import DEFAULT_WAIT_S, PipelineNeeds, watch
 from pipeline.clips import ClipCutter, num_clips
@@ -70,6 +77,7 @@ def plan_extraction(
 ) -> tuple[list[VideoSource], list[VideoSource]]:
     """(to do, skipped): videos already ``ok`` in the store are skipped, ``failed`` ones too unless retried."""
     fs, root = open_filesystem(out)
+    check_store_location(fs, root, out)  # a prefix holding something else is refused before any work
     if fs.get_file_info(f"{root}/videos").type.name != "Directory":
         return list(sources), []
     videos = FeatureStore(out).videos()
