@@ -234,12 +234,3 @@ def lancedb_storage_options(uri: str | os.PathLike) -> dict[str, str] | None:
     filesystem_for(text)
     return S3Settings.from_env().lancedb_options()
 
-
-def read_bytes(uri: str | os.PathLike) -> bytes:
-    """The whole file at a local path or URI; InputError when it does not exist."""
-    fs, path = filesystem_for(uri)
-    try:
-        with fs.open_input_stream(path) as stream:
-            return stream.read()
-    except FileNotFoundError:
-        raise InputError("file not found", path=os.fspath(uri)) from None

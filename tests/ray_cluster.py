@@ -36,10 +36,14 @@ class LocalCluster:
     """The test's handle on a harness process and its cluster."""
 
     def __init__(self, env: dict[str, str], head_cpus: float = 0, log_dir: str | Path | None = None) -> None:
-        self.temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths must stay short
+        # Short (Ray's socket paths must stay short) and private: Ray's default folder /tmp/ray is shared by every
+        # Ray on the machine, and its "current cluster" file there is how a job's driver finds its cluster.
+        # With RAY_TMPDIR=<base> that file is <base>/ray/ray_current_cluster, inside the nodes' own temp_dir.
+        self.base_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
+        self.temp_dir = os.path.join(self.base_dir, "ray")
         full_env = {**os.environ, **env, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO),
-                    "RAY_DEDUP_LOGS": "0"}
-        log = open(Path(log_dir or self.temp_dir) / "harness.log", "ab")  # noqa: SIM115 (the harness keeps it)
+                    "RAY_DEDUP_LOGS": "0", "RAY_TMPDIR": self.base_dir}
+        log = open(Path(log_dir or self.base_dir) / "harness.log", "ab")  # noqa: SIM115 (the harness keeps it)
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), self.temp_dir, str(head_cpus)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=full_env, text=True, cwd=str(REPO))
@@ -97,7 +101,7 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=30)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------- the harness process
@@ -109,6 +113,9 @@ def _serve(temp_dir: str, head_cpus: float) -> None:
         sys.stdout.flush()
 
     dashboard_port = _free_port()
+    from ray._common.utils import get_default_ray_temp_dir
+
+    assert get_default_ray_temp_dir() == temp_dir, "RAY_TMPDIR must make the nodes' temp_dir Ray's default folder"
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": head_cpus, "temp_dir": temp_dir, "include_dashboard": True, "dashboard_host": "127.0.0.1",
         "dashboard_port": dashboard_port, "dashboard_agent_listen_port": _free_port(),
