@@ -155,6 +155,12 @@ def watch(
         stop.set()
 
 
+def require(needs: PipelineNeeds, *, wait_s: float = DEFAULT_WAIT_S,
+            nodes: Callable[[], Sequence[Mapping[str, float]]] = alive_node_resources) -> None:
+    """Return once the alive nodes can hold ``needs``; ClusterCapacityError when they cannot for ``wait_s``."""
+    _Check(needs, wait_s, nodes).now()
+
+
 class _Check:
     """Tracks how long the alive nodes have fallen short of the needs."""
 
