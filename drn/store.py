@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from drn.durations import timeline_duration
 from drn.errors import InputError
+from drn.object_store import filesystem_for
 
 METADATA_PREFIX = "drn."
 # A chunk is one Parquet row; the Parquet writer holds some 30 to 45 bytes per feature value while it encodes one
@@ -153,11 +154,9 @@ class VideoFeatures:
 
 
 def open_filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it, for a local path or an object-store URI."""
-    text = os.fspath(uri)
-    if "://" in text:
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), os.path.abspath(text)
+    """A pyarrow filesystem and the path inside it, for a local path or an object-store URI (``s3://`` configured
+    by the AWS environment variables, see ``drn.object_store``)."""
+    return filesystem_for(uri)
 
 
 def absolute_uri(uri: str | os.PathLike) -> str:
@@ -213,6 +212,7 @@ class FeatureStoreWriter:
         self.videos_per_shard = videos_per_shard
         self.clips_per_chunk = max(1, max_chunk_bytes // (metadata.feature_dim * metadata.numpy_dtype.itemsize))
         self._pool = writer_memory_pool()
+        check_store_location(self.fs, self.root, os.fspath(uri))
         existing = existing_metadata(uri)
         if existing is not None and existing != metadata:
             raise InputError(
@@ -304,6 +304,17 @@ class FeatureStoreWriter:
         self._clips_writer.write_table(row)
 
 
+def check_store_location(fs: pafs.FileSystem, root: str, uri: str) -> None:
+    """InputError when ``root`` holds something other than a feature store (files, but no clips/ or videos/)."""
+    selector = pafs.FileSelector(root, allow_not_found=True)
+    names = sorted(os.path.basename(info.path.rstrip("/")) for info in fs.get_file_info(selector))
+    visible = [name for name in names if not name.startswith(".")]
+    if visible and not {"clips", "videos"} & set(visible):
+        shown = ", ".join(visible[:3]) + (" ..." if len(visible) > 3 else "")
+        raise InputError(f"holds something other than a feature store ({shown}); give an empty folder or prefix, "
+                         "or an existing feature store", path=uri)
+
+
 def _list_parquet(fs: pafs.FileSystem, folder: str) -> list[str]:
     selector = pafs.FileSelector(folder, allow_not_found=True)
     names = [
@@ -348,6 +359,8 @@ class FeatureStore:
         self.fs, self.root = open_filesystem(uri)
         info = self.fs.get_file_info(f"{self.root}/videos")
         if info.type != pafs.FileType.Directory:
+            if self.fs.get_file_info(self.root).type == pafs.FileType.NotFound:
+                raise InputError("not a feature store (nothing is there)", path=self.uri)
             raise InputError("not a feature store (no videos/ folder)", path=self.uri)
         self._videos = self._read_videos()
         self._metadata = existing_metadata(uri)

@@ -1,4 +1,5 @@
-"""What every job's entry point shares: bad input ends the job with one line and exit status 2."""
+"""What every job's entry point shares: bad input ends the job with one line and exit status 2; a cluster too
+small to go on (nodes lost) ends it with one line and exit status 1 (a rerun resumes)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import sys
 from collections.abc import Callable, Sequence
 
 from drn.errors import InputError, shown
+from pipeline.capacity import ClusterCapacityError
 
 Main = Callable[[Sequence[str] | None], int]
 NAME_MAX = 255  # the longest file or folder name most file systems take
 
 
 def job_main(main: Main) -> Main:
-    """Decorate a job's ``main``: an ``InputError`` prints ``error: <message>`` to stderr and returns 2.
+    """Decorate a job's ``main``: an ``InputError`` prints ``error: <message>`` to stderr and returns 2, a
+    ``ClusterCapacityError`` prints it the same way and returns 1.
 
-    So does an argument too long to be a path (an ``OSError`` "File name too long", e.g. a long list given where
-    a file was expected): the message names the flag and shows the start of the value.
+    An argument too long to be a path (an ``OSError`` "File name too long", e.g. a long list given where a file
+    was expected) is bad input too: the message names the flag and shows the start of the value.
     """
 
     @functools.wraps(main)
@@ -27,6 +30,9 @@ def job_main(main: Main) -> Main:
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except ClusterCapacityError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         except OSError as exc:
             if exc.errno != errno.ENAMETOOLONG:
                 raise

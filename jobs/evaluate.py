@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the checkpoint's dataset, which an explicit value must match)")
     source = parser.add_argument_group("what to evaluate").add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help="a predictions JSONL file")
-    source.add_argument("--checkpoint", type=Path, help="a DRN checkpoint (e.g. runs/train/best.pt); needs --features")
+    source.add_argument("--checkpoint", help="a DRN checkpoint (e.g. runs/train/best.pt or s3://...); needs --features")
     source.add_argument("--db", default=None, help="with --corpus: a LanceDB index holding a grounding run")
     add_checkpoint_arguments(parser)
     corpus = parser.add_argument_group("corpus mode (--corpus)")

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--videos-per-shard", type=int, default=64,
                         help="videos per Parquet shard (a killed job redoes at most one shard)")
     parser.add_argument("--retry-failed", action="store_true", help="extract again the videos recorded as failed")
+    parser.add_argument("--capacity-wait-s", type=float, default=120.0,
+                        help="when lost nodes leave the cluster too small for the C3D actors plus one decoding CPU, "
+                             "stop (exit 1, naming the missing resource) after this many seconds; rerun to resume")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_extraction(sources, args.out, config, weights=weights, weights_sha256=sha, resources=resources,
                              retry_failed=args.retry_failed, videos_per_shard=args.videos_per_shard,
-                             on_video=advance)
+                             on_video=advance, capacity_wait_s=args.capacity_wait_s)
     bar.close()
     print(f"done: {summary.done}  failed: {summary.failed}  skipped: {summary.skipped}  clips: {summary.clips}  "
           f"(C3D computed in {summary.compute_dtype}, stored as {args.store_dtype})")

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config field, e.g. --set train.stage1.epochs=3 (repeatable)")
     parser.add_argument("--stages", default=None,
                         help="comma-separated stages to run (default 1,2,3; after --resume-from: the later stages)")
-    parser.add_argument("--resume-from", type=Path, default=None,
+    parser.add_argument("--resume-from", default=None,
                         help="start from this checkpoint's weights and vocabulary (its config must match)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -38,6 +38,7 @@ from drn.training import selection_key, stages_from_config, validate
 from drn.training_setup import adopt_store_feature_dim, eval_splits, load_pairs, prepare_training_data
 from moments.train_storage import BEST_FILE, DONE_FILE, RunStorage
 from moments.train_worker import MODEL_FILE, FailureInjection, local_model_file, train_stage_worker
+from pipeline.capacity import DEFAULT_WAIT_S, PipelineNeeds, alive_node_resources, require
 
 FAIL_AT_ENV, FAIL_MARKER_ENV = "MOMENTS_TRAIN_FAIL_AT", "MOMENTS_TRAIN_FAIL_MARKER"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -103,9 +104,17 @@ def _cause_line(err: BaseException) -> str:
     return (causes or lines or [type(err).__name__])[-1][:300]
 
 
+def training_needs(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> PipelineNeeds:
+    """The worker group of a stage: what the alive nodes must hold for it to start."""
+    return PipelineNeeds("training", "Ray Train worker", num_workers, cpus_per_worker, 1.0 if use_gpu else 0.0)
+
+
 def run_stage(storage: RunStorage, job: dict[str, Any], *, num_workers: int, use_gpu: bool, max_failures: int,
               keep_checkpoints: int | None, cpus_per_worker: float = 1.0) -> dict[str, Any]:
-    """Train one stage with a TorchTrainer; write and return its ``best.json`` record, then ``DONE.json``."""
+    """Train one stage with a TorchTrainer; write and return its ``best.json`` record, then ``DONE.json``.
+
+    A worker group that cannot be placed within Ray Train's start timeout (60 s) counts against
+    ``max_failures`` too (Ray Train would retry it forever), so a cluster left too small ends the stage."""
     number = job["stage"]["number"]
     run_name = storage.stage_run(number)
     trainer = TorchTrainer(
@@ -114,8 +123,9 @@ def run_stage(storage: RunStorage, job: dict[str, Any], *, num_workers: int, use
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage.uri,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            name=run_name, storage_path=storage.ray_storage[0], storage_filesystem=storage.ray_storage[1],
+            failure_config=ray.train.FailureConfig(max_failures=max_failures,
+                                                   controller_failure_limit=max(1, max_failures)),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints,
                                                          checkpoint_score_attribute="selection_score",
                                                          checkpoint_score_order="max"),
@@ -126,6 +136,11 @@ def run_stage(storage: RunStorage, job: dict[str, Any], *, num_workers: int, use
         result = trainer.fit()
     except Exception as err:  # ray.train.TrainingFailedError and friends
         first = _cause_line(err)
+        try:  # a cluster left too small for the workers: say which resource is missing
+            missing = training_needs(num_workers, cpus_per_worker, use_gpu).shortfall(alive_node_resources())
+        except Exception:  # the cluster's state is unknown: the cause line alone
+            missing = None
+        first += f"; missing {missing}" if missing else ""
         raise StageFailedError(f"stage {number} failed ({first}); run the same command again to resume it "
                                f"from its latest checkpoint under {storage.uri_of(run_name)}") from err
     checkpoint, metrics = _best_of(result.best_checkpoints or [])
@@ -171,10 +186,13 @@ def fit_distributed(
     keep_checkpoints: int | None = 2, cpus_per_worker: float = 1.0, precision: str = "auto",
     sync_batchnorm: bool = False, skip_missing_videos: bool = False, threads: int | None = None,
     fail_at: str | None = None, fail_marker: str | None = None, progress: bool = False, notices: Sequence[str] = (),
+    capacity_wait_s: float = DEFAULT_WAIT_S,
 ) -> dict[str, Any]:
     """Train ``stages`` in order on ``num_workers`` Ray Train workers; returns (and stores) the final summary.
 
-    ``notices`` are printed to stderr once the inputs have passed their checks (bad input stays one line).
+    ``notices`` are printed to stderr once the inputs have passed their checks (bad input stays one line). Each
+    stage starts once the alive nodes can hold its workers; ``pipeline.capacity.ClusterCapacityError`` (naming the
+    missing resource) when they cannot for ``capacity_wait_s`` seconds.
 
     ``fail_at`` (default: $MOMENTS_TRAIN_FAIL_AT) is a test hook, e.g. ``"stage=2,epoch=1,step=1"``; with
     ``fail_marker`` (default: $MOMENTS_TRAIN_FAIL_MARKER) it fires only once.
@@ -213,6 +231,7 @@ def fit_distributed(
         else:
             job = stage_job(config, features, annotations, dataset, stage.number, init, precision=precision,
                             failure=failure, sync_batchnorm=sync_batchnorm, threads=threads, progress=progress)
+            require(training_needs(num_workers, cpus_per_worker, use_gpu), wait_s=capacity_wait_s)
             record = {**run_stage(run_storage, job, num_workers=num_workers, use_gpu=use_gpu,
                                   max_failures=max_failures, keep_checkpoints=keep_checkpoints,
                                   cpus_per_worker=cpus_per_worker), "skipped": False}
@@ -255,6 +274,9 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
                        help="GPU only: SyncBatchNorm, so trained BN layers see the global batch")
     group.add_argument("--skip-missing-videos", action="store_true",
                        help="train without the pairs whose video has no features (default: stop and list them)")
+    group.add_argument("--capacity-wait-s", type=float, default=DEFAULT_WAIT_S,
+                       help="stop (exit 1, naming the missing resource) when the cluster cannot hold the workers "
+                            "for this many seconds before a stage (default 120); rerun to resume")
 
 
 def run_from_args(args: argparse.Namespace, stages: Sequence[int]) -> dict[str, Any]:
@@ -274,6 +296,7 @@ def run_from_args(args: argparse.Namespace, stages: Sequence[int]) -> dict[str, 
         cpus_per_worker=args.cpus_per_worker, precision=args.precision, sync_batchnorm=args.sync_batchnorm,
         skip_missing_videos=args.skip_missing_videos, threads=getattr(args, "threads", None),
         progress=not getattr(args, "quiet", False), notices=[notice] if notice else [],
+        capacity_wait_s=getattr(args, "capacity_wait_s", DEFAULT_WAIT_S),
     )
     shown = {k: summary[k] for k in ("best_checkpoint", "stage", "epoch", "val", "test")}
     print(json.dumps(shown), flush=True)

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from drn.errors import InputError
-from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord, open_filesystem
+from drn.store import (
+    FeatureStore,
+    FeatureStoreWriter,
+    StoreMetadata,
+    VideoRecord,
+    check_store_location,
+    open_filesystem,
+)
 from pipeline.c3d import (
     C3DConfig,
     C3DFeatureExtractor,
@@ -31,9 +38,10 @@ from pipeline.c3d import (
     resolve_compute_dtype,
     store_metadata,
 )
+from pipeline.capacity import DEFAULT_WAIT_S, PipelineNeeds, watch
 from pipeline.clips import ClipCutter, num_clips
 from pipeline.decode import DEFAULT_BLOCK_FRAMES, DecodeError, VideoDecoder
-from pipeline.sources import VideoSource, local_copy
+from pipeline.sources import VideoSource
 
 _UNKNOWN = -1.0  # numbers a failed video lacks travel as -1 (Arrow blocks then share one schema)
 
@@ -87,6 +95,7 @@ def plan_extraction(
 ) -> tuple[list[VideoSource], list[VideoSource]]:
     """(to do, skipped): videos already ``ok`` in the store are skipped, ``failed`` ones too unless retried."""
     fs, root = open_filesystem(out)
+    check_store_location(fs, root, out)  # a prefix holding something else is refused before any work
     if fs.get_file_info(f"{root}/videos").type.name != "Directory":
         return list(sources), []
     videos = FeatureStore(out).videos()
@@ -135,19 +144,18 @@ def decode_segments(
 
     cutter = ClipCutter(clip_len, clip_stride)
     try:
-        with local_copy(uri) as path:
-            decoder = VideoDecoder(path, fps=fps, block_frames=block_frames)
-            for block in decoder.blocks():
-                for clips, s, e in cutter.push(center_crop(block.frames), block.start_s, block.end_s):
-                    crops.append(clips)
-                    starts.append(s)
-                    ends.append(e)
-                    if sum(len(c) for c in crops) >= clips_per_row:
-                        yield make_row(False)
-            for clips, s, e in cutter.finish():
+        decoder = VideoDecoder(uri, fps=fps, block_frames=block_frames)  # URIs are read in place, never copied
+        for block in decoder.blocks():
+            for clips, s, e in cutter.push(center_crop(block.frames), block.start_s, block.end_s):
                 crops.append(clips)
                 starts.append(s)
                 ends.append(e)
+                if sum(len(c) for c in crops) >= clips_per_row:
+                    yield make_row(False)
+        for clips, s, e in cutter.finish():
+            crops.append(clips)
+            starts.append(s)
+            ends.append(e)
         info = decoder.info
         expected = num_clips(info.num_frames, clip_len, clip_stride)
         if cutter.clips_cut != expected:
@@ -297,11 +305,14 @@ def run_extraction(
     videos_per_shard: int = 64,
     block_frames: int = DEFAULT_BLOCK_FRAMES,
     on_video: Callable[[VideoRecord], None] | None = None,
+    capacity_wait_s: float = DEFAULT_WAIT_S,
 ) -> ExtractionSummary:
     """Extract every video of ``sources`` not yet in the store at ``out``; Ray must be initialised (or is, locally).
 
     ``weights`` is a checked C3D state dict or None for seeded random weights (``weights_sha256`` names which).
     Failed videos get ``failed`` rows; the run goes on. ``on_video`` is called with each record as it is written.
+    When the alive nodes cannot hold the C3D actors plus one decoding CPU for ``capacity_wait_s`` seconds, a
+    ``pipeline.capacity.ClusterCapacityError`` names the missing resource (sealed shards stay; a rerun resumes).
     """
     import ray
 
@@ -320,7 +331,7 @@ def run_extraction(
     dataset = _build_dataset(todo, config, metadata, weights, resources, block_frames)
     segments = SegmentWriter(writer, config.clip_len, config.clip_stride)
     with writer:
-        for row in dataset.iter_rows():
+        for row in watch(dataset.iter_rows(), extraction_needs(resources), wait_s=capacity_wait_s):
             record = segments.add(row)
             if not summary.startup_s and segments.clips_written:
                 summary.startup_s, summary.first_clips = time.perf_counter() - started, segments.clips_written
@@ -337,6 +348,12 @@ def run_extraction(
                 on_video(record)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def extraction_needs(resources: Resources) -> PipelineNeeds:
+    """The C3D actor pool and, beside it, one CPU for decoding: without it the actors wait on decoding forever."""
+    return PipelineNeeds("extraction", "C3D actor", max(1, resources.num_actors), resources.cpus_per_actor,
+                         resources.num_gpus_per_actor, side_cpus=1.0, side="decoding tasks")
 
 
 def _build_dataset(
