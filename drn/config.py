@@ -54,6 +54,9 @@ class ModelConfig:
     quality: str = "iou"  # "iou" head, "centerness" (same head, centerness target) or "none" (m alone)
     head_init_std: float = 0.01
     match_prior: float = 0.01
+    # A video-level relevance score (trained on negative pairs) that scales every segment's score: the segment
+    # score becomes m * u * sigmoid(r). Off by default (benchmarks/RESULTS.md, negative pairs).
+    video_relevance: bool = False
 
 
 @dataclass

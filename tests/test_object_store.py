@@ -23,7 +23,6 @@ import torch
 from drn.checkpoint import read_checkpoint, save_checkpoint
 from drn.config import load_config
 from drn.errors import InputError
-from drn.model import DRN
 from drn.object_store import S3Settings
 from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.synthetic import make_synthetic_benchmark
@@ -127,7 +126,7 @@ def bench(tmp_path_factory) -> dict:
     data = prepare_training_data(config, made.features, made.annotations)
     torch.manual_seed(0)
     checkpoint = root / "model.pt"
-    save_checkpoint(checkpoint, DRN(config, data.word_vectors).eval(), data.vocab, stage=1)
+    save_checkpoint(checkpoint, data.new_model().eval(), data.vocab, stage=1)
     texts = [json.loads(line)["query"] for line in (Path(made.annotations) / "test.jsonl").read_text().splitlines()]
     queries = root / "queries.txt"
     queries.write_text("".join(t + "\n" for t in dict.fromkeys(texts)))
