@@ -109,7 +109,7 @@ class TrainConfig:
     grad_clip_norm: float = 5.0
     seed: int = 0
     num_workers: int = 0  # DataLoader workers
-    select_metric: str = "R@1,IoU=0.5"  # validation metric that picks each stage's checkpoint
+    select_metric: str = "R@1,IoU=0.5"  # validation metric that picks each stage's checkpoint, or "last"
     val_fraction: float = 0.1  # carved from train (seeded) when the dataset has no validation split
     stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=10, lr=1e-3))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=5, lr=1e-5))

@@ -222,9 +222,16 @@ class StageResult:
     best_state: dict[str, torch.Tensor] | None = None
 
 
-def selection_key(metrics: dict[str, float], metric: str) -> tuple[float, float]:
+LAST = "last"  # train.select_metric: keep the latest epoch and stage, no selection on validation
+
+
+def selection_key(metrics: dict[str, float], metric: str, position: tuple[int, int] = (0, 0)) -> tuple[float, float]:
+    """What picks a checkpoint: the validation ``metric`` (ties broken by mIoU), or with ``"last"`` the position
+    ``(stage, epoch)``, so the latest wins (for validation splits too small to choose on)."""
+    if metric == LAST:
+        return float(position[0]), float(position[1])
     if metric not in metrics:
-        raise ValueError(f"train.select_metric {metric!r} is not among {sorted(metrics)}")
+        raise ValueError(f"train.select_metric {metric!r} is not among {sorted(metrics)} or {LAST!r}")
     return metrics[metric], metrics.get("mIoU", 0.0)
 
 
@@ -253,7 +260,7 @@ def train_stage(
         if validate_fn is not None:
             metrics = validate_fn(model)
             record["val"] = metrics
-            key = selection_key(metrics, config.train.select_metric)
+            key = selection_key(metrics, config.train.select_metric, (stage.number, epoch))
             if key > best_key:
                 best_key, improved = key, True
                 result.best_metrics, result.best_epoch = metrics, epoch
@@ -318,7 +325,7 @@ def fit(
             on_epoch=on_epoch, progress=progress, generator=generator,
         )
         results.append(result)
-        key = selection_key(result.best_metrics, config.train.select_metric)
+        key = selection_key(result.best_metrics, config.train.select_metric, (stage.number, result.best_epoch))
         if best is None or key > best[0]:
             best = (key, stage.number, copy.deepcopy(model.state_dict()), result.best_metrics)
 

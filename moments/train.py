@@ -240,8 +240,9 @@ def fit_distributed(
 
     best = records[0]
     for record in records[1:]:
-        if selection_key(record["val"], config.train.select_metric) > selection_key(
-                best["val"], config.train.select_metric):
+        metric = config.train.select_metric
+        if (selection_key(record["val"], metric, (record["stage"], record["epoch"]))
+                > selection_key(best["val"], metric, (best["stage"], best["epoch"]))):
             best = record
     evaluate_remote = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(_final_evaluation)
     final = ray.get(evaluate_remote.remote(config.to_dict(), features, annotations, dataset, best["model"],

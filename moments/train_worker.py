@@ -273,9 +273,9 @@ def _report_epoch(job: dict, wrapped: torch.nn.Module, optimizer: torch.optim.Op
         return record
     model = unwrap(wrapped)
     metrics = validate(model, to_device(data.loader("val"), device), data.val.pairs, config)
-    key = selection_key(metrics, config.train.select_metric)
+    key = selection_key(metrics, config.train.select_metric, (stage.number, epoch))
     record.update({f"val_{k}": v for k, v in metrics.items()})
-    record["selection_score"] = key[0] + 1e-7 * key[1]  # select metric, ties broken by mIoU (both percent)
+    record["selection_score"] = key[0] + 1e-7 * key[1]  # select metric, ties broken by mIoU (or the epoch: "last")
     with tempfile.TemporaryDirectory(prefix="drn-ckpt-") as tmp:
         save_checkpoint(os.path.join(tmp, MODEL_FILE), model, data.vocab, stage=stage.number,
                         metrics={"val": metrics, "epoch": epoch})
@@ -285,5 +285,5 @@ def _report_epoch(job: dict, wrapped: torch.nn.Module, optimizer: torch.optim.Op
                          checkpoint_dir_name=f"epoch{epoch:03d}")
     print(f"stage {stage.number} epoch {epoch}: loss {record['loss_total']:.4f} "
           f"({record['pairs_per_s']:.0f} pairs/s on {record['world_size']} workers) "
-          f"val {config.train.select_metric} {metrics[config.train.select_metric]:.2f}", flush=True)
+          f"val R@1,IoU=0.5 {metrics['R@1,IoU=0.5']:.2f}", flush=True)
     return record

@@ -157,6 +157,18 @@ def test_train_cli_ends_with_one_json_line(tiny_benchmark, tmp_path, capsys) -> 
     assert (resumed / "stage3_best.pt").is_file() and not (resumed / "stage1_best.pt").exists()
 
 
+def test_select_metric_last_keeps_the_latest_epoch_and_stage(tiny_benchmark, tmp_path, capsys) -> None:
+    assert train_job.main(cli_args(tiny_benchmark, tmp_path / "run", "--set", "train.select_metric=last")) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["stage"] == 3
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert best["stage"] == last["stage"] == 3
+    assert all(torch.equal(best["state_dict"][k], last["state_dict"][k]) for k in best["state_dict"])
+    stage1 = torch.load(tmp_path / "run" / "stage1_best.pt", weights_only=True)
+    assert stage1["metrics"]["epoch"] == 2  # the stage's last epoch, whatever validation said
+
+
 def test_train_cli_bad_input_exits_2_with_one_line(tiny_benchmark, tmp_path, capsys) -> None:
     code = train_job.main(cli_args(tiny_benchmark, tmp_path, "--set", "model.colour=red"))
     err = capsys.readouterr().err.strip().splitlines()
