@@ -53,6 +53,7 @@ class ModelConfig:
     quality: str = "iou"  # "iou" head, "centerness" (same head, centerness target) or "none" (m alone)
     head_init_std: float = 0.01
     match_prior: float = 0.01
+    retrieval_dim: int = 0  # R > 0 adds the retrieval stage (drn.retrieval: query and cells in R-d); 0: none
 
 
 @dataclass
@@ -98,6 +99,20 @@ class TrainConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    """The retrieval stage (stage 4, when model.retrieval_dim > 0): query and video cells in one space."""
+
+    cell_widths: list[int] = field(default_factory=lambda: [2, 4])  # grid segments; each every max(1, w // 2)
+    temperature: float = 0.05  # of the contrastive (InfoNCE) loss
+    sampled_negatives: int = 32  # videos per step drawn from the training videos, besides the batch's
+    positive_iou: float = 0.5  # cells at this IoU with the moment are positives (the best cell always is)
+    paraphrase_cosine: float = 0.9  # texts this close (MiniLM cosine) hold "the same" moment: never negatives
+    epochs: int = 10
+    lr: float = 1e-3
+    select_metric: str = "video R@10"  # validation metric that picks the stage's epoch
+
+
+@dataclass
 class DRNConfig:
     """The whole configuration; ``to_dict``/``from_dict`` round-trip through checkpoints and YAML."""
 
@@ -109,6 +124,7 @@ class DRNConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -142,6 +158,12 @@ def validate(config: DRNConfig) -> None:
         (config.text.max_words >= 1, "text.max_words must be at least 1"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.model.feature_dim >= 1, "model.feature_dim must be at least 1"),
+        (config.model.retrieval_dim >= 0, "model.retrieval_dim must be 0 (no retrieval stage) or more"),
+        (bool(config.retrieval.cell_widths) and all(
+            isinstance(w, int) and 1 <= w <= config.model.num_segments for w in config.retrieval.cell_widths),
+         f"retrieval.cell_widths must list widths from 1 to model.num_segments ({config.model.num_segments})"),
+        (config.retrieval.temperature > 0, "retrieval.temperature must be positive"),
+        (config.retrieval.sampled_negatives >= 0, "retrieval.sampled_negatives must be 0 or more"),
     ]
     for ok, message in checks:
         if not ok:
