@@ -35,9 +35,13 @@ def model_path() -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=1)
 def load_sentence_model(device: str = "cpu") -> MiniLM:
     """The MiniLM sentence encoder (numpy, CPU; ``device`` is accepted for compatibility), cached per process."""
+    return _load_model()
+
+
+@functools.lru_cache(maxsize=1)
+def _load_model() -> MiniLM:
     model = MiniLM(model_path())
     if model.dim != EMBEDDING_DIM:
         raise RuntimeError(f"{model_path()} gives {model.dim}-d embeddings, expected {EMBEDDING_DIM}")

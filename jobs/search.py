@@ -1,8 +1,10 @@
 """Search the segments index: `python -m jobs.search "someone opens a door" --db lancedb`.
 
 Answers from the LanceDB table that `jobs.ground` wrote: the stored queries nearest to the text in meaning and
-in words, and their best segments across the library. `--live` grounds the text against every video now
-(needs `moments.grounding`).
+in words, and their best segments across the library. `--live` grounds a new text now, in two stages: the
+nearest video cells in the `cells` table that `jobs.index_library` wrote, then DRN on those candidate videos
+only (`moments.live_search`). `--exhaustive` grounds it against every video (`moments.grounding.ground_live`).
+Each path imports only what it needs: indexed search needs neither torch nor sentence-transformers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
+from drn.errors import InputError
 from jobs.cli import job_main
 
 
@@ -33,21 +36,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-score", type=float, default=None, metavar="X", help="only segments scoring >= X")
     parser.add_argument("--run-id", default=None, metavar="R", help="only segments of this grounding run")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per segment) instead of a table")
-    live = parser.add_argument_group("live grounding (ground TEXT against every video now)")
-    live.add_argument("--live", action="store_true", help="ground the text now instead of searching the index")
-    live.add_argument("--checkpoint", default=None, metavar="C", help="DRN checkpoint for --live")
-    live.add_argument("--features", default=None, metavar="S", help="feature store URI for --live")
-    live.add_argument("--save", action="store_true", help="with --live: also write the results to the index")
+    live = parser.add_argument_group(
+        "live search (ground TEXT now; two stages: ANN over the cells table, then DRN on the candidate videos)")
+    live.add_argument("--live", action="store_true",
+                      help="search the cells table of --db (built by jobs.index_library), then ground the "
+                           "candidate videos with the checkpoint it names")
+    live.add_argument("--exhaustive", action="store_true",
+                      help="ground the text against every video instead (slow on large libraries; needs "
+                           "--checkpoint and --features, or a cells table that names them)")
+    live.add_argument("--checkpoint", default=None, metavar="C",
+                      help="DRN checkpoint (with --live: must be the one the cells table was built with)")
+    live.add_argument("--features", default=None, metavar="S",
+                      help="feature store URI (default with --live: the one the cells table names)")
+    live.add_argument("--cells", type=int, default=300, metavar="N", help="cells taken by ANN (default: 300)")
+    live.add_argument("--candidates", type=int, default=20, metavar="M",
+                      help="candidate videos grounded by DRN (default: 20)")
+    live.add_argument("--fusion-weight", type=float, default=0.5, metavar="W",
+                      help="share of the retrieval score in the final score, 0 to 1 (default: 0.5)")
+    live.add_argument("--cells-table", default="cells", help="cells table name (default: cells)")
+    live.add_argument("--save", action="store_true", help="with --exhaustive: also write the results to the index")
     return parser
 
 
 def run_live(args: argparse.Namespace) -> pa.Table:
-    """Ground `args.text` against every video of `args.features` with `args.checkpoint` (moments.grounding)."""
+    """Two-stage live search over the cells table of `args.db` (moments.live_search)."""
+    from moments.index import default_db_uri
+    from moments.live_search import LiveSearcher, LiveSearchOptions
+
+    options = LiveSearchOptions(cells=args.cells, candidates=args.candidates, fusion_weight=args.fusion_weight)
+    searcher = LiveSearcher(args.db or default_db_uri(), args.checkpoint, args.features, table=args.cells_table,
+                            options=options)
+    return searcher.search(args.text, k=args.k, min_score=args.min_score)
+
+
+def run_exhaustive(args: argparse.Namespace) -> pa.Table:
+    """Ground `args.text` against every video with `args.checkpoint` (moments.grounding.ground_live)."""
+    from drn.sentence import check_spellable
     from moments.grounding import ground_live
     from moments.index import default_db_uri
 
+    check_spellable(args.text)
+    checkpoint, features = args.checkpoint, args.features
+    if checkpoint is None or features is None:  # the cells table of --db names them
+        from moments.cells import CellsTable
+
+        cells = CellsTable(args.db or default_db_uri(), args.cells_table)
+        if not cells.exists:
+            raise InputError("--exhaustive needs --checkpoint and --features (or a --db whose cells table names "
+                             "them)")
+        checkpoint, features = checkpoint or cells.info.checkpoint, features or cells.info.features
     return ground_live(
-        args.text, args.checkpoint, args.features, k=args.k, videos=[args.video] if args.video else None,
+        args.text, checkpoint, features, k=args.k, videos=[args.video] if args.video else None,
         min_score=args.min_score, save=args.save, db=args.db or default_db_uri(), table=args.table,
     )
 
@@ -86,11 +125,17 @@ def _shorten(text: str, width: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.live and (args.checkpoint is None or args.features is None):
-        parser.error("--live needs --checkpoint and --features")
+    if args.live and args.exhaustive:
+        parser.error("choose --live (two stages) or --exhaustive (every video), not both")
+    if args.save and not args.exhaustive:
+        parser.error("--save works with --exhaustive (two-stage results cover the candidate videos only)")
+    if args.live and args.video:
+        parser.error("--video works with indexed search and --exhaustive")
     if args.k < 1:
         parser.error("--k must be at least 1")
-    results = run_live(args) if args.live else run_search(args)
+    if not args.text.strip():
+        raise InputError("the query text is empty; give some words to search for")
+    results = run_live(args) if args.live else run_exhaustive(args) if args.exhaustive else run_search(args)
     if args.json:
         for row in results.to_pylist():
             print(json.dumps(row, ensure_ascii=False))
