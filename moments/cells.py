@@ -21,7 +21,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import IvfPq
+from lancedb.index import BTree, IvfPq
 
 from drn.errors import InputError
 
@@ -173,7 +173,7 @@ class CellsTable:
         existing = {tuple(config.columns): config for config in table.list_indices()}
         created = []
         if rows and ("video_id",) not in existing:
-            table.create_scalar_index("video_id", index_type="BTREE")
+            table.create_index("video_id", config=BTree())
             created.append("video_id")
         if rows >= self.vector_index_min_rows and ("vector",) not in existing:
             dim = self.info.dim if self.info else 0
@@ -185,15 +185,21 @@ class CellsTable:
         stale = [name for name, config in existing.items() if (config.num_unindexed_rows or 0) > 0]
         if stale:
             table.optimize()
+        self._vector_indexed = None
         return created
 
     def has_vector_index(self) -> bool:
-        return self._table is not None and any(tuple(c.columns) == ("vector",) for c in self._table.list_indices())
+        """Whether the vector index exists (asked once, and again after ``ensure_indices``)."""
+        if getattr(self, "_vector_indexed", None) is None:
+            self._vector_indexed = self._table is not None and any(
+                tuple(c.columns) == ("vector",) for c in self._table.list_indices())
+        return self._vector_indexed
 
     def nearest(self, vector: np.ndarray, limit: int, *, nprobes: int = 20, refine_factor: int = 5) -> pa.Table:
         """The ``limit`` cells nearest to ``vector`` by cosine: video_id, cell, start_s, end_s, similarity."""
         query = (self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-                 .distance_type("cosine").select(["video_id", "cell", "start_s", "end_s"]).limit(int(limit)))
+                 .distance_type("cosine").select(["video_id", "cell", "start_s", "end_s", "_distance"])
+                 .limit(int(limit)))
         if self.has_vector_index():
             query = query.nprobes(int(nprobes)).refine_factor(int(refine_factor))
         hits = query.to_arrow()

@@ -99,8 +99,13 @@ class LiveSearcher:
         self.labels = RunLabels(f"live-{self.model.checkpoint_id}", self.model.checkpoint_id)
 
     def search(self, text: str, k: int = 10, *, min_score: float | None = None,
-               options: LiveSearchOptions | None = None) -> pa.Table:
-        """The ``k`` best moments for ``text`` across the library (see the module docstring)."""
+               options: LiveSearchOptions | None = None, exhaustive: bool = False) -> pa.Table:
+        """The ``k`` best moments for ``text`` across the library (see the module docstring).
+
+        ``exhaustive=True`` scores every video of the table the same way, without the approximation of stage one:
+        each video's exact best-cell cosine, DRN on every video, the same fusion (the reference that two-stage
+        search approximates; slow on large libraries).
+        """
         options = options or self.options
         if k < 1:
             raise InputError(f"k must be at least 1, not {k}")
@@ -110,9 +115,12 @@ class LiveSearcher:
         side = encode_query_side(self.model.grounder, [query])
         with torch.no_grad():
             vector = self.head.encode_query(side.encoded.features)[0].cpu().numpy()
-        hits = self.cells.nearest(vector, options.cells, nprobes=options.nprobes,
-                                  refine_factor=options.refine_factor)
-        candidates = best_videos(hits, options.candidates)
+        if exhaustive:
+            candidates = self.exact_video_scores(vector)
+        else:
+            hits = self.cells.nearest(vector, options.cells, nprobes=options.nprobes,
+                                      refine_factor=options.refine_factor)
+            candidates = best_videos(hits, options.candidates)
         if not candidates:
             return _empty()
         videos, failures = self.videos.load(candidates)
@@ -136,6 +144,17 @@ class LiveSearcher:
         best = best.select([*RESULT_COLUMNS, "drn_score", "retrieval_score"])
         return best.add_column(0, "result_rank", pa.array(np.arange(best.num_rows, dtype=np.int32)))
 
+
+
+    def exact_video_scores(self, vector: np.ndarray) -> dict[str, float]:
+        """``video_id -> best cell cosine`` of every video of the table, exactly (all vectors, read once)."""
+        if getattr(self, "_all_cells", None) is None:
+            table = self.cells.table.to_arrow().select(["video_id", "vector"])
+            vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+            self._all_cells = (table.column("video_id").to_numpy(zero_copy_only=False), vectors)
+        video_ids, vectors = self._all_cells
+        scores = pa.table({"video_id": video_ids, "similarity": vectors @ np.asarray(vector, dtype=np.float32)})
+        return best_videos(scores, len(scores))
 
 
 def best_videos(hits: pa.Table, count: int) -> dict[str, float]:
