@@ -108,7 +108,7 @@ class RetrievalConfig:
     positive_iou: float = 0.5  # cells at this IoU with the moment are positives (the best cell always is)
     paraphrase_cosine: float = 0.9  # texts this close (MiniLM cosine) hold "the same" moment: never negatives
     epochs: int = 10
-    lr: float = 1e-3
+    lr: float = 3e-3
     select_metric: str = "video R@10"  # validation metric that picks the stage's epoch
 
 

@@ -289,3 +289,15 @@ def test_indexed_search_imports_neither_torch_nor_sentence_transformers(tmp_path
     assert done.returncode == 0 and "a person opens the refrigerator" in done.stdout
     imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
     assert "lancedb" in imported and not imported & {"torch", "sentence_transformers", "transformers"}
+
+
+@pytest.mark.slow
+def test_the_demo_step_builds_the_cells_and_searches_in_two_stages(library, trained, tmp_path) -> None:
+    from moments import demo
+
+    lines: list[str] = []
+    found = demo.two_stage_search(library["features"], tmp_path / "db", trained, "the lima event", echo=lines.append)
+    assert found["text"] == "the lima event" and 1 <= len(found["results"]) <= 3
+    assert any("two-stage live search" in line for line in lines) and CellsTable(tmp_path / "db").count() > 0
+    plain = other_checkpoint(tmp_path / "plain.pt", retrieval_dim=0)
+    assert demo.two_stage_search(library["features"], tmp_path / "db2", plain, "the lima event") is None
