@@ -30,7 +30,6 @@ import torch
 from drn.baselines import fit_fixed_window, fixed_window_predictions
 from drn.config import load_config
 from drn.evaluation import evaluate
-from drn.model import DRN
 from drn.synthetic import make_synthetic_benchmark
 from drn.training import fit, stages_from_config
 from drn.training_setup import TrainingData, prepare_training_data
@@ -101,7 +100,7 @@ def run_variant(variant: Variant, data: TrainingData, args: argparse.Namespace, 
     """Train one variant on one seed's data; its test metrics (checkpoint picked on val) and wall time."""
     config = variant_config(variant, args, seed)
     torch.manual_seed(seed)
-    model = DRN(config, data.word_vectors)
+    model = data.new_model()
     started, cpu_started = time.perf_counter(), time.process_time()
     result = fit(model, data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs, out,
                  stages_from_config(config), data.loader("test"), data.test.pairs)

@@ -34,7 +34,7 @@ from drn.config import load_config
 from drn.data import collate
 from drn.datasets import load_split
 from drn.evaluation import EvalConfig, evaluate
-from drn.model import DRN, count_parameters
+from drn.model import count_parameters
 from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             durations = {v: durations[v] for v in keep}
         write_constant_store(store, durations, args.dim)
     data = prepare_training_data(config, store, args.annotations, progress=False)
-    model = DRN(config, data.word_vectors)
+    model = data.new_model()
     stages = stages_from_config(config, [int(s) for s in args.stages.split(",")])
     sampler = FreshSubsetSampler(len(data.train), args.pairs_per_epoch, args.seed)
     train_batches = DataLoader(data.train, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collate)

@@ -48,10 +48,9 @@ import torch
 
 from drn.checkpoint import save_checkpoint
 from drn.config import DRNConfig, load_config
-from drn.model import DRN, count_parameters
-from drn.retrieval import normalised_text
+from drn.model import DRN, count_parameters, new_model
 from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
-from drn.text import vocabulary_and_vectors
+from drn.text import query_key, vocabulary_and_vectors
 from moments.grounding import Resources, encode_query_side, live_query_id
 from moments.index_library import run_index_library
 from moments.live_search import LiveSearcher, LiveSearchOptions
@@ -140,9 +139,9 @@ def write_store(path: Path, count: int, num_clips: int, dim: int, seed: int, vid
 def random_checkpoint(path: Path, config_path: Path, retrieval_dim: int) -> DRNConfig:
     """A checkpoint with random weights, a retrieval head marked trained (timing only), and the searches' words."""
     config = load_config(config_path, [f"model.retrieval_dim={retrieval_dim}"])
-    vocab, vectors = vocabulary_and_vectors(SEARCHES, config.text)
+    vocab, _ = vocabulary_and_vectors(SEARCHES, config.text)
     torch.manual_seed(0)
-    model = DRN(config, vectors).eval()
+    model = new_model(config, vocab).eval()
     model.retrieval.trained_epochs.fill_(1)
     save_checkpoint(path, model, vocab, stage=4, metrics={"train_duration_s": {"median": DURATION_S,
                                                                                "p95": DURATION_S}})
@@ -333,7 +332,7 @@ def train_small(bench, out: Path, overrides: list[str], mode: str = "fit") -> tu
     config = load_config(REPO / "configs" / "synthetic.yaml", overrides)
     data = prepare_training_data(config, bench.features, bench.annotations, "jsonl")
     torch.manual_seed(config.train.seed)
-    model = DRN(config, data.word_vectors)
+    model = data.new_model()
     stages = stages_from_config(config)
     started = time.perf_counter()
     if mode == "fit":
@@ -400,7 +399,7 @@ def evaluate_corpus(checkpoint: str, bench, work: Path, weights: Sequence[float]
     truth: dict[str, list[tuple[str, float, float]]] = {}
     text_of: dict[str, str] = {}
     for pair in test:
-        key = normalised_text(pair.query)
+        key = query_key(pair.query)
         truth.setdefault(key, []).append((pair.video_id, pair.start_s, pair.end_s))
         text_of.setdefault(key, pair.query)
     db = work / f"db-{Path(checkpoint).stem}"

@@ -30,8 +30,9 @@ class TextConfig:
     glove_path: str | None = None
     max_words: int = 30  # the encoder's limit on words per query
     truncate_long_queries: bool = False  # False: a longer query is an InputError; True: keep the first max_words
-    min_word_count: int = 1  # training words seen fewer times map to UNK
+    min_word_count: int = 1  # closed vocabularies: training words seen fewer times map to UNK
     lowercase: bool = True
+    open_vocabulary: bool = True  # minilm: spell every word in WordPiece pieces at encoding time (drn.text)
 
 
 @dataclass
@@ -86,6 +87,21 @@ class StageConfig:
 
 
 @dataclass
+class NegativesConfig:
+    """Negative pairs (a query with a video that does not hold it): what makes scores comparable across videos.
+
+    Each positive row of a batch gets up to ``per_positive`` negative rows: its query with other videos, never a
+    video annotated with the same text (``drn.text.query_key``) or a near paraphrase (MiniLM sentence cosine >=
+    ``paraphrase_cosine``). ``hard_fraction`` of them are hard negatives (videos of the nearest other texts of the
+    split), the rest other videos of the batch. 0 turns them off and trains exactly as without them.
+    """
+
+    per_positive: int = 2
+    paraphrase_cosine: float = 0.9
+    hard_fraction: float = 0.5
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 32
     grad_clip_norm: float = 5.0
@@ -96,6 +112,7 @@ class TrainConfig:
     stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=10, lr=1e-3))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=5, lr=1e-5))
     stage3: StageConfig = field(default_factory=lambda: StageConfig(epochs=5, lr=1e-6))
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
 
 
 @dataclass
@@ -106,8 +123,7 @@ class RetrievalConfig:
     temperature: float = 0.05  # of the contrastive (InfoNCE) loss
     sampled_negatives: int = 32  # videos per step drawn from the training videos, besides the batch's
     positive_iou: float = 0.5  # cells at this IoU with the moment are positives (the best cell always is)
-    paraphrase_cosine: float = 0.9  # texts this close (MiniLM cosine) hold "the same" moment: never negatives
-    epochs: int = 10
+    epochs: int = 10  # (videos holding a query's text or a near paraphrase: train.negatives.paraphrase_cosine)
     lr: float = 3e-3
     select_metric: str = "video R@10"  # validation metric that picks the stage's epoch
 
@@ -158,6 +174,12 @@ def validate(config: DRNConfig) -> None:
         (config.text.max_words >= 1, "text.max_words must be at least 1"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.model.feature_dim >= 1, "model.feature_dim must be at least 1"),
+        (config.train.negatives.per_positive >= 0,
+         f"train.negatives.per_positive must be 0 (off) or more, not {config.train.negatives.per_positive}"),
+        (0.0 <= config.train.negatives.hard_fraction <= 1.0,
+         f"train.negatives.hard_fraction must be in [0, 1], not {config.train.negatives.hard_fraction}"),
+        (0.0 < config.train.negatives.paraphrase_cosine <= 1.0,
+         f"train.negatives.paraphrase_cosine must be in (0, 1], not {config.train.negatives.paraphrase_cosine}"),
         (config.model.retrieval_dim >= 0, "model.retrieval_dim must be 0 (no retrieval stage) or more"),
         (bool(config.retrieval.cell_widths) and all(
             isinstance(w, int) and 1 <= w <= config.model.num_segments for w in config.retrieval.cell_widths),

@@ -23,7 +23,7 @@ from drn.decoding import decode_segments
 from drn.errors import InputError
 from drn.grid import pool_to_grid
 from drn.model import DRN
-from drn.text import PAD_ID, Vocabulary
+from drn.text import OpenVocabulary, Vocabulary, is_unknown, pad_word_ids
 
 
 @dataclass
@@ -49,7 +49,8 @@ class GroundingResult:
 class Grounder:
     """A model in eval mode with its vocabulary: encode queries once, score them against video grids in batches."""
 
-    def __init__(self, model: DRN, config: DRNConfig, vocab: Vocabulary, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: DRN, config: DRNConfig, vocab: Vocabulary | OpenVocabulary,
+                 device: str | torch.device = "cpu") -> None:
         self.model = model.to(device).eval()
         self.config = config
         self.vocab = vocab
@@ -69,16 +70,18 @@ class Grounder:
         check_feature_dim(self.config, feature_dim, source)
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded word ids ``[Q, L]`` and mask; an empty or too-long query is an InputError naming its index."""
+        """Padded word ids ``[Q, L, S]`` and mask ``[Q, L]``. An empty or too-long query, or one of which the
+        vocabulary knows no word at all, is an InputError naming its index."""
         text = self.config.text
-        ids = [
-            self.vocab.encode(t, text.max_words, text.truncate_long_queries, text.lowercase, where=f"query {i}")
-            for i, t in enumerate(texts)
-        ]
-        words = torch.full((len(ids), max(len(x) for x in ids)), PAD_ID, dtype=torch.long)
-        for i, row in enumerate(ids):
-            words[i, : len(row)] = torch.tensor(row)
-        return words, words != PAD_ID
+        rows = []
+        for i, t in enumerate(texts):
+            ids = self.vocab.encode(t, text.max_words, text.truncate_long_queries, text.lowercase, where=f"query {i}")
+            if all(is_unknown(self.vocab, word) for word in ids):
+                what = "MiniLM's WordPiece table cannot spell" if self.vocab.open else "the vocabulary knows"
+                raise InputError(f"query {i}: {what} none of the words of {t!r}")
+            rows.append(ids)
+        words, mask = pad_word_ids(rows)
+        return torch.from_numpy(words), torch.from_numpy(mask)
 
     @torch.no_grad()
     def encode_queries(self, texts: Sequence[str]) -> EncodedQueries:

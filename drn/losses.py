@@ -1,4 +1,10 @@
-"""DRN losses (DESIGN.md section 5): IoU loss for location, focal loss for matching, Smooth-L1 for the IoU head."""
+"""DRN losses (DESIGN.md section 5): IoU loss for location, focal loss for matching, Smooth-L1 for the IoU head.
+
+Negative rows (``Targets.negative``: a query with a video that does not hold it) add matching terms with every
+label 0 and IoU-head terms with target 0, and nothing to the location loss. The normalisers count positives only
+(matching: positive locations; IoU head: the locations of positive rows), so a positive row weighs what it
+weighs without negatives.
+"""
 
 from __future__ import annotations
 
@@ -67,10 +73,15 @@ def compute_losses(
             else:
                 boxes = output.boxes(config.model.num_segments)
                 target = segment_iou(boxes, targets.gt.unsqueeze(1).expand_as(boxes))
+            if targets.negative is not None:
+                target = target.masked_fill(targets.negative.unsqueeze(1), 0.0)
         keep = target > config.loss.iou_head_min_target if config.loss.iou_head_min_target > 0 else None
         pred = torch.sigmoid(output.iou_logits)
-        if keep is None:
+        if keep is None and targets.negative is None:
             losses["quality"] = F.smooth_l1_loss(pred, target)
+        elif keep is None:  # the mean over the positive rows' locations, as without negatives
+            positive_cells = max(targets.num_positive_rows, 1) * pred.shape[1]
+            losses["quality"] = F.smooth_l1_loss(pred, target, reduction="sum") / positive_cells
         elif bool(keep.any()):
             losses["quality"] = F.smooth_l1_loss(pred[keep], target[keep])
         else:

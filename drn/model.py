@@ -77,6 +77,11 @@ class FlatOutput:
     points: Tensor  # [P]
     levels: Tensor  # [P]
 
+    def float(self) -> FlatOutput:
+        """The outputs in float32 (after a mixed-precision forward; no copy when they already are)."""
+        iou = None if self.iou_logits is None else self.iou_logits.float()
+        return FlatOutput(self.match_logits.float(), self.distances.float(), iou, self.points, self.levels)
+
     def boxes(self, num_segments: int) -> Tensor:
         """Predicted (start, end) in grid units, clamped to [0, T]: ``[B, P, 2]``."""
         start = (self.points - self.distances[..., 0]).clamp(0, num_segments)
@@ -91,9 +96,12 @@ class QueryEncoder(nn.Module):
     levels when ``same_query_all_levels``); padding positions are masked out.
     """
 
-    def __init__(self, word_vectors: Tensor, hidden: int, attention_dim: int, same_query_all_levels: bool) -> None:
+    def __init__(self, word_vectors: Tensor, hidden: int, attention_dim: int, same_query_all_levels: bool,
+                 keep_word_vectors: bool = True) -> None:
         super().__init__()
-        self.register_buffer("word_vectors", torch.as_tensor(word_vectors, dtype=torch.float32))
+        # A closed vocabulary's matrix is part of the weights; the open MiniLM table is not (the package ships it).
+        self.register_buffer("word_vectors", torch.as_tensor(word_vectors, dtype=torch.float32),
+                             persistent=keep_word_vectors)
         word_dim = self.word_vectors.shape[1]
         self.lstm = nn.LSTM(word_dim, hidden, num_layers=1, batch_first=True, bidirectional=True)
         self.out_dim = 2 * hidden
@@ -103,12 +111,21 @@ class QueryEncoder(nn.Module):
             nn.Linear(attention_dim, self.out_dim) for _ in range(1 if same_query_all_levels else NUM_LEVELS)
         )
 
+    def embed(self, words: Tensor) -> Tensor:
+        """Word vectors ``[B, L, E]`` of ids ``[B, L]`` or ``[B, L, S]`` (a word is the mean of its S ids' rows,
+        id 0 being padding)."""
+        if words.dim() == 2:
+            return F.embedding(words, self.word_vectors)
+        present = (words != 0).unsqueeze(-1).to(self.word_vectors.dtype)
+        summed = (F.embedding(words, self.word_vectors) * present).sum(dim=2)
+        return summed / present.sum(dim=2).clamp(min=1.0)
+
     def forward(self, words: Tensor, word_mask: Tensor) -> Tensor:
-        """``words [B, L]`` ids, ``word_mask [B, L]`` (True for words) -> ``[B, 3, 2 * hidden]``."""
+        """``words [B, L]`` or ``[B, L, S]`` ids, ``word_mask [B, L]`` (True for words) -> ``[B, 3, 2 * hidden]``."""
         lengths = word_mask.sum(dim=1)
         if bool((lengths == 0).any()):
             raise InputError("an empty query reached the query encoder")
-        embedded = F.embedding(words, self.word_vectors)
+        embedded = self.embed(words)
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
         h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=words.shape[1])
         last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
@@ -212,15 +229,19 @@ class GroundingHead(nn.Module):
 
 
 class DRN(nn.Module):
-    """The whole network. ``word_vectors`` is the vocabulary's ``[V, E]`` matrix (a buffer, never trained)."""
+    """The whole network. ``word_vectors`` is the vocabulary's ``[V, E]`` matrix (a buffer, never trained), saved
+    with the weights unless ``keep_word_vectors`` is False (the open MiniLM table, which the package ships)."""
 
-    def __init__(self, config: DRNConfig, word_vectors: Tensor | np.ndarray) -> None:
+    def __init__(self, config: DRNConfig, word_vectors: Tensor | np.ndarray, keep_word_vectors: bool = True) -> None:
         super().__init__()
         m = config.model
         self.config = config
         word_vectors = torch.as_tensor(np.asarray(word_vectors), dtype=torch.float32)
         m.word_dim = int(word_vectors.shape[1])
-        self.query_encoder = QueryEncoder(word_vectors, m.lstm_hidden, m.attention_dim, m.same_query_all_levels)
+        self.query_encoder = QueryEncoder(word_vectors, m.lstm_hidden, m.attention_dim, m.same_query_all_levels,
+                                          keep_word_vectors)
+        if not keep_word_vectors:  # a constant table: DDP need not broadcast it every step
+            self._ddp_params_and_buffers_to_ignore = ["query_encoder.word_vectors"]
         self.fusion = MultiLevelFusion(config, self.query_encoder.out_dim)
         self.pyramid = FeaturePyramid(list(m.level_channels), m.fpn_channels)
         iou_channels = None if m.quality == "none" else list(m.iou_channels)
@@ -257,12 +278,23 @@ class DRN(nn.Module):
         points = level_points(self.num_segments, video.device)
         return DRNOutput(match_logits, distances, None if self.head.iou is None else iou_logits, points)
 
-    def forward(self, video: Tensor, words: Tensor, word_mask: Tensor) -> DRNOutput:
-        return self.decode_pairs(self.encode_video(video), self.encode_query(words, word_mask))
+    def forward(self, video: Tensor, words: Tensor, word_mask: Tensor, video_index: Tensor | None = None,
+                query_index: Tensor | None = None) -> DRNOutput:
+        """Row b of ``video`` with row b of the queries; with ``video_index``/``query_index`` ``[R]``, row r pairs
+        video ``video_index[r]`` with query ``query_index[r]`` (each video and query encoded once)."""
+        videos, queries = self.encode_video(video), self.encode_query(words, word_mask)
+        if video_index is not None:
+            videos, queries = videos[video_index], queries[query_index]
+        return self.decode_pairs(videos, queries)
 
     def quality_head(self) -> nn.Module | None:
         """The IoU (or centerness) branch: the only part that stage 2 trains."""
         return self.head.iou
+
+
+def new_model(config: DRNConfig, vocab) -> DRN:
+    """A fresh DRN for a vocabulary of ``drn.text`` (its matrix kept in the weights only when it is closed)."""
+    return DRN(config, vocab.matrix, keep_word_vectors=not vocab.open)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -12,8 +12,9 @@ The score of a (sentence, cell) is their cosine. Training is contrastive (``Retr
 (query, video, moment) row, the cells of its video that overlap the moment (IoU >= ``retrieval.positive_iou``, and
 always the best one) are positives; every cell of every other video of the step (the batch's videos and
 ``retrieval.sampled_negatives`` videos drawn from the training set) is a negative, unless that video holds the
-query's text or a near paraphrase (``blocked``); the other cells of the query's own video are left out (its
-annotations may be incomplete). Only the head trains; DRN is frozen (stage 4, see ``drn.retrieval_training``).
+query's text or a near paraphrase (``drn.negatives.NegativeFilter``); the other cells of the query's own video
+are left out (its annotations may be incomplete). Only the head trains; DRN is frozen (stage 4, see
+``drn.retrieval_training``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from torch import Tensor, nn
 
 from drn.config import DRNConfig
 from drn.errors import InputError
-from drn.text import tokenize
 
 NUM_LEVELS = 3
 RETRIEVAL_STAGE = 4
@@ -124,21 +124,6 @@ def require_trained_retrieval(model: nn.Module, source: object = None) -> Retrie
 
 
 # --------------------------------------------------------------------------------------------------- training
-def normalised_text(text: str) -> str:
-    """The words of a query, lowercased, one space apart: texts equal under it describe the same moment."""
-    return " ".join(tokenize(text))
-
-
-def blocked_in_batch(video_ids: Sequence[str], texts: Sequence[str]) -> Tensor:
-    """``[B, B]`` bool: True where video j must not be a negative for row i (same video, or same normalised text,
-    so video j holds row i's text). The diagonal is True. Batches of drn.data may carry a wider ``blocked``
-    (near paraphrases too); use ``batch.get("blocked")`` first."""
-    keys = [normalised_text(t) for t in texts]
-    same_video = np.equal.outer(np.array(video_ids, dtype=object), np.array(video_ids, dtype=object))
-    same_text = np.equal.outer(np.array(keys, dtype=object), np.array(keys, dtype=object))
-    return torch.from_numpy(same_video | same_text)
-
-
 def positive_cells(gt: Tensor, spans: Tensor, positive_iou: float) -> Tensor:
     """``[B, C]`` bool: the cells whose IoU with each row's moment ``gt [B, 2]`` (grid units) reaches
     ``positive_iou``, and always the best cell."""
@@ -168,13 +153,20 @@ def contrastive_loss(queries: Tensor, cells: Tensor, positives: Tensor, negative
 
 
 class RetrievalObjective(nn.Module):
-    """The stage's loss as a module (so that DDP can wrap it): DRN's query side frozen, the head trained."""
+    """The stage's loss as a module (so that DDP can wrap it): DRN's query side frozen, the head trained.
+
+    DDP synchronises the head's gradients only; DRN's buffers (the word table, fixed batch-norm statistics) are
+    the same on every worker and are not broadcast at each step."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.head = model.retrieval
-        self.register_buffer("spans", torch.as_tensor(self.head.spans, dtype=torch.float32), persistent=False)
+        self.register_buffer("spans", torch.as_tensor(model.retrieval.spans, dtype=torch.float32), persistent=False)
+        self._ddp_params_and_buffers_to_ignore = [f"model.{name}" for name, _ in model.named_buffers()]
+
+    @property
+    def head(self) -> RetrievalHead:
+        return self.model.retrieval
 
     def forward(self, video: Tensor, words: Tensor, word_mask: Tensor, gt: Tensor, negatives: Tensor,
                 extra_video: Tensor | None = None) -> Tensor:

@@ -3,11 +3,11 @@
 DRN itself is frozen (no gradients, eval mode): the stage only learns to put a sentence next to the cells of the
 videos that hold it, so its grounding metrics do not move and it can be added to any trained checkpoint.
 
-* ``NegativeFilter``: which videos may be negatives for a query. Never a video annotated (in the training pairs)
-  with the same normalised text, or with a near paraphrase of it (MiniLM cosine >= ``retrieval.paraphrase_cosine``).
-* ``RetrievalBatches``: adds to a batch of ``drn.data.collate`` what the loss needs: ``retrieval.sampled_negatives``
-  videos drawn from the training videos (``extra_video``) and the ``[B, B + K]`` mask of usable negatives (a
-  batch's own ``blocked`` [B, B], where present, is honoured as well).
+* ``RetrievalBatches``: adds to a training batch of ``drn.data`` what the loss needs: ``retrieval.sampled_negatives``
+  videos drawn from the training videos (``extra_video``) and the ``[B, B + K]`` mask of usable negatives. A video
+  is never a negative for a query it holds, or holds a near paraphrase of: the training split's
+  ``drn.negatives.NegativeFilter`` (same ``query_key``, or MiniLM cosine >= ``train.negatives.paraphrase_cosine``)
+  decides, and a batch's own ``blocked`` [B, B] is honoured as well.
 * ``retrieval_step``, ``video_recall`` (validation: every distinct text of a split ranked against every video of
   the split by its best cell; video R@k in percent) and ``train_retrieval`` (the plain loop; keeps the epoch with
   the best ``retrieval.select_metric`` and records it in the head's ``trained_epochs``).
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,73 +28,44 @@ from tqdm import tqdm
 from drn.config import DRNConfig, model_differences
 from drn.data import collate
 from drn.errors import InputError
-from drn.pairs import GroundingPair
-from drn.retrieval import RetrievalObjective, attach_retrieval_head, normalised_text
+from drn.negatives import NegativeFilter, build_negative_filter
+from drn.retrieval import RetrievalObjective, attach_retrieval_head
+from drn.text import query_key
 
 RECALL_AT = (1, 5, 10)
 
 
-class NegativeFilter:
-    """Per normalised query text, the videos that hold it or a near paraphrase: never negatives for it."""
-
-    def __init__(self, pairs: Sequence[GroundingPair], paraphrase_cosine: float = 0.9) -> None:
-        holders: dict[str, set[str]] = {}
-        for pair in pairs:
-            holders.setdefault(normalised_text(pair.query), set()).add(pair.video_id)
-        self.paraphrases = 0  # texts that gained holders from a paraphrase
-        if 0.0 < paraphrase_cosine < 1.0 and len(holders) > 1:
-            holders = self._with_paraphrases(holders, paraphrase_cosine)
-        self.holders = holders
-
-    def _with_paraphrases(self, holders: dict[str, set[str]], threshold: float) -> dict[str, set[str]]:
-        from drn.sentence import embed_texts
-
-        keys = sorted(holders)
-        vectors = embed_texts(keys)
-        merged: dict[str, set[str]] = {}
-        for first in range(0, len(keys), 1024):
-            similar = vectors[first:first + 1024] @ vectors.T >= threshold
-            for row, mask in enumerate(similar):
-                key = keys[first + row]
-                near = np.flatnonzero(mask)
-                merged[key] = set().union(*(holders[keys[j]] for j in near))
-                self.paraphrases += len(merged[key]) > len(holders[key])
-        return merged
-
-    def usable(self, row_videos: Sequence[str], row_texts: Sequence[str], videos: Sequence[str]) -> np.ndarray:
-        """``[B, N]`` bool: True where ``videos[j]`` may be a negative for row i (neither its video nor a holder)."""
-        out = np.ones((len(row_videos), len(videos)), dtype=bool)
-        for i, (own, text) in enumerate(zip(row_videos, row_texts, strict=True)):
-            blocked = self.holders.get(normalised_text(text), set())
-            for j, video in enumerate(videos):
-                if video == own or video in blocked:
-                    out[i, j] = False
-        return out
+def retrieval_negative_filter(dataset, config: DRNConfig) -> NegativeFilter:
+    """The training split's negative filter (``drn.negatives``), refused where some text is in every video."""
+    try:
+        return build_negative_filter(dataset.pairs, config.train.negatives.paraphrase_cosine)
+    except InputError as error:
+        raise InputError(f"the retrieval stage needs, for every query, videos that do not hold it: {error}"
+                         .split("; set train.negatives")[0]) from None
 
 
 class RetrievalBatches:
-    """Turns batches of ``drn.data.collate`` (over ``dataset``) into batches of the retrieval loss."""
+    """Turns training batches of ``drn.data`` (over ``dataset``) into batches of the retrieval loss."""
 
-    def __init__(self, dataset, config: DRNConfig) -> None:
+    def __init__(self, dataset, config: DRNConfig, negative_filter: NegativeFilter | None = None) -> None:
         self.dataset = dataset
-        self.text_of = {pair.qid: pair.query for pair in dataset.pairs}
-        self.filter = NegativeFilter(dataset.pairs, config.retrieval.paraphrase_cosine)
+        self.filter = negative_filter or retrieval_negative_filter(dataset, config)
         self.videos = sorted({pair.video_id for pair in dataset.pairs})
         self.sampled = config.retrieval.sampled_negatives
 
     def prepare(self, batch: dict, generator: torch.Generator | None = None) -> dict:
-        texts = [self.text_of[qid] for qid in batch["qid"]]
+        texts, own = list(batch["query"]), list(batch["video_id"])
         count = min(self.sampled, len(self.videos))
         order = torch.randperm(len(self.videos), generator=generator)[:count].tolist()
         picked = [self.videos[i] for i in order]
-        usable = self.filter.usable(batch["video_id"], texts, [*batch["video_id"], *picked])
+        usable = ~self.filter.blocked_matrix(texts, [*own, *picked]).numpy()
         if batch.get("blocked") is not None:
             usable[:, : len(texts)] &= ~np.asarray(batch["blocked"].cpu(), dtype=bool)
+        video = batch["video"][: len(texts)]  # the rows' own videos (a batch with negative rows has more)
         grids = self.dataset.grids
-        video = batch["video"]
         extra = (torch.from_numpy(np.stack([np.asarray(grids[v], dtype=np.float32) for v in picked]))
                  if picked else video.new_zeros((0, *video.shape[1:])))
-        return {**batch, "negatives": torch.from_numpy(usable), "extra_video": extra}
+        return {**batch, "video": video, "negatives": torch.from_numpy(usable), "extra_video": extra}
 
 
 def retrieval_step(objective: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
@@ -148,7 +119,7 @@ def retrieval_scores(model: torch.nn.Module, dataset, device: torch.device | str
     head.eval()
     first: dict[str, int] = {}
     for index, pair in enumerate(dataset.pairs):
-        first.setdefault(normalised_text(pair.query), index)
+        first.setdefault(query_key(pair.query), index)
     texts = list(first)
     videos = sorted({pair.video_id for pair in dataset.pairs})
     cells = []
@@ -173,7 +144,7 @@ def video_recall(model: torch.nn.Module, dataset, device: torch.device | str = "
     texts, videos, scores = retrieval_scores(model, dataset, device)
     holders: dict[str, set[str]] = {}
     for pair in dataset.pairs:
-        holders.setdefault(normalised_text(pair.query), set()).add(pair.video_id)
+        holders.setdefault(query_key(pair.query), set()).add(pair.video_id)
     position = {v: i for i, v in enumerate(videos)}
     ranks = []
     for q, text in enumerate(texts):
@@ -201,13 +172,14 @@ class RetrievalStageResult:
 def train_retrieval(
     model: torch.nn.Module, train_batches: Iterable[dict], train_dataset, val_dataset, config: DRNConfig, *,
     progress: bool = False, report: Callable[[dict[str, Any]], None] | None = None,
+    negative_filter: NegativeFilter | None = None,
 ) -> RetrievalStageResult:
     """Train the head for ``retrieval.epochs`` epochs; keep (and load) the best validation epoch's weights."""
     device = next(model.parameters()).device
     params = freeze_for_retrieval(model)
     objective = RetrievalObjective(model).to(device)
     optimizer = torch.optim.Adam(params, lr=config.retrieval.lr)
-    batches = RetrievalBatches(train_dataset, config)
+    batches = RetrievalBatches(train_dataset, config, negative_filter)
     generator = torch.Generator().manual_seed(config.train.seed)
     result = RetrievalStageResult(best_epoch=0, best_metrics={})
     best_key, best_state = (-1.0, -1.0), None

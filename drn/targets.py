@@ -5,6 +5,8 @@ max(t - gs, ge - t) lies in the level's range (both bounds inclusive). The ``pos
 keeps all candidates, one nearest the centre, one at random, or those in the central half of the ground truth.
 Every ground truth gets at least one positive: when none qualifies, the location nearest the ground truth's
 centre at the level whose range holds its half-length (the last level for longer, the first for shorter ones).
+A negative row (a query with a video that does not hold it, ``drn.negatives``) has no positive at all, and no
+fallback.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ class Targets:
     positive: Tensor  # [B, P] bool
     regression: Tensor  # [B, P, 2]: (t - gs, ge - t) in grid units
     gt: Tensor  # [B, 2]: (gs, ge) in grid units
+    negative: Tensor | None = None  # [B] bool: rows whose video does not hold the query (None: no such row)
+
+    @property
+    def num_positive_rows(self) -> int:
+        return self.gt.shape[0] - (0 if self.negative is None else int(self.negative.sum()))
 
     @property
     def num_positive(self) -> int:
@@ -33,8 +40,10 @@ def assign_targets(
     level_ranges: list[tuple[float, float]],
     positives: str = "all",
     generator: torch.Generator | None = None,
+    negative: Tensor | None = None,
 ) -> Targets:
-    """Targets for ``gt [B, 2]`` (grid units) at locations ``points [P]`` of ``levels [P]``."""
+    """Targets for ``gt [B, 2]`` (grid units) at locations ``points [P]`` of ``levels [P]``; rows where
+    ``negative [B]`` is True get no positive location (their ``gt`` is ignored)."""
     gt = gt.to(points.dtype)
     gs, ge = gt[:, :1], gt[:, 1:]
     t = points.unsqueeze(0)
@@ -57,11 +66,16 @@ def assign_targets(
     else:
         raise ValueError(f"unknown positives mode {positives!r}")
 
-    empty = ~positive.any(dim=1)
+    if negative is not None and bool(negative.any()):
+        positive = positive & ~negative.unsqueeze(1)
+        empty = ~positive.any(dim=1) & ~negative
+    else:
+        negative = None
+        empty = ~positive.any(dim=1)
     if bool(empty.any()):
         positive = positive | (_fallback(gt, off_centre, levels, ranges) & empty.unsqueeze(1))
     regression = torch.stack([t - gs, ge - t], dim=-1).expand(gt.shape[0], -1, -1)
-    return Targets(positive=positive, regression=regression, gt=gt)
+    return Targets(positive=positive, regression=regression, gt=gt, negative=negative)
 
 
 def _one_per_row(candidate: Tensor, key: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ Seams for other runners: ``configure_stage`` (freeze + modes, returns the traina
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -35,8 +36,8 @@ from drn.losses import compute_losses
 from drn.model import DRN
 from drn.pairs import GroundingPair
 from drn.predictions import Prediction
-from drn.targets import assign_targets
-from drn.text import Vocabulary
+from drn.targets import Targets, assign_targets
+from drn.text import OpenVocabulary, Vocabulary
 
 
 @dataclass(frozen=True)
@@ -112,23 +113,57 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def step_losses(
+    model: torch.nn.Module, batch: dict, stage: Stage, config: DRNConfig, generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[dict[str, torch.Tensor], Targets]:
+    """The stage's losses on one batch (already on the model's device), with the targets they came from.
+
+    Rows are the batch's pairs, plus its negative rows when it has them (``drn.data.PairCollator``).
+    """
+    cast = (torch.autocast(batch["video"].device.type, dtype=autocast_dtype) if autocast_dtype is not None
+            else contextlib.nullcontext())
+    with cast:
+        output = model(batch["video"], batch["words"], batch["word_mask"], batch.get("video_index"),
+                       batch.get("query_index")).flat()
+    output = output.float()
+    gt = batch["gt"] if batch.get("query_index") is None else batch["gt"][batch["query_index"]]
+    targets = assign_targets(gt, output.points, output.levels, config.scaled_level_ranges(),
+                             config.targets.positives, generator, negative=batch.get("negative"))
+    return compute_losses(output, targets, config, stage.losses), targets
+
+
+LossWeights = Callable[[dict[str, torch.Tensor], Targets, dict], dict[str, float]]
+
+
 def train_step(
-    model: DRN, batch: dict, optimizer: torch.optim.Optimizer, stage: Stage, config: DRNConfig,
-    generator: torch.Generator | None = None,
+    model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer, stage: Stage, config: DRNConfig,
+    generator: torch.Generator | None = None, *, loss_weights: LossWeights | None = None,
+    autocast_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """One optimisation step on one batch (moved to the model's device); returns the losses as floats."""
+    """One optimisation step on one batch (moved to the model's device); returns the losses as floats.
+
+    ``loss_weights(losses, targets, batch)`` scales each loss before the backward pass (a data-parallel runner
+    turns per-worker normalisers into global ones with it, ``moments.train_worker``); the returned values are the
+    weighted losses. ``autocast_dtype`` and ``scaler`` are the mixed-precision settings of a GPU runner.
+    """
     batch = to_device(batch, model_device(model))
-    output = model(batch["video"], batch["words"], batch["word_mask"]).flat()
-    targets = assign_targets(
-        batch["gt"], output.points, output.levels, config.scaled_level_ranges(), config.targets.positives, generator
-    )
-    losses = compute_losses(output, targets, config, stage.losses)
+    losses, targets = step_losses(model, batch, stage, config, generator, autocast_dtype)
+    weights = loss_weights(losses, targets, batch) if loss_weights is not None else None
+    total = sum(losses[name] * weight for name, weight in weights.items()) if weights else losses["total"]
     optimizer.zero_grad(set_to_none=True)
-    losses["total"].backward()
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
+    scaler.scale(total).backward()
+    scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip_norm)
-    optimizer.step()
-    return {name: float(value.detach()) for name, value in losses.items()}
+    scaler.step(optimizer)
+    scaler.update()
+    if not weights:
+        return {name: float(value.detach()) for name, value in losses.items()}
+    out = {name: float(losses[name].detach()) * weight for name, weight in weights.items()}
+    out["total"] = sum(out.values())
+    return out
 
 
 def run_epoch(
@@ -161,7 +196,7 @@ def predict(model: DRN, batches: Iterable[dict], config: DRNConfig) -> list[Pred
     device = model_device(model)
     for batch in batches:
         batch = to_device(batch, device)
-        output = model(batch["video"], batch["words"], batch["word_mask"]).flat()
+        output = model(batch["video"], batch["words"], batch["word_mask"]).flat()  # positive rows only
         segments = decode_segments(output, batch["duration"].numpy(), config.model.num_segments, config.decode)
         for qid, vid, segs in zip(batch["qid"], batch["video_id"], segments, strict=True):
             predictions.append(Prediction(qid, vid, segs[:, :3]))
@@ -242,7 +277,7 @@ class FitResult:
 
 def fit(
     model: DRN,
-    vocab: Vocabulary,
+    vocab: Vocabulary | OpenVocabulary,
     config: DRNConfig,
     train_batches: Iterable[dict],
     val_batches: Iterable[dict],

@@ -7,20 +7,24 @@ same ``TrainingData`` and hand its datasets to its own data loaders.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from drn.checkpoint import check_feature_dim, read_checkpoint
+from drn.checkpoint import check_feature_dim, model_from_payload, read_checkpoint
 from drn.config import DRNConfig
-from drn.data import GroundingDataset, collate, load_grids, usable_pairs
+from drn.data import GroundingDataset, PairCollator, collate, load_grids, usable_pairs
 from drn.datasets import load_split, options_of
 from drn.errors import InputError
+from drn.model import DRN, new_model
+from drn.negatives import NegativeFilter, build_negative_filter
 from drn.pairs import GroundingPair
 from drn.store import FeatureStore
-from drn.text import Vocabulary, vocabulary_and_vectors
+from drn.text import OpenVocabulary, Vocabulary, vocabulary_and_vectors
 
 EVAL_SPLITS = {"activitynet": ("val_1", "val_2")}  # (validation, test); others: ("val", "test")
 
@@ -32,12 +36,32 @@ def eval_splits(dataset: str) -> tuple[str, str]:
 @dataclass
 class TrainingData:
     config: DRNConfig
-    vocab: Vocabulary
+    vocab: Vocabulary | OpenVocabulary
     word_vectors: np.ndarray
     train: GroundingDataset
     val: GroundingDataset
     test: GroundingDataset | None
     dropped: dict[str, int] = field(default_factory=dict)  # split -> pairs without features
+    negatives: NegativeFilter | None = None  # the training split's negative-pair filter (None: no negatives)
+
+    def checkpoint_facts(self) -> dict[str, Any]:
+        """What the final checkpoint records about this data: training durations, the negative-pair filter."""
+        facts: dict[str, Any] = {"train_duration_s": self.train_durations()}
+        if self.negatives is not None:
+            facts["negatives"] = self.negatives.report.to_dict()
+        return facts
+
+    def new_model(self) -> DRN:
+        """A fresh model for this data's vocabulary and config."""
+        return new_model(self.config, self.vocab)
+
+    def collator(self, split: str) -> PairCollator | Callable[[list[dict]], dict]:
+        """How batches of ``split`` are put together: with negative rows for training when the config asks."""
+        if split == "train" and self.negatives is not None:
+            negatives = self.config.train.negatives
+            return PairCollator(self.negatives, negatives.per_positive, self.config.train.seed,
+                                negatives.hard_fraction, self.train.grids)
+        return collate
 
     def train_durations(self) -> dict[str, float]:
         """Median and 95th percentile of the training videos' durations (seconds), recorded in checkpoints so
@@ -49,8 +73,9 @@ class TrainingData:
         dataset = getattr(self, split)
         shuffle = split == "train" if shuffle is None else shuffle
         generator = torch.Generator().manual_seed(self.config.train.seed)
-        return DataLoader(dataset, batch_size=self.config.train.batch_size, shuffle=shuffle, collate_fn=collate,
-                          num_workers=self.config.train.num_workers, generator=generator)
+        return DataLoader(dataset, batch_size=self.config.train.batch_size, shuffle=shuffle,
+                          collate_fn=self.collator(split), num_workers=self.config.train.num_workers,
+                          generator=generator)
 
 
 def load_pairs(config: DRNConfig, annotations: str | os.PathLike, split: str, durations: dict[str, float],
@@ -88,12 +113,14 @@ def prepare_training_data(
         if not selection.kept:
             raise InputError(f"no {split} pair has features in the store", path=os.fspath(features))
     if resume_from is not None:
-        payload = read_checkpoint(resume_from)
-        vocab = Vocabulary(payload["vocab"])
-        vectors = payload["state_dict"]["query_encoder.word_vectors"].numpy()
+        _, _, vocab = model_from_payload(read_checkpoint(resume_from), resume_from)
+        vectors = vocab.matrix
     else:
         vocab, vectors = vocabulary_and_vectors([p.query for p in pairs["train"]], config.text)
+    negatives = None
+    if config.train.negatives.per_positive > 0:
+        negatives = build_negative_filter(pairs["train"], config.train.negatives.paraphrase_cosine)
     videos = {p.video_id for role in pairs for p in pairs[role]}
     grids = load_grids(store, sorted(videos), config.model.num_segments, progress)
     made = {role: GroundingDataset(pairs[role], grids, vocab, config) for role in pairs}
-    return TrainingData(config, vocab, vectors, made["train"], made["val"], made.get("test"), dropped)
+    return TrainingData(config, vocab, vectors, made["train"], made["val"], made.get("test"), dropped, negatives)

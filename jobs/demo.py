@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers, help="Ray Train workers")
     parser.add_argument("--use-gpu", action="store_true", help="C3D and training on GPUs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--serve", action="store_true",
+                        help="then serve the results: search page and JSON API on 127.0.0.1 (Ctrl-C stops it)")
+    parser.add_argument("--port", type=int, default=8000, help="port of the search service with --serve")
     return parser
 
 
@@ -57,7 +60,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=args.config, overrides=tuple(args.overrides), num_workers=args.num_workers, use_gpu=args.use_gpu,
         progress=not args.no_progress,
     )
-    run_demo(settings, echo=lambda line: print(line, flush=True))
+    if args.serve:
+        from moments.service import check_port_free
+
+        check_port_free("127.0.0.1", args.port)  # before minutes of work, not after
+    report = run_demo(settings, echo=lambda line: print(line, flush=True))
+    if args.serve:
+        from jobs.serve import serve_and_wait
+        from moments.search_backend import ServiceSettings
+
+        paths = report.paths
+        print("\nServing the results (the page plays the moments it finds):", flush=True)
+        serve_and_wait(ServiceSettings(db=str(paths.db), features=str(paths.features), videos=str(paths.videos)),
+                       "127.0.0.1", args.port)
     return 0
 
 

@@ -6,6 +6,13 @@
     python -m jobs.evaluate --dataset jsonl --annotations runs/syn/annotations --split test \
         --checkpoint runs/syn/model/best.pt --features runs/syn/features [--predictions-out preds.jsonl] [--top-n 5]
 
+    python -m jobs.evaluate --corpus --dataset jsonl --annotations runs/syn/annotations --split test \
+        --checkpoint runs/syn/model/best.pt --features runs/syn/features      # or: --db lancedb [--run-id R]
+
+``--corpus`` ranks every distinct query text of the split against every video of the split (``drn.corpus``):
+corpus R@{1,10,100} at IoU {0.5,0.7}, video R@{1,10} and the within-video R@1 beside them, from a checkpoint
+run on a feature store or from a LanceDB grounding run.
+
 Predictions are JSONL, one query a line: {"qid", "video_id", "segments": [[start_s, end_s, score], ...]}.
 With ``--checkpoint`` the model is run on the split's pairs (videos pooled from ``--features``) and its predictions
 are scored (and written with ``--predictions-out``) exactly as a predictions file would be.
@@ -27,10 +34,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from drn.checkpoint import check_feature_dim, load_checkpoint
+from drn.corpus import (
+    CorpusConfig,
+    CorpusResult,
+    check_corpus_split,
+    evaluate_corpus,
+    format_corpus_result,
+    ground_corpus,
+    within_video_result,
+)
 from drn.data import GroundingDataset, collate, load_grids, usable_pairs
 from drn.datasets import LoadedSplit
 from drn.errors import InputError
 from drn.evaluation import EvalConfig, EvalResult, evaluate, format_result
+from drn.inference import Grounder
 from drn.pairs import GroundingPair
 from drn.predictions import Prediction, read_predictions, write_predictions
 from drn.store import FeatureStore
@@ -46,9 +63,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The scoring options (shared with jobs.baseline)."""
     group = parser.add_argument_group("scoring")
     group.add_argument(
-        "--ious", type=float, nargs="+", default=[0.3, 0.5, 0.7], help="IoU levels m (default 0.3 0.5 0.7)"
+        "--ious", type=float, nargs="+", default=None,
+        help="IoU levels m (default 0.3 0.5 0.7; with --corpus 0.5 0.7)",
     )
-    group.add_argument("--recall-at", type=int, nargs="+", default=[1, 5], help="the n of R@n (default 1 5)")
+    group.add_argument("--recall-at", type=int, nargs="+", default=None,
+                       help="the n of R@n (default 1 5; with --corpus 1 10 100)")
     group.add_argument(
         "--comparison",
         choices=sorted(COMPARISON_CHOICES),
@@ -90,8 +109,8 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
-        recall_at=tuple(args.recall_at),
-        ious=tuple(args.ious),
+        recall_at=tuple(args.recall_at or (1, 5)),
+        ious=tuple(args.ious or (0.3, 0.5, 0.7)),
         comparison=COMPARISON_CHOICES[args.comparison],
         nms=args.nms,
         allow_missing=args.allow_missing,
@@ -108,9 +127,53 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_argument_group("what to evaluate").add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help="a predictions JSONL file")
     source.add_argument("--checkpoint", type=Path, help="a DRN checkpoint (e.g. runs/train/best.pt); needs --features")
+    source.add_argument("--db", default=None, help="with --corpus: a LanceDB index holding a grounding run")
     add_checkpoint_arguments(parser)
+    corpus = parser.add_argument_group("corpus mode (--corpus)")
+    corpus.add_argument("--corpus", action="store_true",
+                        help="rank every distinct query text of the split against every video of the split")
+    corpus.add_argument("--video-recall-at", type=int, nargs="+", default=[1, 10],
+                        help="the k of video R@k (default 1 10)")
+    corpus.add_argument("--run-id", default=None, help="with --db: the grounding run (default: the only one)")
     add_eval_arguments(parser)
     return parser
+
+
+def corpus_config_from_args(args: argparse.Namespace) -> CorpusConfig:
+    return CorpusConfig(recall_at=tuple(args.recall_at or (1, 10, 100)), ious=tuple(args.ious or (0.5, 0.7)),
+                        video_recall_at=tuple(args.video_recall_at), comparison=COMPARISON_CHOICES[args.comparison])
+
+
+def run_corpus(args: argparse.Namespace, loaded: LoadedSplit) -> CorpusResult:
+    """Corpus metrics of a checkpoint on a feature store, or of a LanceDB grounding run, on the split."""
+    config = corpus_config_from_args(args)
+    check_corpus_split(loaded.pairs, args.annotations)
+    if args.db is not None:
+        from moments.corpus import corpus_from_run
+
+        queries, ranked, predictions, videos = corpus_from_run(args.db, args.run_id, loaded.pairs, config)
+        pairs = loaded.pairs
+    else:
+        if not args.features:
+            raise InputError("--corpus --checkpoint needs --features (the feature store holding the split's videos)")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        grounder = Grounder.from_checkpoint(args.checkpoint, device=args.device)
+        store = FeatureStore(args.features)
+        grounder.check_features(store.metadata.feature_dim, args.features)
+        if args.top_n is not None:
+            decode = dataclasses.replace(grounder.config.decode, top_n=args.top_n)
+            grounder.config = dataclasses.replace(grounder.config, decode=decode)
+        selection = usable_pairs(loaded.pairs, store)
+        if selection.dropped and args.missing_videos == "error":
+            raise InputError(f"{len(selection.dropped)} of {len(loaded.pairs)} pairs have no features in the store; "
+                             "use --missing-videos skip to rank the others", path=args.features)
+        pairs = selection.kept
+        queries, ranked, predictions, videos = ground_corpus(grounder, store, pairs, config,
+                                                             pair_batch_size=max(args.batch_size, 1),
+                                                             progress=not args.quiet)
+    within = within_video_result(pairs, predictions, config)
+    return evaluate_corpus(queries, ranked, videos, config, within)
 
 
 @dataclass
@@ -221,8 +284,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          ("--top-n", args.top_n)) if value is not None]
         if used:
             parser.error(f"{', '.join(used)} only apply with --checkpoint")
-    config = eval_config_from_args(args)
+    if args.db is not None and not args.corpus:
+        parser.error("--db evaluates a grounding run across the library: it needs --corpus")
     loaded = load_split_from_args(args)
+    if args.corpus:
+        if args.predictions is not None:
+            parser.error("--corpus ranks videos against each other: give --checkpoint (with --features) or --db")
+        result = run_corpus(args, loaded)
+        report = loaded.report
+        if args.json:
+            print(json.dumps({"dataset": report.dataset, "split": report.split, **result.to_dict()}))
+        else:
+            print(format_corpus_result(result, title=f"{report.dataset} {report.split} - corpus"))
+        return 0
+    config = eval_config_from_args(args)
     pairs, title, extra = loaded.pairs, None, {}
     if args.checkpoint is None:
         predictions = predictions_from_args(args, loaded)

@@ -4,7 +4,9 @@ Answers from the LanceDB table that `jobs.ground` wrote: the stored queries near
 in words, and their best segments across the library. `--live` grounds a new text now, in two stages: the
 nearest video cells in the `cells` table that `jobs.index_library` wrote, then DRN on those candidate videos
 only (`moments.live_search`). `--exhaustive` grounds it against every video (`moments.grounding.ground_live`).
-Each path imports only what it needs: indexed search needs neither torch nor sentence-transformers.
+With `DRN_SERVE=http://host:port` set, indexed searches go to a running search service (`python -m jobs.serve`),
+which has the index and the model loaded already. Each path imports only what it needs: indexed search needs
+neither torch nor sentence-transformers.
 """
 
 from __future__ import annotations
@@ -91,12 +93,26 @@ def run_exhaustive(args: argparse.Namespace) -> pa.Table:
     )
 
 
-def run_search(args: argparse.Namespace) -> pa.Table:
-    """Answer from the index."""
+def run_search(args: argparse.Namespace) -> tuple[pa.Table, list[str]]:
+    """Answer from the index: the rows and the notices to show beside them."""
     from moments.index import Index, default_db_uri
 
     index = Index(args.db or default_db_uri(), table=args.table)
-    return index.search(args.text, k=args.k, video_id=args.video, min_score=args.min_score, run_id=args.run_id)
+    answer = index.answer(args.text, k=args.k, video_id=args.video, min_score=args.min_score, run_id=args.run_id)
+    return answer.rows, answer.notices()
+
+
+def run_remote(args: argparse.Namespace, address: str) -> tuple[pa.Table, list[str]]:
+    """Ask the search service at `address` ($DRN_SERVE), which has the index and the model loaded already."""
+    from drn.errors import InputError
+    from moments.service_client import SERVE_ENV, remote_search
+
+    if args.db is not None or args.table != "segments":
+        raise InputError(f"--db/--table name a local index, but {SERVE_ENV} sends searches to the service at "
+                         f"{address}; unset {SERVE_ENV} to search another index")
+    rows, notices = remote_search(address, args.text, k=args.k, video=args.video, min_score=args.min_score,
+                                  run_id=args.run_id)
+    return pa.Table.from_pylist(rows), notices
 
 
 def format_results(results: pa.Table) -> str:
@@ -104,9 +120,9 @@ def format_results(results: pa.Table) -> str:
     if results.num_rows == 0:
         return "no segments found"
     rows = results.to_pylist()
-    header = ("#", "query matched", "video", "start-end (s)", "score")
+    header = ("#", "query matched", "match", "video", "start-end (s)", "score")
     lines = [
-        (str(row["result_rank"] + 1), _shorten(row["query_text"], 48), _shorten(row["video_id"], 24),
+        (str(row["result_rank"] + 1), _shorten(row["query_text"], 48), _match_label(row), _shorten(row["video_id"], 24),
          f"{row['start_s']:.2f}-{row['end_s']:.2f}", f"{row['score']:.3f}")
         for row in rows
     ]
@@ -115,6 +131,14 @@ def format_results(results: pa.Table) -> str:
     out.append("  ".join("-" * width for width in widths))
     out += ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)) for line in lines]
     return "\n".join(out)
+
+
+def _match_label(row: dict) -> str:
+    """``same``, ``paraphrase 0.98`` or ``OTHER 0.81``: whether a row answers the searched text."""
+    match = row.get("query_match") or "same"
+    if match == "same":
+        return "same"
+    return f"{'paraphrase' if match == 'paraphrase' else 'OTHER'} {row.get('query_similarity') or 0:.2f}"
 
 
 def _shorten(text: str, width: int) -> str:
@@ -135,7 +159,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--k must be at least 1")
     if not args.text.strip():
         raise InputError("the query text is empty; give some words to search for")
-    results = run_live(args) if args.live else run_exhaustive(args) if args.exhaustive else run_search(args)
+    from moments.service_client import service_address
+
+    live = args.live or args.exhaustive
+    remote = None if live else service_address()  # DRN_SERVE: a running service answers, fast
+    if live:
+        from moments.index import SearchAnswer
+
+        results = run_live(args) if args.live else run_exhaustive(args)
+        notices = SearchAnswer(args.text, results, args.text, 1.0, grounded=True).notices()
+    elif remote:
+        results, notices = run_remote(args, remote)
+    else:
+        results, notices = run_search(args)
+    for notice in notices:
+        print(f"note: {notice}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         for row in results.to_pylist():
             print(json.dumps(row, ensure_ascii=False))

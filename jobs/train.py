@@ -100,12 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         model.config = config
         resumed_stage = int(read_checkpoint(args.resume_from)["stage"])
     else:
-        model = DRN(config, data.word_vectors)
+        model = data.new_model()
     numbers = parse_stages(args.stages, resumed_stage, config.model.retrieval_dim > 0)
     stages = stages_from_config(config, [n for n in numbers if n != RETRIEVAL_STAGE])
     print(f"pairs: train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0} "
           f"(without features, dropped: {data.dropped}); vocabulary {len(data.vocab)} words; "
           f"parameters {count_parameters(model):,}; stages {[s.number for s in stages]}", file=sys.stderr)
+    print(data.negatives.report.line() if data.negatives is not None else
+          "negative pairs: off (train.negatives.per_positive=0): scores will not compare across videos",
+          file=sys.stderr)
 
     def report(record: dict) -> None:
         val = record.get("val", {})
@@ -113,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stage {record['stage']} epoch {record['epoch']}: loss {record.get('loss_total', 0):.4f} "
               f"({record['pairs_per_s']:.0f} pairs/s) val {shown}", file=sys.stderr)
 
-    facts = {"train_duration_s": data.train_durations()}
+    facts = data.checkpoint_facts()
     if stages:
         result = fit(
             model, data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs, args.out, stages,
@@ -143,7 +146,7 @@ def run_retrieval_stage(model: DRN, data, config, out: Path, shown: dict, facts:
               f"({record['pairs_per_s']:.0f} pairs/s) val {record['val']}", file=sys.stderr)
 
     result = train_retrieval(model, data.loader("train"), data.train, data.val, config, progress=progress,
-                             report=report)
+                             report=report, negative_filter=data.negatives)
     retrieval = {"epoch": result.best_epoch, "val": result.best_metrics}
     path = out / "best.pt"
     save_checkpoint(out / "stage4_best.pt", model, data.vocab, stage=RETRIEVAL_STAGE,

@@ -35,16 +35,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from drn.checkpoint import read_checkpoint
+from drn.checkpoint import model_from_payload, negatives_per_positive, read_checkpoint
 from drn.config import DRNConfig
 from drn.errors import InputError
 from drn.inference import EncodedQueries, Grounder
-from drn.model import DRN
 from drn.store import FeatureStore, VideoFeatures, absolute_uri
-from drn.text import Vocabulary
 from moments.embedding import embed_texts
-from moments.index import RESULT_COLUMNS, SEGMENTS_TABLE, Index, default_db_uri
+from moments.index import RESULT_COLUMNS, SEGMENTS_TABLE, Index, default_db_uri, with_match_columns
 from moments.queries import Query, QueryCollection, normalise_text, read_queries
+from moments.runs import RunRecord, record_run
 from moments.scoring import LibraryScorer, QuerySide, RunLabels, split_output
 from moments.windows import WindowRule, window_rule
 
@@ -90,6 +89,7 @@ class LoadedModel:
     checkpoint_id: str
     sha256: str
     metrics: dict[str, Any]
+    negatives_per_positive: int = 0  # trained with negative pairs (> 0): scores compare across videos
 
     @property
     def config(self) -> DRNConfig:
@@ -133,9 +133,16 @@ def file_sha256(path: str | os.PathLike) -> str:
 def load_model(checkpoint: str | os.PathLike, device: str = "cpu") -> LoadedModel:
     """Load a checkpoint (InputError for a missing or foreign file) and name it ``<file stem>-<sha256[:12]>``."""
     payload = read_checkpoint(checkpoint)  # checks the format first, with a clear message
-    grounder = Grounder.from_checkpoint(checkpoint, device=device)
+    model, config, vocab = model_from_payload(payload, checkpoint)
     sha = file_sha256(checkpoint)
-    return LoadedModel(grounder, f"{Path(checkpoint).stem}-{sha[:12]}", sha, dict(payload.get("metrics") or {}))
+    return LoadedModel(Grounder(model, config, vocab, device), f"{Path(checkpoint).stem}-{sha[:12]}", sha,
+                       dict(payload.get("metrics") or {}), negatives_per_positive(payload))
+
+
+def run_record(model: LoadedModel, run_id: str, kind: str, checkpoint: str, features: str) -> RunRecord:
+    """The `runs` row of a grounding run with this model."""
+    return RunRecord(run_id, kind, model.checkpoint_id, absolute_uri(checkpoint), absolute_uri(features),
+                     model.negatives_per_positive)
 
 
 def default_run_id(model: LoadedModel, features: str, queries: Sequence[Query], top_k: int, rule: WindowRule) -> str:
@@ -157,17 +164,17 @@ def default_run_id(model: LoadedModel, features: str, queries: Sequence[Query], 
 
 def check_queries_encodable(grounder: Grounder, collection: QueryCollection) -> QueryCollection:
     """Drop (and report) queries the model cannot encode: no known words at all, or too many words."""
-    text = grounder.config.text
     kept, dropped = [], list(collection.dropped)
     for query in collection.queries:
         try:
-            grounder.vocab.encode(query.text, text.max_words, text.truncate_long_queries, text.lowercase,
-                                  where=f"query {query.query_id}")
+            grounder.tokenize([query.text])
         except InputError as error:
-            dropped.append((query.line, f"{error}, skipped"))
+            dropped.append((query.line, f"{str(error).replace('query 0', f'query {query.query_id}')}, skipped"))
             continue
         kept.append(query)
     if not kept:
+        if len(collection.queries) == 1 and dropped:
+            raise InputError(dropped[-1][1].removesuffix(", skipped"), path=collection.source)
         raise InputError("no query of the collection can be encoded by this checkpoint", path=collection.source)
     return QueryCollection(collection.source, kept, dropped)
 
@@ -245,16 +252,17 @@ def load_videos(store: FeatureStore, video_ids: Iterable[str]) -> tuple[list[Vid
 
 
 def model_payload(grounder: Grounder) -> dict[str, Any]:
-    """What an actor needs to rebuild the model: config, vocabulary, weights (CPU tensors)."""
+    """What an actor needs to rebuild the model: config, vocabulary record, weights (CPU tensors), training facts
+    (the shape of a checkpoint, so ``drn.checkpoint.model_from_payload`` reads both)."""
     state = {k: v.detach().cpu() for k, v in grounder.model.state_dict().items()}
-    return {"config": grounder.config.to_dict(), "vocab": list(grounder.vocab.tokens), "state": state}
+    config = grounder.config
+    return {"config": config.to_dict(), "vocabulary": grounder.vocab.record(), "state_dict": state,
+            "training": {"negatives_per_positive": config.train.negatives.per_positive}}
 
 
 def grounder_from_payload(payload: dict[str, Any], device: str) -> Grounder:
-    config = DRNConfig.from_dict(payload["config"], source="grounding job")
-    model = DRN(config, payload["state"]["query_encoder.word_vectors"])
-    model.load_state_dict(payload["state"], strict=True)
-    return Grounder(model.eval(), config, Vocabulary(payload["vocab"]), device)
+    model, config, vocab = model_from_payload(payload, "grounding job")
+    return Grounder(model, config, vocab, device)
 
 
 class GroundingActor:
@@ -379,6 +387,7 @@ class GroundingJob:
         if index.count(run_id=run_id):
             index.update_library_ranks(run_id, collection.ids)
             index.ensure_indices()
+            record_run(uri, run_record(model, run_id, "batch", self.checkpoint, self.features))
         return summary
 
     def _write_all(self, index: Index, batches: Iterable[pa.Table], summary: GroundingSummary) -> None:
@@ -485,8 +494,10 @@ def ground_live(
         index.write_segments(ranked)
         index.update_library_ranks(run_id, [query.query_id])
         index.ensure_indices()
+        record_run(index.uri, run_record(model, run_id, "live", checkpoint, features))
     best = ranked.slice(0, k)
     if min_score is not None:
         best = best.filter(pc.greater_equal(best.column("score"), pa.scalar(float(min_score), pa.float32())))
     best = best.select(list(RESULT_COLUMNS))
-    return best.add_column(0, "result_rank", pa.array(np.arange(best.num_rows, dtype=np.int32)))
+    best = best.add_column(0, "result_rank", pa.array(np.arange(best.num_rows, dtype=np.int32)))
+    return with_match_columns(best, query.text, 1.0, "same", model.negatives_per_positive > 0)

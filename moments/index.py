@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,19 @@ import pyarrow.compute as pc
 from lancedb.index import FTS, Bitmap, BTree, IvfPq
 
 from drn.errors import InputError
+from drn.text import query_key
 from moments.embedding import EMBEDDING_DIM, embed_text
+from moments.runs import RunRecord, read_runs
 
 SEGMENTS_TABLE = "segments"
 ROW_KEY = ("run_id", "query_id", "video_id", "rank")
 VECTOR_INDEX_MIN_ROWS = 100_000
 RRF_K = 60
+# A stored query counts as the searched text when its words are the same, or its MiniLM cosine is at least this.
+# Measured on Charades-STA: rewordings sit at 0.96-0.99 ("person opening a window" / "the person opens a window"
+# 0.974), while one-word changes of meaning sit below ("the red square moves left" / "... moves right" 0.950,
+# "the red ball rises" / "the blue ball rises" 0.770, "person opens the door" / "person closes the door" 0.873).
+SAME_QUERY_COSINE = 0.97
 _REQUIRED = (
     "run_id", "checkpoint_id", "query_id", "query_text", "query_embedding", "video_id", "rank",
     "start_s", "end_s", "score", "match_score", "iou_score",
@@ -401,15 +409,27 @@ class Index:
         self, text: str, k: int = 10, video_id: str | None = None, min_score: float | None = None,
         run_id: str | None = None,
     ) -> pa.Table:
-        """The best stored segments for a free-text search.
+        """The best stored segments for a free-text search: the rows of :meth:`answer`."""
+        return self.answer(text, k, video_id=video_id, min_score=min_score, run_id=run_id).rows
+
+    def answer(
+        self, text: str, k: int = 10, video_id: str | None = None, min_score: float | None = None,
+        run_id: str | None = None,
+    ) -> SearchAnswer:
+        """The best stored segments for a free-text search, with what a user must know about them.
 
         1. Find the stored queries nearest to `text` in meaning (cosine on the MiniLM query embedding) and in
            words (BM25 full text on query_text, when its index exists), one candidate per (run, query), and
            fuse the two lists by reciprocal rank fusion: relevance = sum over lists of 1 / (60 + position).
-        2. Return up to `k` segments of the best-fused queries: queries in relevance order, each query's
-           segments best score first (its best across the library, or within `video_id`), filtered by
-           `min_score` and `run_id`. Columns: RESULT_COLUMNS plus result_rank, query_similarity (cosine) and
-           query_relevance (the fused score).
+        2. Return up to `k` segments of those queries: stored queries that are the searched text first (the same
+           words, or a MiniLM cosine >= SAME_QUERY_COSINE), then the others, each group in relevance order, each
+           query's segments best score first (its best across the library, or within `video_id`), filtered by
+           `min_score` and `run_id`. Columns: RESULT_COLUMNS plus result_rank, matched_query (the stored query
+           whose moments a row shows), query_similarity (cosine), query_match ("same", "paraphrase" or "other"),
+           query_relevance (the fused score) and calibrated (the run's checkpoint was trained with negative
+           pairs, so its scores compare across videos; null when the index does not record it).
+        3. Say so when no stored query is the searched text (never another query's moments as the answer
+           without that mark), and when a run's scores do not compare across videos (``SearchAnswer.notices``).
         """
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
@@ -418,15 +438,29 @@ class Index:
         best_rows = _best_row_filter(video_id=video_id, min_score=min_score, run_id=run_id)
         candidates = max(2 * k, 20)
         found = self._nearest_queries(table, text, vector, best_rows, candidates)
+        searched = query_key(text)
+        for hit in found.values():
+            hit["match"] = match_kind(searched, hit["text"], hit["similarity"])
+        nearest = max(found.values(), key=lambda hit: hit["similarity"], default=None)
+        answer = SearchAnswer(text, _empty_result(), nearest["text"] if nearest else None,
+                              nearest["similarity"] if nearest else None,
+                              any(hit["match"] != "other" for hit in found.values()),
+                              filtered=any(f is not None for f in (video_id, min_score, run_id)))
         if not found:
-            return _empty_result()
-        chosen = sorted(found.values(), key=lambda hit: (-hit["relevance"], -hit["similarity"]))[:k]
-        return self._best_segments(table, chosen, k, video_id=video_id, min_score=min_score, run_id=run_id)
+            return answer
+        chosen = sorted(found.values(), key=lambda hit: (hit["match"] == "other", -hit["relevance"],
+                                                         -hit["similarity"]))[:k]
+        answer.rows = self._best_segments(table, chosen, k, video_id=video_id, min_score=min_score, run_id=run_id)
+        return answer
+
+    def run_records(self) -> dict[str, RunRecord]:
+        """What the `runs` table records of each grounding run (empty for indices written before it existed)."""
+        return read_runs(self._connect())
 
     def _nearest_queries(
         self, table: Any, text: str, vector: np.ndarray, where: str, candidates: int
     ) -> dict[tuple[str, str], dict[str, Any]]:
-        columns = ["run_id", "query_id", "query_embedding"]
+        columns = ["run_id", "query_id", "query_text", "query_embedding"]
         lists = [
             table.search(vector, vector_column_name="query_embedding", query_type="vector")
             .distance_type("cosine").where(where, prefilter=True)
@@ -444,11 +478,12 @@ class Index:
             similarity = _embedding_matrix(hits) @ vector
             seen: set[tuple[str, str]] = set()
             keys = zip(hits.column("run_id").to_pylist(), hits.column("query_id").to_pylist(), strict=True)
-            for key, sim in zip(keys, similarity.tolist(), strict=True):
+            texts = hits.column("query_text").to_pylist()
+            for key, sim, stored in zip(keys, similarity.tolist(), texts, strict=True):
                 if key in seen:
                     continue
                 seen.add(key)
-                hit = found.setdefault(key, {"key": key, "relevance": 0.0, "similarity": sim})
+                hit = found.setdefault(key, {"key": key, "relevance": 0.0, "similarity": sim, "text": stored})
                 hit["relevance"] += 1.0 / (RRF_K + len(seen))
         return found
 
@@ -477,13 +512,21 @@ class Index:
                                 kind="stable").head(k)
         by_key = {hit["key"]: hit for hit in chosen}
         picked = [by_key[key] for key in zip(rows["run_id"], rows["query_id"], strict=True)]
+        records = self.run_records()
         result = pa.Table.from_pandas(rows[list(RESULT_COLUMNS)], preserve_index=False)
         result = result.cast(pa.schema([segments_schema().field(name) for name in RESULT_COLUMNS]))
         result = result.add_column(0, "result_rank", pa.array(range(result.num_rows), pa.int32()))
-        result = result.append_column("query_similarity",
-                                      pa.array([hit["similarity"] for hit in picked], pa.float32()))
-        return result.append_column("query_relevance", pa.array([hit["relevance"] for hit in picked],
-                                                                 pa.float32()))
+        extra = {
+            "matched_query": pa.array([hit["text"] for hit in picked], pa.string()),
+            "query_similarity": pa.array([hit["similarity"] for hit in picked], pa.float32()),
+            "query_match": pa.array([hit["match"] for hit in picked], pa.string()),
+            "query_relevance": pa.array([hit["relevance"] for hit in picked], pa.float32()),
+            "calibrated": pa.array([records[run].calibrated if run in records else None for run in rows["run_id"]],
+                                   pa.bool_()),
+        }
+        for name, column in extra.items():
+            result = result.append_column(name, column)
+        return result
 
 
     def search_live(self, text: str, k: int = 10, *, min_score: float | None = None, **options: Any) -> pa.Table:
@@ -506,7 +549,66 @@ class Index:
 def _result_schema() -> pa.Schema:
     schema = segments_schema()
     return pa.schema([pa.field("result_rank", pa.int32()), *(schema.field(name) for name in RESULT_COLUMNS),
-                      pa.field("query_similarity", pa.float32()), pa.field("query_relevance", pa.float32())])
+                      pa.field("matched_query", pa.string()), pa.field("query_similarity", pa.float32()),
+                      pa.field("query_match", pa.string()), pa.field("query_relevance", pa.float32()),
+                      pa.field("calibrated", pa.bool_())])
+
+
+def with_match_columns(rows: pa.Table, matched_query: str, similarity: float, match: str,
+                       calibrated: bool | None) -> pa.Table:
+    """Rows of one query (a live search) with the columns :meth:`Index.answer` adds, so both read alike."""
+    count = rows.num_rows
+    extra = {
+        "matched_query": pa.array([matched_query] * count, pa.string()),
+        "query_similarity": pa.array([similarity] * count, pa.float32()),
+        "query_match": pa.array([match] * count, pa.string()),
+        "query_relevance": pa.array([1.0] * count, pa.float32()),
+        "calibrated": pa.array([calibrated] * count, pa.bool_()),
+    }
+    for name, column in extra.items():
+        rows = rows.append_column(name, column)
+    return rows
+
+
+def match_kind(searched_key: str, stored_text: str, similarity: float) -> str:
+    """How a stored query relates to the searched text: "same" words (``drn.text.query_key``), a "paraphrase"
+    (MiniLM cosine >= SAME_QUERY_COSINE) or an "other" query whose moments answer a different sentence."""
+    if query_key(stored_text) == searched_key:
+        return "same"
+    return "paraphrase" if similarity >= SAME_QUERY_COSINE else "other"
+
+
+@dataclass
+class SearchAnswer:
+    """Rows of a search and the facts a user must see beside them (``notices``)."""
+
+    text: str
+    rows: pa.Table
+    nearest_query: str | None  # the stored query nearest in meaning, whatever the filters kept
+    nearest_similarity: float | None
+    grounded: bool  # some stored query is the searched text (the same words or a close paraphrase)
+    filtered: bool = False  # the search had filters (video, min_score, run): "grounded" holds within them
+
+    def notices(self, live_hint: str = "ground it with --live or add it to the collection") -> list[str]:
+        """One line each: the text was never grounded; a run's scores do not compare across videos."""
+        lines = []
+        if not self.grounded:
+            nearest = (f'; nearest "{self.nearest_query}" ({self.nearest_similarity:.2f})'
+                       if self.nearest_query is not None else "")
+            within = " with these filters" if self.filtered else ""
+            lines.append(f'no grounded query matches "{self.text}"{within}{nearest}; {live_hint}')
+        if self.rows.num_rows:
+            runs = dict(zip(self.rows.column("run_id").to_pylist(), self.rows.column("calibrated").to_pylist(),
+                            strict=True))
+            for run, calibrated in runs.items():
+                if calibrated is None:
+                    lines.append(f"run {run}: the index does not record how its checkpoint was trained (written "
+                                 "before runs were recorded); its scores may not compare across videos")
+                elif not calibrated:
+                    lines.append(f"run {run}: its checkpoint was trained without negative pairs, so its scores rank "
+                                 "moments within a video, not videos across the library (retrain with "
+                                 "train.negatives.per_positive > 0)")
+        return lines
 
 
 def _empty_result() -> pa.Table:

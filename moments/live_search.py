@@ -9,8 +9,9 @@
    score is the video's, so within a video DRN's order is kept and only the order across videos changes.
    Moments are ranked across the library by that score (ties: video id, then rank).
 
-The rows have the fields of indexed search (``moments.index.RESULT_COLUMNS`` and ``result_rank``, as
-``ground_live`` returns them) plus ``drn_score`` and ``retrieval_score``. ``LiveSearcher`` loads the model, the
+The rows have the fields of indexed search and of ``ground_live`` (``result_rank``, ``moments.index.RESULT_COLUMNS``
+and the match columns: ``matched_query`` is the text itself, ``calibrated`` whether the checkpoint was trained with
+negative pairs) plus ``drn_score`` and ``retrieval_score``. ``LiveSearcher`` loads the model, the
 table and the store once (what a service or a benchmark keeps); ``Index(db).search_live(text, k)`` uses one.
 """
 
@@ -31,7 +32,7 @@ from drn.store import FeatureStore
 from drn.video_lookup import VideoLookup
 from moments.cells import CELLS_TABLE, CellsTable
 from moments.grounding import check_queries_encodable, encode_query_side, file_sha256, live_query_id, load_model
-from moments.index import RESULT_COLUMNS
+from moments.index import RESULT_COLUMNS, with_match_columns
 from moments.queries import Query, QueryCollection
 from moments.scoring import LibraryScorer, RunLabels, split_output
 from moments.windows import WindowRule
@@ -141,8 +142,11 @@ class LiveSearcher:
         best = ranked.slice(0, k)
         if min_score is not None:
             best = best.filter(pc.greater_equal(best.column("score"), pa.scalar(float(min_score), pa.float32())))
-        best = best.select([*RESULT_COLUMNS, "drn_score", "retrieval_score"])
-        return best.add_column(0, "result_rank", pa.array(np.arange(best.num_rows, dtype=np.int32)))
+        scores = best.select(["drn_score", "retrieval_score"])
+        best = best.select(list(RESULT_COLUMNS))
+        best = best.add_column(0, "result_rank", pa.array(np.arange(best.num_rows, dtype=np.int32)))
+        best = with_match_columns(best, query.text, 1.0, "same", self.model.negatives_per_positive > 0)
+        return pa.Table.from_arrays([*best.columns, *scores.columns], names=[*best.column_names, *scores.column_names])
 
 
 
@@ -173,9 +177,8 @@ def _sha_of(checkpoint: str) -> str:
 
 
 def _empty() -> pa.Table:
-    from moments.index import segments_schema
+    from moments.index import _result_schema
 
-    schema = segments_schema()
-    fields = [pa.field("result_rank", pa.int32()), *(schema.field(n) for n in RESULT_COLUMNS),
-              pa.field("drn_score", pa.float32()), pa.field("retrieval_score", pa.float32())]
-    return pa.schema(fields).empty_table()
+    schema = _result_schema()
+    return schema.append(pa.field("drn_score", pa.float32())).append(
+        pa.field("retrieval_score", pa.float32())).empty_table()

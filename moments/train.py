@@ -160,7 +160,7 @@ def _final_evaluation(config_dict: dict, features: str, annotations: str, datase
     with tempfile.TemporaryDirectory(prefix="drn-best-") as tmp:
         local = os.path.join(tmp, "best.pt")
         save_checkpoint(local, model, vocab, stage=stage, metrics={"val": val, "test": test, "source": model_uri,
-                                                                   "train_duration_s": data.train_durations(),
+                                                                   **data.checkpoint_facts(),
                                                                    **({"retrieval": retrieval} if retrieval else {})})
         best_uri = storage.upload_file(local, name, "best.pt")
     return {"best_checkpoint": best_uri, "val": val, "test": test,

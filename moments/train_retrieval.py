@@ -98,9 +98,9 @@ def retrieval_stage_worker(job: dict[str, Any]) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, grounding = int(state["epoch"]) + 1, state.get("grounding")
     wrapped = ray.train.torch.prepare_model(objective, move_to_device=False)
-    batches = RetrievalBatches(data.train, config)
+    batches = RetrievalBatches(data.train, config, data.negatives)
     per_worker = math.ceil(config.train.batch_size / size)
-    loader = _epoch_loader(data.train, per_worker, rank, size, config.train.seed, config.train.num_workers)
+    loader = _epoch_loader(data, per_worker, rank, size, config.train.seed, config.train.num_workers)
     generator = torch.Generator().manual_seed(config.train.seed + rank)
     if rank == 0 and grounding is None:  # DRN is frozen: its validation metrics are measured once
         grounding = validate(model, to_device(data.loader("val"), device), data.val.pairs, config)

@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import ray.train
@@ -34,15 +34,21 @@ from tqdm import tqdm
 
 from drn.checkpoint import load_checkpoint, save_checkpoint
 from drn.config import DRNConfig
-from drn.data import collate
-from drn.losses import compute_losses
-from drn.model import DRN, FlatOutput
-from drn.targets import assign_targets
-from drn.training import Stage, configure_stage, make_optimizer, selection_key, set_stage_mode, validate
+from drn.model import DRN
+from drn.targets import Targets
+from drn.training import (
+    Stage,
+    configure_stage,
+    make_optimizer,
+    selection_key,
+    set_stage_mode,
+    train_step,
+    validate,
+)
 from drn.training_setup import prepare_training_data
 
 MODEL_FILE, STATE_FILE = "model.pt", "train_state.pt"
-DEVICE_KEYS = ("video", "words", "word_mask", "gt")
+DEVICE_KEYS = ("video", "words", "word_mask", "gt", "video_index", "query_index", "negative", "blocked")
 
 
 @dataclass(frozen=True)
@@ -114,12 +120,6 @@ def global_loss_weights(losses: dict[str, torch.Tensor], num_positive: int, batc
             for name in losses if name != "total"}
 
 
-def _float_output(output: FlatOutput) -> FlatOutput:
-    iou = None if output.iou_logits is None else output.iou_logits.float()
-    return replace(output, match_logits=output.match_logits.float(), distances=output.distances.float(),
-                   iou_logits=iou)
-
-
 def distributed_step(
     model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer, stage: Stage, config: DRNConfig,
     *, scaler: torch.amp.GradScaler | None = None, autocast_dtype: torch.dtype | None = None,
@@ -127,30 +127,19 @@ def distributed_step(
 ) -> dict[str, float]:
     """One optimisation step of a (DDP-wrapped) model on this worker's part of a global batch.
 
-    Returns this worker's share of each global loss (summed over workers it is the global batch's loss).
-    With one worker it is exactly ``drn.training.train_step``.
+    ``drn.training.train_step`` with the losses re-weighted to the global batch's normalisers. Returns this
+    worker's share of each global loss (summed over workers it is the global batch's loss); with one worker it is
+    exactly ``train_step``.
     """
     device = batch["video"].device
-    cast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-            else contextlib.nullcontext())
-    with cast:
-        output = model(batch["video"], batch["words"], batch["word_mask"]).flat()
-    output = _float_output(output)
-    targets = assign_targets(batch["gt"], output.points, output.levels, config.scaled_level_ranges(),
-                             config.targets.positives, generator)
-    losses = compute_losses(output, targets, config, stage.losses)
-    weights = global_loss_weights(losses, targets.num_positive, len(batch["words"]), device)
-    total = sum(losses[name] * weights[name] for name in weights) if weights else losses["total"]
-    optimizer.zero_grad(set_to_none=True)
-    scaler = scaler or torch.amp.GradScaler(enabled=False)
-    scaler.scale(total).backward()
-    scaler.unscale_(optimizer)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip_norm)
-    scaler.step(optimizer)
-    scaler.update()
+
+    def weights(losses: dict[str, torch.Tensor], targets: Targets, rows: dict) -> dict[str, float]:
+        return global_loss_weights(losses, targets.num_positive, len(rows["words"]), device)
+
+    weighted = train_step(model, batch, optimizer, stage, config, generator, loss_weights=weights,
+                          autocast_dtype=autocast_dtype, scaler=scaler)
     _, size = world()
-    shares = {name: float(losses[name].detach()) * weights[name] / size for name in weights}
+    shares = {name: value / size for name, value in weighted.items() if name != "total"}
     shares["total"] = sum(shares.values())
     return shares
 
@@ -186,9 +175,11 @@ def local_model_file(checkpoint: ray.train.Checkpoint | None, uri: str | None) -
         yield os.path.join(directory, MODEL_FILE)
 
 
-def _epoch_loader(dataset, batch_size: int, rank: int, size: int, seed: int, num_workers: int) -> DataLoader:
-    sampler = DistributedSampler(dataset, num_replicas=size, rank=rank, shuffle=True, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers)
+def _epoch_loader(data, batch_size: int, rank: int, size: int, seed: int, num_workers: int) -> DataLoader:
+    """This worker's share of the training pairs, shuffled per epoch, batched with the run's negative rows."""
+    sampler = DistributedSampler(data.train, num_replicas=size, rank=rank, shuffle=True, seed=seed)
+    return DataLoader(data.train, batch_size=batch_size, sampler=sampler, collate_fn=data.collator("train"),
+                      num_workers=num_workers)
 
 
 def train_stage_worker(job: dict[str, Any]) -> dict[str, Any]:
@@ -212,7 +203,7 @@ def train_stage_worker(job: dict[str, Any]) -> dict[str, Any]:
             model, _, _ = load_checkpoint(model_file, expected=config)
             model.config = config
         else:
-            model = DRN(config, data.word_vectors)
+            model = data.new_model()
         state = None
         if resume is not None:
             state = torch.load(os.path.join(os.path.dirname(model_file), STATE_FILE), weights_only=True)
@@ -233,7 +224,7 @@ def train_stage_worker(job: dict[str, Any]) -> dict[str, Any]:
                                             parallel_strategy_kwargs={"find_unused_parameters": True})
 
     per_worker = math.ceil(config.train.batch_size / size)
-    loader = _epoch_loader(data.train, per_worker, rank, size, config.train.seed, config.train.num_workers)
+    loader = _epoch_loader(data, per_worker, rank, size, config.train.seed, config.train.num_workers)
     generator = torch.Generator().manual_seed(config.train.seed + rank)
     history = []
     for epoch in range(first_epoch, stage.epochs + 1):

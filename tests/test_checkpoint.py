@@ -13,15 +13,15 @@ from drn.config import load_config
 from drn.decoding import decode_segments
 from drn.errors import InputError
 from drn.inference import Grounder
-from drn.model import DRN
+from drn.model import DRN, new_model
 from drn.store import FeatureStore, StoreMetadata, VideoFeatures
 from drn.synthetic import make_synthetic_benchmark
-from drn.text import Vocabulary
+from drn.text import OpenVocabulary, Vocabulary, is_unknown
 
 SMALL = [
     "model.feature_dim=16", "model.num_segments=8", "model.lstm_hidden=8", "model.attention_dim=8",
     "model.location_dim=4", "model.level_channels=[8,8,16]", "model.fpn_channels=8", "model.iou_channels=[8,4]",
-    "text.max_words=8",
+    "text.max_words=8", "text.open_vocabulary=false",
 ]
 VOCAB = Vocabulary(["<pad>", "<unk>", "the", "red", "blue", "event", "after", "before"])
 
@@ -44,13 +44,54 @@ def test_round_trip_gives_a_ready_identical_model(saved) -> None:
     payload = read_checkpoint(path)
     assert payload["stage"] == 2 and payload["metrics"]["val"]["R@1,IoU=0.5"] == 12.5
     by_uri = read_checkpoint(Path(path).resolve().as_uri())  # file:// goes the object-store way
-    assert by_uri["vocab"] == payload["vocab"] and by_uri["state_dict"].keys() == payload["state_dict"].keys()
+    assert by_uri["vocabulary"] == payload["vocabulary"] == VOCAB.record()
+    assert by_uri["state_dict"].keys() == payload["state_dict"].keys()
     video, words = torch.randn(2, 8, 16), torch.tensor([[2, 3, 5], [2, 4, 0]])
     with torch.no_grad():
         a = model(video, words, words != 0).flat()
         b = loaded(video, words, words != 0).flat()
     torch.testing.assert_close(a.match_logits, b.match_logits)
     torch.testing.assert_close(a.iou_logits, b.iou_logits)
+
+
+def test_open_vocabulary_checkpoints_carry_no_word_table_and_know_every_word(tmp_path) -> None:
+    torch.manual_seed(0)
+    config = load_config(None, [item for item in SMALL if "open_vocabulary" not in item])
+    vocab = OpenVocabulary()
+    model = new_model(config, vocab).eval()
+    path = tmp_path / "open.pt"
+    save_checkpoint(path, model, vocab, stage=1)
+    payload = read_checkpoint(path)
+    assert "query_encoder.word_vectors" not in payload["state_dict"]
+    assert payload["vocabulary"] == vocab.record() and path.stat().st_size < 2_000_000  # the table is 47 MB
+    grounder = Grounder.from_checkpoint(path)
+    assert grounder.vocab.open and grounder.config.text.open_vocabulary
+    words, mask = grounder.tokenize(["a crimson pyramid slides leftward"])  # no training vocabulary at all
+    assert not any(is_unknown(grounder.vocab, tuple(w[w > 0].tolist())) for w in words[0][mask[0]])
+    video = torch.randn(1, 8, 16)
+    with torch.no_grad():
+        a = model(video, words, mask).flat()
+        b = grounder.model(video, words, mask).flat()
+    torch.testing.assert_close(a.match_logits, b.match_logits)
+    with pytest.raises(InputError, match="cannot spell none of the words|cannot spell"):
+        grounder.encode_queries(["ᚠᚢᚦ ᚱᚲ"])
+
+
+def test_version_1_checkpoints_load_with_their_closed_vocabulary(saved, tmp_path) -> None:
+    path, model, _ = saved
+    payload = read_checkpoint(path)
+    old = {k: v for k, v in payload.items() if k not in ("vocabulary", "training")}
+    old.update(version=1, vocab=list(VOCAB.tokens))
+    old["config"]["train"].pop("negatives")
+    old_path = tmp_path / "v1.pt"
+    torch.save(old, old_path)
+    loaded, config, vocab = load_checkpoint(old_path)
+    assert vocab.tokens == VOCAB.tokens and not vocab.open
+    assert config.train.negatives.per_positive == 0  # version 1 never trained with negative pairs
+    words = torch.tensor([[2, 3, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(torch.zeros(1, 8, 16), words, words != 0).flat().match_logits,
+                                   model(torch.zeros(1, 8, 16), words, words != 0).flat().match_logits)
 
 
 def test_checkpoint_from_another_config_is_a_clear_error(saved) -> None:

@@ -14,7 +14,6 @@ import torch
 from drn.config import load_config
 from drn.datasets import load_split
 from drn.evaluation import EvalConfig, evaluate
-from drn.model import DRN
 from drn.predictions import read_predictions
 from drn.synthetic import make_synthetic_benchmark
 from drn.training import fit, stages_from_config
@@ -36,7 +35,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     try:
         torch.manual_seed(0)
         data = prepare_training_data(config, bench.features, bench.annotations)
-        model = DRN(config, data.word_vectors)
+        model = data.new_model()
         result = fit(model, data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs,
                      root / "model", stages_from_config(config, [1]))
     finally:

@@ -148,7 +148,8 @@ def test_extract_train_and_ground_run_as_ray_jobs(tmp_path, ray_head):
     store = FeatureStore(features)
     assert sorted(store.ok_video_ids()) == sorted(p.stem for p in Path(videos).glob("*.mp4"))
 
-    epochs = [f"train.stage{k}.epochs=1" for k in (1, 2, 3)]
+    # three videos leave one for training: no video can be a negative there
+    epochs = [f"train.stage{k}.epochs=1" for k in (1, 2, 3)] + ["train.negatives.per_positive=0"]
     train = submit(client, [python, "-m", "jobs.train", "--config", str(REPO / "configs" / "demo.yaml"),
                             "--features", str(features), "--annotations", annotations, "--out", str(model),
                             "--quiet", "--threads", "1", *sum((["--set", e] for e in epochs), [])])

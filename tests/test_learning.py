@@ -7,7 +7,6 @@ import torch
 from drn.baselines import fit_fixed_window, fixed_window_predictions
 from drn.config import load_config
 from drn.evaluation import evaluate
-from drn.model import DRN
 from drn.synthetic import make_synthetic_benchmark
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
@@ -27,7 +26,7 @@ def run_and_compare(tmp_path) -> None:
     bench = make_synthetic_benchmark(tmp_path / "syn", num_videos=240, feature_dim=32, seed=11)
     config = load_config("configs/synthetic.yaml", ["model.feature_dim=32", "train.stage1.epochs=7"])
     data = prepare_training_data(config, bench.features, bench.annotations)
-    model = DRN(config, data.word_vectors)
+    model = data.new_model()
     result = fit(model, data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs,
                  tmp_path / "run", stages_from_config(config, [1]), data.loader("test"), data.test.pairs)
     window = fit_fixed_window(data.train.pairs)

@@ -96,7 +96,7 @@ def trained(library) -> str:
     torch.manual_seed(0)
     config = load_config(None, SMALL)
     data = prepare_training_data(config, library["features"], library["annotations"], "jsonl")
-    model = DRN(config, data.word_vectors)
+    model = data.new_model()
     root = library["root"]
     fit(model, data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs, root / "train",
         stages_from_config(config, [1]))
@@ -155,7 +155,8 @@ def test_two_stage_top_moment_equals_the_exhaustive_one(library, trained, indexe
 
 def test_rows_have_the_fields_of_indexed_search(library, indexed) -> None:
     rows = Index(indexed).search_live("the golf event", k=7, candidates=2)
-    assert rows.column_names == ["result_rank", *RESULT_COLUMNS, "drn_score", "retrieval_score"]
+    assert rows.column_names == ["result_rank", *RESULT_COLUMNS, "matched_query", "query_similarity", "query_match",
+                                 "query_relevance", "calibrated", "drn_score", "retrieval_score"]
     assert rows.num_rows == 7 and len(set(rows.column("video_id").to_pylist())) <= 2
     table = rows.to_pydict()
     assert table["result_rank"] == list(range(7)) and table["library_rank"] == list(range(7))
@@ -238,7 +239,7 @@ def test_a_cells_table_of_another_checkpoint(library, trained, indexed, tmp_path
     assert "was built with checkpoint" in err and len(err.splitlines()) == 1
     assert search_job.main(["the kilo event", "--live", "--db", indexed, "--checkpoint", trained, "--k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and lines[2].split()[4] == f"v{WORDS.index('kilo'):03d}"
+    assert len(lines) == 4 and lines[2].split()[5] == f"v{WORDS.index('kilo'):03d}"
     copy = str(tmp_path / "copy")
     shutil.copytree(indexed, copy)
     assert index_job.main(["--checkpoint", other, "--features", library["features"], "--db", copy,

@@ -13,9 +13,11 @@ import torch
 
 from drn.checkpoint import load_checkpoint
 from drn.config import DRNConfig, load_config
-from drn.data import collate
+from drn.data import PairCollator, collate
 from drn.errors import InputError
 from drn.model import DRN
+from drn.negatives import build_negative_filter
+from drn.pairs import GroundingPair
 from drn.synthetic import make_synthetic_benchmark
 from drn.training import Stage, configure_stage, make_optimizer, train_step, validate
 from drn.training_setup import prepare_training_data
@@ -46,21 +48,41 @@ def bench(tmp_path_factory):
 
 # --- DDP: two workers on two halves == one process on the whole batch ----------------------------------------
 
-def fixed_batch(size: int = 8) -> dict:
+def fixed_items(size: int = 8) -> list[dict]:
     gen = torch.Generator().manual_seed(7)
     items = []
     for i in range(size):
         start = float(torch.randint(0, 4, (1,), generator=gen))
         length = 0.6 + 6.0 * float(torch.rand(1, generator=gen))  # short and long: different positive counts
-        items.append({"video": torch.randn(8, 16, generator=gen),
-                      "words": torch.randint(2, 10, (3 + i % 3,), generator=gen),
+        words = [(int(w),) for w in torch.randint(2, 10, (3 + i % 3,), generator=gen)]
+        items.append({"video": torch.randn(8, 16, generator=gen), "words": words,
                       "gt": torch.tensor([start, min(start + length, 8.0)]), "duration": 8.0, "qid": i,
-                      "video_id": f"v{i}"})
-    return collate(items)
+                      "video_id": f"v{i}", "query": f"query {i}"})
+    return items
+
+
+def fixed_batch(size: int = 8) -> dict:
+    return collate(fixed_items(size))
 
 
 def part(batch: dict, rows: slice) -> dict:
     return {k: v[rows] for k, v in batch.items()}
+
+
+def batches_with_negatives(size: int = 8, per_positive: int = 2) -> tuple[list[dict], dict]:
+    """Each worker's half with its own in-batch negative rows, and the two halves as one global batch."""
+    items = fixed_items(size)
+    pairs = [GroundingPair(i, it["video_id"], it["query"], 0.0, 1.0, 8.0) for i, it in enumerate(items)]
+    collator = PairCollator(build_negative_filter(pairs, paraphrase_cosine=1.0), per_positive, seed=0)
+    halves = [collator(items[: size // 2]), collator(items[size // 2:])]
+    merged = {}
+    for key in ("video", "words", "word_mask", "gt", "duration", "negative"):
+        merged[key] = torch.cat([h[key] for h in halves])
+    for key in ("video_index", "query_index"):
+        merged[key] = torch.cat([halves[0][key], halves[1][key] + size // 2])
+    for key in ("qid", "video_id", "query"):
+        merged[key] = halves[0][key] + halves[1][key]
+    return halves, merged
 
 
 def fixed_statistics(model: DRN) -> None:
@@ -88,9 +110,12 @@ def ddp_one_step(job: dict) -> dict:
     model, stage, optimizer = step_setup(config)
     rank, size = world()
     wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    half = len(job["batch"]["words"]) // size
-    shares = distributed_step(wrapped, part(job["batch"], slice(rank * half, (rank + 1) * half)), optimizer,
-                              stage, config)
+    if "batches" in job:  # each worker's own half, with its own negative rows
+        local = job["batches"][rank]
+    else:
+        half = len(job["batch"]["words"]) // size
+        local = part(job["batch"], slice(rank * half, (rank + 1) * half))
+    shares = distributed_step(wrapped, local, optimizer, stage, config)
     totals = torch.tensor([shares[k] for k in ("location", "matching", "quality", "total")], dtype=torch.float64)
     dist.all_reduce(totals)
     grads = {n: p.grad.detach().numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
@@ -100,11 +125,18 @@ def ddp_one_step(job: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_ddp_step_on_two_workers_equals_one_process_on_the_global_batch(ray_session, tmp_path) -> None:
+@pytest.mark.parametrize("negatives", [False, True], ids=["positives", "with-negatives"])
+def test_ddp_step_on_two_workers_equals_one_process_on_the_global_batch(ray_session, tmp_path, negatives) -> None:
     config = small_config()
-    batch = fixed_batch()
+    if negatives:
+        halves, batch = batches_with_negatives()
+        assert int(batch["negative"].sum()) == 2 * 8  # two per positive row
+        job = {"config": config.to_dict(), "batches": halves}
+    else:
+        batch = fixed_batch()
+        job = {"config": config.to_dict(), "batch": batch}
     trainer = ray_train.TorchTrainer(
-        ddp_one_step, train_loop_config={"config": config.to_dict(), "batch": batch},
+        ddp_one_step, train_loop_config=job,
         scaling_config=ray.train.ScalingConfig(num_workers=2),
         run_config=ray.train.RunConfig(name="ddp-step", storage_path=str(tmp_path)),
     )
@@ -122,6 +154,8 @@ def test_ddp_step_on_two_workers_equals_one_process_on_the_global_batch(ray_sess
     for name, value in model.state_dict().items():
         torch.testing.assert_close(torch.from_numpy(got["state"][name]), value, rtol=1e-5, atol=1e-6, msg=name)
 
+    if negatives:
+        return
     # The check has teeth: plainly averaging the halves' own (per-half normalised) gradients is not the same.
     naive = {}
     for rows in (slice(0, 4), slice(4, 8)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,13 +20,12 @@ from drn.model import DRN, count_parameters
 from drn.pairs import GroundingPair
 from drn.retrieval import (
     RetrievalHead,
-    blocked_in_batch,
     cell_spans,
     contrastive_loss,
     positive_cells,
     require_trained_retrieval,
 )
-from drn.retrieval_training import NegativeFilter, video_recall
+from drn.retrieval_training import RetrievalBatches, video_recall
 from drn.synthetic import make_synthetic_benchmark
 from drn.text import Vocabulary
 from drn.training_setup import prepare_training_data
@@ -97,22 +97,26 @@ def test_blocked_videos_and_own_cells_are_not_negatives() -> None:
     assert float(only_positive) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_blocked_in_batch_is_same_video_or_same_text() -> None:
-    blocked = blocked_in_batch(["v1", "v2", "v1", "v3"], ["The red event.", "the red  event", "blue", "green"])
-    assert blocked.tolist() == [[True, True, True, False], [True, True, False, False], [True, False, True, False],
-                                [False, False, False, True]]
-
-
 def test_a_video_holding_the_text_or_a_paraphrase_is_never_a_negative() -> None:
-    pairs = [GroundingPair(0, "v1", "a man opens the door", 0, 1, 5), GroundingPair(1, "v2", "A man opens the door.",
-                                                                                     0, 1, 5),
-             GroundingPair(2, "v3", "a man opens a door", 0, 1, 5), GroundingPair(3, "v4", "the chef cuts onions",
-                                                                                  0, 1, 5)]
-    near = NegativeFilter(pairs, paraphrase_cosine=0.9)
-    usable = near.usable(["v1", "v4"], ["a man opens the door", "the chef cuts onions"], ["v1", "v2", "v3", "v4"])
-    assert usable.tolist() == [[False, False, False, True], [True, True, True, False]]
-    exact = NegativeFilter(pairs, paraphrase_cosine=1.0)  # texts only
-    assert exact.usable(["v1"], ["a man opens the door"], ["v2", "v3"]).tolist() == [[False, True]]
+    texts = ["a man opens the door", "A man opens the door.", "a man opens a door", "the chef cuts onions",
+             "a dog runs in the park"]
+    videos = [f"v{i}" for i in range(5)]
+    pairs = [GroundingPair(i, v, t, 0, 1, 5) for i, (v, t) in enumerate(zip(videos, texts, strict=True))]
+    dataset = SimpleNamespace(pairs=pairs,
+                              grids={v: np.zeros((8, 16), np.float32) for v in videos})
+    batch = {"query": texts, "video_id": videos, "video": torch.zeros(6, 8, 16)}  # a 6th row: a negative row's
+    near = load_config(None, [*SMALL, "model.retrieval_dim=8", "retrieval.sampled_negatives=2"])  # cosine 0.9
+    prepared = RetrievalBatches(dataset, near).prepare(batch)
+    usable = prepared["negatives"][:, :5].tolist()
+    assert usable[0] == [False, False, False, True, True]  # the same text, a paraphrase: never negatives
+    assert usable[3] == [True, True, True, False, True]
+    assert prepared["negatives"].shape == (5, 7) and prepared["extra_video"].shape == (2, 8, 16)
+    assert prepared["video"].shape == (5, 8, 16)  # the rows' own videos only
+    exact = load_config(None, [*SMALL, "model.retrieval_dim=8", "train.negatives.paraphrase_cosine=1.0"])
+    blocked = torch.zeros(5, 5, dtype=torch.bool)
+    blocked[0, 4] = True  # a batch's own blocked mask (drn.data with negatives) is honoured as well
+    prepared = RetrievalBatches(dataset, exact).prepare({**batch, "blocked": blocked})
+    assert prepared["negatives"][0, :5].tolist() == [False, False, True, True, False]
 
 
 # --- the model and its checkpoints ------------------------------------------------------------------------------
@@ -208,7 +212,7 @@ def test_stage_four_on_ray_train_after_drn(bench, tmp_path, ray_session) -> None
 def test_video_recall_counts_a_holder_among_the_k_best(bench) -> None:
     config = load_config(CONFIG, [*SMALL, "model.retrieval_dim=8"])
     data = prepare_training_data(config, bench.features, bench.annotations, "jsonl", with_test=False)
-    model = DRN(config, data.word_vectors).eval()
+    model = data.new_model().eval()
     recall = video_recall(model, data.val)
     videos = len({p.video_id for p in data.val.pairs})
     assert set(recall) == {"video R@1", "video R@5", "video R@10"}

@@ -13,6 +13,7 @@ import pytest
 from jobs.search import build_parser, main
 from moments.embedding import embed_texts
 from moments.index import Index, segment_rows
+from moments.runs import RunRecord, record_run
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = {"q0": "a person opens the refrigerator", "q1": "the chef cuts the onion"}
@@ -34,12 +35,50 @@ def db(tmp_path_factory) -> str:
 
 
 def test_prints_a_readable_table(db, capsys) -> None:
-    assert main(["someone opens the fridge", "--db", db, "--k", "3"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["#", "query", "matched", "video", "start-end", "(s)", "score"]
-    assert lines[2].split() == ["1", "a", "person", "opens", "the", "refrigerator", "kitchen-1", "1.00-4.50", "0.900"]
-    assert lines[3].split()[-3:] == ["kitchen-2", "2.00-5.50", "0.600"]
+    assert main(["A person opens the refrigerator.", "--db", db, "--k", "3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("note: run run-a")]
+    assert lines[0].split() == ["#", "query", "matched", "match", "video", "start-end", "(s)", "score"]
+    assert lines[2].split() == ["1", "a", "person", "opens", "the", "refrigerator", "same", "kitchen-1", "1.00-4.50",
+                                "0.900"]
+    assert lines[3].split()[-4:] == ["same", "kitchen-2", "2.00-5.50", "0.600"]
     assert len(lines) == 2 + 3
+
+
+def test_a_sentence_never_grounded_is_said_so_and_marked(db, capsys) -> None:
+    assert main(["someone opens the fridge", "--db", db, "--k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith('note: no grounded query matches "someone opens the fridge"; nearest '
+                               '"a person opens the refrigerator" (0.')
+    assert lines[0].endswith("; ground it with --live or add it to the collection")
+    table = [line for line in lines if not line.startswith("note:")]
+    assert all(line.split()[6] == "OTHER" for line in table[2:])  # every row marked as another sentence's moments
+
+
+def test_runs_table_says_whether_scores_compare_across_videos(tmp_path, capsys) -> None:
+    uri = str(tmp_path / "db")
+    index = Index(uri)
+    vector = embed_texts(["the blue ball rises"])
+    for run in ("plain", "calibrated", "unknown"):
+        index.write_segments(segment_rows(run, "ckpt", "q0", "the blue ball rises", vector[0], "v1",
+                                          np.array([[1.0, 2.0, 0.5, 0.5, 1.0]])))
+        index.update_library_ranks(run)
+    record_run(uri, RunRecord("plain", "batch", "ckpt-a", "/c.pt", "/features", 0))
+    record_run(uri, RunRecord("calibrated", "batch", "ckpt-b", "/c.pt", "/features", 2))
+    answer = Index(uri).answer("the red ball rises", k=5)
+    assert not answer.grounded and answer.nearest_query == "the blue ball rises"
+    assert 0.6 < answer.nearest_similarity < 0.97
+    calibrated = dict(zip(answer.rows.column("run_id").to_pylist(), answer.rows.column("calibrated").to_pylist(),
+                          strict=True))
+    assert calibrated == {"plain": False, "calibrated": True, "unknown": None}
+    assert set(answer.rows.column("query_match").to_pylist()) == {"other"}
+    notices = answer.notices()
+    assert notices[0].startswith('no grounded query matches "the red ball rises"; nearest "the blue ball rises"')
+    assert any(n.startswith("run plain: its checkpoint was trained without negative pairs") for n in notices)
+    assert any(n.startswith("run unknown: the index does not record") for n in notices)
+    assert not any(n.startswith("run calibrated") for n in notices)
+    same = Index(uri).answer("The blue ball rises.", k=5, run_id="calibrated")
+    assert same.grounded and same.notices() == []
+    assert same.rows.column("query_match").to_pylist() == ["same"]
 
 
 def test_json_with_filters(db, capsys) -> None:
@@ -56,7 +95,9 @@ def test_json_with_filters(db, capsys) -> None:
 
 def test_no_match_says_so(db, capsys) -> None:
     assert main(["a person opens the refrigerator", "--db", db, "--run-id", "another-run"]) == 0
-    assert capsys.readouterr().out.strip() == "no segments found"
+    assert capsys.readouterr().out.strip().splitlines() == [
+        'note: no grounded query matches "a person opens the refrigerator" with these filters; ground it with '
+        '--live or add it to the collection', "no segments found"]
 
 
 def test_bad_input_exits_2_with_one_line(db, tmp_path) -> None:

@@ -12,10 +12,15 @@ from drn.text import (
     UNK_ID,
     GloveWordVectors,
     MiniLMWordVectors,
+    OpenVocabulary,
     Vocabulary,
     build_embedding_matrix,
+    is_unknown,
+    pad_word_ids,
+    query_key,
     tokenize,
     vocabulary_and_vectors,
+    vocabulary_from_record,
 )
 
 
@@ -29,15 +34,15 @@ def test_vocabulary_orders_by_frequency_and_maps_unknown_words_to_unk() -> None:
     vocab = Vocabulary.build(["a person opens a door", "a person sits"], min_count=1)
     assert vocab.tokens[:3] == ["<pad>", "<unk>", "a"]
     ids = vocab.encode("a person eats pizza", max_words=10)
-    assert ids[:2] == [vocab.index["a"], vocab.index["person"]]
-    assert ids[2:] == [UNK_ID, UNK_ID]
+    assert ids[:2] == [(vocab.index["a"],), (vocab.index["person"],)]
+    assert ids[2:] == [(UNK_ID,), (UNK_ID,)]
     assert vocab.unknown_words("a person eats pizza") == ["eats", "pizza"]
-    assert PAD_ID not in ids
+    assert all(PAD_ID not in word for word in ids)
 
 
 def test_min_count_sends_rare_words_to_unk() -> None:
     vocab = Vocabulary.build(["door door window"], min_count=2)
-    assert "window" not in vocab.index and vocab.encode("window", 5) == [UNK_ID]
+    assert "window" not in vocab.index and vocab.encode("window", 5) == [(UNK_ID,)]
 
 
 def test_empty_query_is_a_clear_error() -> None:
@@ -52,7 +57,7 @@ def test_query_longer_than_the_limit_errors_or_truncates() -> None:
     vocab = Vocabulary.build(["one two three four"])
     with pytest.raises(InputError, match="4 words, more than the encoder's limit of 3"):
         vocab.encode("one two three four", max_words=3)
-    assert vocab.encode("one two three four", max_words=3, truncate=True) == [vocab.index[w] for w in
+    assert vocab.encode("one two three four", max_words=3, truncate=True) == [(vocab.index[w],) for w in
                                                                                 ("one", "two", "three")]
 
 
@@ -103,6 +108,44 @@ def test_vocabulary_and_vectors_from_config_with_glove(tmp_path) -> None:
     path.write_text("person 1 0\nopens 0 1\n")
     vocab, matrix = vocabulary_and_vectors(["person opens door"], TextConfig(word_source="glove",
                                                                               glove_path=str(path)))
+    assert not vocab.open and vocab.record()["kind"] == "closed"
     assert matrix.shape == (len(vocab), 2)
     np.testing.assert_allclose(matrix[vocab.index["opens"]], [0, 1])
     np.testing.assert_allclose(matrix[vocab.index["door"]], [0.5, 0.5])  # unknown: mean vector
+
+
+def test_open_vocabulary_spells_every_word_in_pieces_without_a_training_vocabulary() -> None:
+    vocab, matrix = vocabulary_and_vectors(["the red square moves left"], TextConfig())
+    assert vocab.open and matrix.shape == (30522, 384)
+    table = vocab.source
+    ids = vocab.encode("A crimson pyramid slides leftward", max_words=10)
+    assert [len(word) >= 1 for word in ids] == [True] * 5
+    assert not any(is_unknown(vocab, word) for word in ids)  # none of these words is in the training text
+    assert ids[1] == tuple(table.pieces("crimson"))
+    assert vocab.unknown_words("crimson pyramid") == []
+    assert vocab.encode("Café", max_words=3) == vocab.encode("cafe", max_words=3)  # accents stripped, as MiniLM
+
+
+def test_open_vocabulary_leaves_unk_for_what_the_table_cannot_spell() -> None:
+    vocab = OpenVocabulary()
+    assert vocab.unknown_words("the ᚠᚢᚦ rune") == ["ᚠᚢᚦ"]
+    assert is_unknown(vocab, vocab.encode("ᚠᚢᚦ", max_words=3)[0])
+    record = vocab.record()
+    assert record["kind"] == "open-minilm" and len(record["table_sha256"]) == 64
+    assert vocabulary_from_record(record).open
+
+
+def test_a_recorded_table_of_another_hash_is_refused() -> None:
+    with pytest.raises(InputError, match="another MiniLM word table"):
+        vocabulary_from_record({"kind": "open-minilm", "table_sha256": "0" * 64}, source="ckpt.pt")
+
+
+def test_pad_word_ids_pads_words_and_pieces_with_zero() -> None:
+    words, mask = pad_word_ids([[(5,), (7, 8, 9)], [(3,)]])
+    assert words.shape == (2, 2, 3)
+    assert words[0].tolist() == [[5, 0, 0], [7, 8, 9]] and words[1].tolist() == [[3, 0, 0], [0, 0, 0]]
+    assert mask.tolist() == [[True, True], [True, False]]
+
+
+def test_query_key_ignores_case_spacing_and_punctuation() -> None:
+    assert query_key("Person opens the door.") == query_key("person  opens the door") == "person opens the door"

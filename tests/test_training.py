@@ -34,9 +34,10 @@ def batch(size: int = 6) -> dict:
     items = []
     for i in range(size):
         start = float(torch.randint(0, 5, (1,), generator=gen))
-        items.append({"video": torch.randn(8, 16, generator=gen), "words": torch.randint(2, 10, (3 + i % 2,),
-                      generator=gen), "gt": torch.tensor([start, start + 2.5]), "duration": 8.0, "qid": i,
-                      "video_id": f"v{i}"})
+        words = [(int(w),) for w in torch.randint(2, 10, (3 + i % 2,), generator=gen)]
+        items.append({"video": torch.randn(8, 16, generator=gen), "words": words,
+                      "gt": torch.tensor([start, start + 2.5]), "duration": 8.0, "qid": i, "video_id": f"v{i}",
+                      "query": f"query {i}"})
     return collate(items)
 
 

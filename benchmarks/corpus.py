@@ -1,0 +1,145 @@
+"""Negative pairs on the recurring-descriptions benchmark: corpus-level ranks with and without them, several seeds.
+
+    python benchmarks/corpus.py [--seeds 0 1 2] [--negatives 0 2] [--videos 400] [--dim 64] [--threads 2]
+
+For each seed: the benchmark of ``drn.synthetic.make_recurring_benchmark`` (event descriptions such as "the red
+ball rises" recur across videos), DRN trained in its three stages on ``configs/synthetic.yaml`` with
+``train.negatives.per_positive = K`` for each K of ``--negatives``, then evaluated on the test split both ways:
+corpus R@1 and R@10 at IoU 0.5 and video R@1 (every distinct text against every test video, ``drn.corpus``) and
+the within-video R@1,IoU=0.5 (each pair in its own video). Also the seconds per stage-1 epoch relative to K = 0.
+Prints a markdown table per seed and the mean and spread over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from drn.config import load_config  # noqa: E402
+from drn.corpus import CorpusConfig, evaluate_corpus, ground_corpus, within_video_result  # noqa: E402
+from drn.inference import Grounder  # noqa: E402
+from drn.store import FeatureStore  # noqa: E402
+from drn.synthetic import make_recurring_benchmark  # noqa: E402
+from drn.training import fit, stages_from_config  # noqa: E402
+from drn.training_setup import prepare_training_data  # noqa: E402
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def run_one(bench, seed: int, negatives: int, dim: int, out: Path, overrides: list[str]) -> dict:
+    torch.manual_seed(seed)
+    config = load_config(ROOT / "configs" / "synthetic.yaml", [
+        f"model.feature_dim={dim}", f"train.seed={seed}", f"train.negatives.per_positive={negatives}", *overrides])
+    started = time.perf_counter()
+    data = prepare_training_data(config, bench.features, bench.annotations)
+    epochs: list[dict] = []
+    result = fit(data.new_model(), data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs,
+                 out, stages_from_config(config), report=epochs.append, checkpoint_facts=data.checkpoint_facts())
+    train_s = time.perf_counter() - started
+    stage1 = [e["seconds"] for e in epochs if e["stage"] == 1]
+    grounder = Grounder.from_checkpoint(result.best_checkpoint)
+    store = FeatureStore(bench.features)
+    corpus_config = CorpusConfig()
+    queries, ranked, predictions, videos = ground_corpus(grounder, store, data.test.pairs, corpus_config)
+    within = within_video_result(data.test.pairs, predictions, corpus_config)
+    corpus = evaluate_corpus(queries, ranked, videos, corpus_config, within)
+    return {
+        "seed": seed, "negatives": negatives, "corpus_r1": corpus.recall[(1, 0.5)],
+        "corpus_r10": corpus.recall[(10, 0.5)], "video_r1": corpus.video_recall[1],
+        "video_r1_chance": corpus.video_recall_chance[1], "within_r1": within.recall[(1, 0.5)],
+        "stage1_epoch_s": statistics.mean(stage1) if stage1 else float("nan"), "train_s": train_s,
+        "queries": corpus.num_queries, "videos": videos, "moments_per_query": corpus.moments_per_query["mean"],
+        "excluded": data.negatives.report.line() if data.negatives is not None else "",
+    }
+
+
+def table(rows: list[dict], base_epoch: dict[int, float]) -> str:
+    lines = ["| seed | K | corpus R@1,IoU=0.5 | corpus R@10,IoU=0.5 | video R@1 (chance) | within-video R@1,IoU=0.5 "
+             "| stage-1 s/epoch (x K=0) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = r["stage1_epoch_s"] / base_epoch[r["seed"]] if base_epoch.get(r["seed"]) else float("nan")
+        lines.append(f"| {r['seed']} | {r['negatives']} | {r['corpus_r1']:.1f} | {r['corpus_r10']:.1f} | "
+                     f"{r['video_r1']:.1f} ({r['video_r1_chance']:.1f}) | {r['within_r1']:.1f} | "
+                     f"{r['stage1_epoch_s']:.2f} ({ratio:.2f}x) |")
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> str:
+    lines = ["| K | corpus R@1,IoU=0.5 | corpus R@10,IoU=0.5 | video R@1 | within-video R@1,IoU=0.5 | "
+             "corpus R@1 / within R@1 |", "|---|---|---|---|---|---|"]
+    for k in sorted({r["negatives"] for r in rows}):
+        group = [r for r in rows if r["negatives"] == k]
+
+        def cell(name: str, group: list[dict] = group) -> str:
+            values = [g[name] for g in group]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            return f"{statistics.mean(values):.1f} ± {spread:.1f}"
+
+        ratio = statistics.mean(g["corpus_r1"] for g in group) / max(statistics.mean(g["within_r1"] for g in group),
+                                                                      1e-9)
+        lines.append(f"| {k} | {cell('corpus_r1')} | {cell('corpus_r10')} | {cell('video_r1')} | "
+                     f"{cell('within_r1')} | {ratio:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--negatives", type=int, nargs="+", default=[0, 2], help="values of K to compare")
+    parser.add_argument("--videos", type=int, default=400)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the benchmarks (default: a temp dir)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads; "
+          f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="drn-corpus-") as tmp:
+        work = args.work or Path(tmp)
+        for seed in args.seeds:
+            bench = make_recurring_benchmark(work / f"bench{seed}", num_videos=args.videos, feature_dim=args.dim,
+                                             seed=seed)
+            for k in args.negatives:
+                row = run_one(bench, seed, k, args.dim, work / f"run{seed}-k{k}", args.overrides)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    base = {r["seed"]: r["stage1_epoch_s"] for r in rows if r["negatives"] == 0}
+    print()
+    print(table(rows, base))
+    print()
+    print(summary(rows))
+    print(f"\n{rows[0]['queries']} test texts x {rows[0]['videos']} test videos (seed {rows[0]['seed']}), "
+          f"{rows[0]['moments_per_query']:.1f} moments per text")
+    if any(r["excluded"] for r in rows):
+        print(next(r["excluded"] for r in rows if r["excluded"]))
+    load = os.getloadavg()
+    print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Corpus-level evaluation: one query text against every video of a split (video-corpus moment retrieval).
+
+Conventions (DESIGN.md section 7, as in TVR/XML and Escorcia et al. 2019), printed with every result:
+
+* a query is a distinct normalised text of the split (``drn.text.query_key``); its ground truth is every
+  annotated moment of that text in any video of the split (Charades-STA's sentences recur across videos);
+* the results of a query are (video, segment) pairs from every video of the split (each video's top-n segments
+  after NMS), ranked by score across the library (ties: video id, then start);
+* a hit at R@k,IoU=m is one of the top-k results overlapping a ground-truth moment *in the same video* with IoU
+  >= m (or > m); video R@k: one of the k best-ranked videos (a video ranks by its best segment) holds a
+  ground-truth moment; chance video R@k is the expectation for a uniformly random ranking of the videos;
+* the within-video R@1 beside them is the per-pair evaluator of ``drn.evaluation`` (each pair grounded in its own
+  video), so the two views of the same model can be compared.
+
+``ground_corpus`` produces the ranked results of a checkpoint on a feature store in this process;
+``moments`` builds the same from a LanceDB grounding run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from drn.errors import InputError
+from drn.evaluation import EvalConfig, EvalResult, evaluate
+from drn.nms import temporal_iou
+from drn.pairs import GroundingPair
+from drn.predictions import Prediction
+from drn.text import query_key
+
+
+@dataclass(frozen=True)
+class CorpusQuery:
+    """One distinct query text of a split with every annotated moment of it."""
+
+    key: str
+    text: str  # its first spelling in the split
+    moments: tuple[tuple[str, float, float], ...]  # (video_id, start_s, end_s)
+
+    @property
+    def videos(self) -> set[str]:
+        return {video for video, _, _ in self.moments}
+
+
+def corpus_queries(pairs: Sequence[GroundingPair]) -> list[CorpusQuery]:
+    """The split's distinct texts in order of first appearance, each with all its moments."""
+    texts: dict[str, str] = {}
+    moments: dict[str, list[tuple[str, float, float]]] = {}
+    for pair in pairs:
+        key = query_key(pair.query)
+        texts.setdefault(key, pair.query)
+        moments.setdefault(key, []).append((pair.video_id, float(pair.start_s), float(pair.end_s)))
+    return [CorpusQuery(key, texts[key], tuple(moments[key])) for key in texts]
+
+
+def check_corpus_split(pairs: Sequence[GroundingPair], source: object = None) -> None:
+    """InputError when a split cannot be evaluated as a corpus (no pairs, or a single video)."""
+    videos = {p.video_id for p in pairs}
+    if len(videos) < 2:
+        raise InputError(f"corpus evaluation ranks videos against each other, but the split has {len(videos)} "
+                         "video(s); use the per-video evaluation (without --corpus)", path=source)
+
+
+@dataclass
+class RankedMoments:
+    """A query's results across the library, best first: ``video_ids[i]`` with ``segments[i] = (start, end,
+    score)``."""
+
+    video_ids: list[str]
+    segments: np.ndarray
+
+    @classmethod
+    def rank(cls, video_ids: Sequence[str], segments: np.ndarray, keep: int | None = None) -> RankedMoments:
+        """Sort by score (descending), then video id, then start; keep the first ``keep``."""
+        segments = np.asarray(segments, dtype=np.float64).reshape(-1, 3)
+        ids = np.asarray(list(video_ids), dtype=object)
+        order = sorted(range(len(ids)), key=lambda i: (-segments[i, 2], ids[i], segments[i, 0]))[:keep]
+        return cls([str(ids[i]) for i in order], segments[order])
+
+    def video_order(self) -> list[str]:
+        """Distinct videos in the order of their best segment."""
+        return list(dict.fromkeys(self.video_ids))
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    recall_at: tuple[int, ...] = (1, 10, 100)
+    ious: tuple[float, ...] = (0.5, 0.7)
+    video_recall_at: tuple[int, ...] = (1, 10)
+    comparison: str = ">="  # or ">"
+
+    def __post_init__(self) -> None:
+        if self.comparison not in (">=", ">"):
+            raise InputError(f"comparison must be '>=' or '>', not {self.comparison!r}")
+        if not self.recall_at or min(self.recall_at) < 1 or not self.video_recall_at or min(self.video_recall_at) < 1:
+            raise InputError("recall levels must be positive")
+
+    def keep(self, segments_per_video: int) -> int:
+        """Results a query needs: the largest k, and enough for the largest video k however many segments each
+        video contributes."""
+        return max(max(self.recall_at), max(self.video_recall_at) * max(segments_per_video, 1))
+
+
+@dataclass
+class CorpusResult:
+    recall: dict[tuple[int, float], float]  # (k, m) -> percent
+    video_recall: dict[int, float]  # k -> percent
+    video_recall_chance: dict[int, float]  # k -> percent for a random ranking of the videos
+    num_queries: int
+    num_videos: int
+    moments_per_query: dict[str, float]  # mean, median, max
+    videos_per_query: dict[str, float]
+    within_video: EvalResult | None
+    config: CorpusConfig
+    convention: str = field(default="")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "recall": {f"R@{k},IoU={m:g}": v for (k, m), v in self.recall.items()},
+            "video_recall": {f"video R@{k}": v for k, v in self.video_recall.items()},
+            "video_recall_chance": {f"video R@{k}": v for k, v in self.video_recall_chance.items()},
+            "num_queries": self.num_queries, "num_videos": self.num_videos,
+            "moments_per_query": self.moments_per_query, "videos_per_query": self.videos_per_query,
+            "convention": self.convention,
+        }
+        if self.within_video is not None:
+            out["within_video"] = {f"R@1,IoU={m:g}": self.within_video.recall[(1, m)] for m in self.config.ious
+                                   if (1, m) in self.within_video.recall}
+        return out
+
+
+def convention_text(config: CorpusConfig, num_queries: int, num_videos: int) -> str:
+    op = ">=" if config.comparison == ">=" else ">"
+    return (f"corpus: {num_queries} distinct query texts (lower case, words only) x {num_videos} videos; ground truth "
+            "= every annotated moment of the text in any video of the split; results = each video's top segments "
+            "(after NMS) ranked by score across the library, ties by video id then start; hit at R@k,IoU=m: one of "
+            f"the top k overlaps a ground-truth moment of the same video with IoU {op} m; video R@k: one of the k "
+            "best videos (by their best segment) holds the text; within-video R@1: each pair in its own video")
+
+
+def _chance(holders: int, videos: int, k: int) -> float:
+    """Probability that a random ranking of ``videos`` puts one of ``holders`` in its first ``k``."""
+    miss = 1.0
+    for i in range(min(k, videos)):
+        miss *= max(videos - holders - i, 0) / (videos - i)
+    return 1.0 - miss
+
+
+def evaluate_corpus(queries: Sequence[CorpusQuery], ranked: Mapping[str, RankedMoments], num_videos: int,
+                    config: CorpusConfig | None = None, within_video: EvalResult | None = None,
+                    allow_missing: bool = False) -> CorpusResult:
+    """Corpus R@k,IoU=m and video R@k (percent) of ``ranked`` results (query key -> RankedMoments)."""
+    config = config or CorpusConfig()
+    if not queries:
+        raise InputError("no query to evaluate")
+    missing = [q.text for q in queries if q.key not in ranked]
+    if missing and not allow_missing:
+        raise InputError(f"{len(missing)} of {len(queries)} query texts have no results (e.g. {missing[0]!r})")
+    hits = {(k, m): 0 for k in config.recall_at for m in config.ious}
+    video_hits = {k: 0 for k in config.video_recall_at}
+    chance = {k: 0.0 for k in config.video_recall_at}
+    for query in queries:
+        holders = query.videos
+        for k in config.video_recall_at:
+            chance[k] += _chance(len(holders), num_videos, k)
+        result = ranked.get(query.key)
+        if result is None or not len(result.video_ids):
+            continue
+        first_hit = _first_hit_rank(query, result, config)
+        for (k, m) in hits:
+            hits[(k, m)] += first_hit[m] < k
+        order = result.video_order()
+        for k in config.video_recall_at:
+            video_hits[k] += any(video in holders for video in order[:k])
+    n = len(queries)
+    moments = np.array([len(q.moments) for q in queries])
+    videos = np.array([len(q.videos) for q in queries])
+    return CorpusResult(
+        recall={key: 100.0 * value / n for key, value in hits.items()},
+        video_recall={k: 100.0 * value / n for k, value in video_hits.items()},
+        video_recall_chance={k: 100.0 * value / n for k, value in chance.items()},
+        num_queries=n, num_videos=num_videos,
+        moments_per_query=_summary(moments), videos_per_query=_summary(videos),
+        within_video=within_video, config=config, convention=convention_text(config, n, num_videos),
+    )
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    return {"mean": float(values.mean()), "median": float(np.median(values)), "max": float(values.max())}
+
+
+def _first_hit_rank(query: CorpusQuery, result: RankedMoments, config: CorpusConfig) -> dict[float, float]:
+    """For each IoU level, the rank (0-based) of the first result that hits, or inf."""
+    by_video: dict[str, np.ndarray] = {}
+    for video, start, end in query.moments:
+        by_video.setdefault(video, np.zeros((0, 2)))
+        by_video[video] = np.vstack([by_video[video], [start, end]])
+    first = {m: float("inf") for m in config.ious}
+    for rank, (video, segment) in enumerate(zip(result.video_ids, result.segments, strict=True)):
+        truth = by_video.get(video)
+        if truth is None:
+            continue
+        best = float(temporal_iou(segment[:2], truth).max())
+        for m in config.ious:
+            if first[m] == float("inf") and (best >= m if config.comparison == ">=" else best > m):
+                first[m] = rank
+        if all(v != float("inf") for v in first.values()):
+            break
+    return first
+
+
+def within_video_result(pairs: Sequence[GroundingPair], predictions: Sequence[Prediction],
+                        config: CorpusConfig) -> EvalResult:
+    """R@1 at the corpus IoU levels of each pair grounded in its own video (``drn.evaluation``)."""
+    eval_config = EvalConfig(recall_at=(1,), ious=tuple(config.ious), comparison=config.comparison)
+    return evaluate(pairs, {p.qid: p for p in predictions}, eval_config)
+
+
+def format_corpus_result(result: CorpusResult, title: str = "") -> str:
+    """A table of the corpus metrics with the within-video R@1 and chance beside them, and the convention."""
+    lines = [title] if title else []
+    header = "  ".join(f"R@{k},IoU={m:g}" for k in result.config.recall_at for m in result.config.ious)
+    values = "  ".join(f"{result.recall[(k, m)]:>{len(f'R@{k},IoU={m:g}')}.2f}"
+                       for k in result.config.recall_at for m in result.config.ious)
+    lines += [header, values]
+    video = "  ".join(f"video R@{k} {result.video_recall[k]:.2f} (chance {result.video_recall_chance[k]:.2f})"
+                      for k in result.config.video_recall_at)
+    lines.append(video)
+    if result.within_video is not None:
+        within = "  ".join(f"R@1,IoU={m:g} {result.within_video.recall[(1, m)]:.2f}" for m in result.config.ious)
+        lines.append(f"within-video (each pair in its own video): {within}")
+    mpq, vpq = result.moments_per_query, result.videos_per_query
+    lines.append(f"{result.num_queries} queries over {result.num_videos} videos; moments per query: mean "
+                 f"{mpq['mean']:.2f}, median {mpq['median']:g}, max {mpq['max']:g}; videos per query: mean "
+                 f"{vpq['mean']:.2f}, max {vpq['max']:g}")
+    lines.append(f"convention: {result.convention}")
+    return "\n".join(lines)
+
+
+def ground_corpus(grounder, store, pairs: Sequence[GroundingPair], config: CorpusConfig | None = None, *,
+                  videos_per_batch: int = 32, pair_batch_size: int = 256, progress: bool = False
+                  ) -> tuple[list[CorpusQuery], dict[str, RankedMoments], list[Prediction], int]:
+    """Every distinct text of ``pairs`` against every video of ``pairs`` with a ``drn.inference.Grounder``.
+
+    Returns the corpus queries, their ranked results (each video's top ``decode.top_n`` segments, the best
+    ``config.keep(top_n)`` kept per query), the per-pair predictions in their own video (for the within-video R@1) and
+    the number of videos. Streams over the videos, so memory does not grow with the library.
+    """
+    from tqdm import tqdm
+
+    config = config or CorpusConfig()
+    keep = config.keep(grounder.config.decode.top_n)
+    check_corpus_split(pairs, store.uri)
+    queries = corpus_queries(pairs)
+    encoded = grounder.encode_queries([q.text for q in queries])
+    index = {q.key: i for i, q in enumerate(queries)}
+    pairs_of_video: dict[str, list[GroundingPair]] = {}
+    for pair in pairs:
+        pairs_of_video.setdefault(pair.video_id, []).append(pair)
+    video_ids = sorted(pairs_of_video)
+    pool: list[tuple[list[str], list[np.ndarray]]] = [([], []) for _ in queries]
+    predictions: list[Prediction] = []
+    bar = tqdm(total=len(video_ids), desc="corpus", unit="video", disable=not progress)
+    for first in range(0, len(video_ids), videos_per_batch):
+        videos = list(store.iter_videos(video_ids[first:first + videos_per_batch]))
+        results = grounder.ground(videos, encoded, pair_batch_size=pair_batch_size)
+        for result in results:
+            ids, segs = pool[result.query_index]
+            ids += [result.video_id] * len(result.segments)
+            segs.append(result.segments[:, :3])
+        for result in results:
+            for pair in pairs_of_video[result.video_id]:
+                if index[query_key(pair.query)] == result.query_index:
+                    predictions.append(Prediction(pair.qid, pair.video_id, result.segments[:, :3]))
+        for q, (ids, segs) in enumerate(pool):  # keep the best few per query: memory stays flat
+            if len(ids) > 4 * keep:
+                ranked = RankedMoments.rank(ids, np.concatenate(segs), keep=keep)
+                pool[q] = (ranked.video_ids, [ranked.segments])
+        bar.update(len(videos))
+    bar.close()
+    ranked = {q.key: RankedMoments.rank(ids, np.concatenate(segs) if segs else np.zeros((0, 3)), keep=keep)
+              for q, (ids, segs) in zip(queries, pool, strict=True)}
+    return queries, ranked, predictions, len(video_ids)

@@ -1,0 +1,127 @@
+"""The search service: `python -m jobs.serve --db D [--features S --videos ROOT] [--host 127.0.0.1 --port 8000]`.
+
+Starts a Ray Serve application (moments.service) that loads the index and the sentence model once and serves a
+JSON API and a web page that plays the moments it finds. It binds to 127.0.0.1 unless --host says otherwise, and
+runs until Ctrl-C (or SIGTERM). On a cluster, `serve deploy configs/serve/moments.yaml` deploys the same application
+(docs/serve.md, docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from drn.errors import InputError
+from jobs.cli import job_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of `python -m jobs.serve`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.serve",
+        description="Serve search over a LanceDB index as a JSON API and a web page that plays the moments found "
+        "(Ray Serve). The index and the sentence model are loaded once.",
+        epilog="example: python -m jobs.serve --db demo_output/lancedb --features demo_output/features "
+        "--videos demo_output/library/videos --port 8000",
+    )
+    parser.add_argument("--db", required=True, help="LanceDB URI of the index (a folder or s3://...)")
+    parser.add_argument("--table", default="segments", help="table name (default: segments)")
+    parser.add_argument("--features", default=None, metavar="S",
+                        help="feature store whose videos/ table lists the videos that may be played")
+    parser.add_argument("--videos", default=None, metavar="ROOT",
+                        help="folder holding the video files (default: where extraction found them)")
+    parser.add_argument("--checkpoint", default=None, metavar="C", help="DRN checkpoint, for live search")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas of the service (default: 1)")
+    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per replica (default: 1)")
+    parser.add_argument("--detach", action="store_true",
+                        help="return once the app is up, leaving it on the Ray cluster (RAY_ADDRESS); a local Ray "
+                        "started by this command stops with it")
+    return parser
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Local paths that must exist before anything starts (the db may not exist yet: it reports not ready)."""
+    for flag, value in (("--features", args.features), ("--videos", args.videos), ("--checkpoint", args.checkpoint)):
+        if value and "://" not in value and not Path(value).exists():
+            raise InputError(f"{flag}: no such file or folder", path=value)
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port must be between 1 and 65535, not {args.port}")
+    if args.replicas < 1:
+        raise InputError(f"--replicas must be at least 1, not {args.replicas}")
+    if args.num_cpus < 0:
+        raise InputError(f"--num-cpus must not be negative, not {args.num_cpus}")
+
+
+def health(url: str) -> dict:
+    """The service's /api/health answer (ready or not)."""
+    try:
+        with urllib.request.urlopen(url + "api/health", timeout=30) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return json.loads(error.read() or b"{}")
+
+
+def serve_and_wait(settings, host: str, port: int, *, replicas: int = 1, num_cpus: float = 1.0,
+                   detach: bool = False) -> str:
+    """Start the service (Ray is started when not running), print its URL and state, and wait for Ctrl-C
+    (or return at once with `detach`). Returns the URL."""
+    from moments.service import LOOPBACK, check_port_free, start_service
+
+    check_port_free(host, port)
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        ray.init()
+    url = start_service(settings, host, port, num_replicas=replicas, num_cpus=num_cpus)
+    state = health(url)
+    if state.get("ready"):
+        print(f"ready: {state.get('rows')} segments, {state.get('videos') or 0} playable videos", flush=True)
+    else:
+        print(f"not ready yet: {state.get('reason')} (it checks again on each request)", flush=True)
+    if host != LOOPBACK:
+        print(f"warning: listening on {host}: anyone who can reach this machine can search and watch the videos",
+              flush=True)
+    print(f"search service at {url}  (DRN_SERVE={url.rstrip('/')} makes jobs.search use it)", flush=True)
+    if detach:
+        return url
+    print("open it in a browser; press Ctrl-C to stop", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops it as cleanly as Ctrl-C
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping the service", flush=True)
+        serve.shutdown()
+    return url
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@job_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_paths(args)
+    from moments.search_backend import ServiceSettings
+
+    settings = ServiceSettings(db=args.db, table=args.table, features=args.features, videos=args.videos,
+                               checkpoint=args.checkpoint)
+    serve_and_wait(settings, args.host, args.port, replicas=args.replicas, num_cpus=args.num_cpus,
+                   detach=args.detach)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The `runs` table beside `segments`: one row per grounding run, saying what produced its rows.
+
+Search reads it to tell users when scores are not comparable across videos: a run grounded with a checkpoint
+trained without negative pairs (``train.negatives.per_positive = 0``, or a checkpoint of format version 1) ranks
+segments within a video well but videos across the library poorly. Writes merge on ``run_id``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lancedb
+import pyarrow as pa
+
+RUNS_TABLE = "runs"
+
+
+def runs_schema() -> pa.Schema:
+    return pa.schema([
+        pa.field("run_id", pa.string()),
+        pa.field("kind", pa.string()),  # "batch" (jobs.ground) or "live" (jobs.search --live --save)
+        pa.field("checkpoint_id", pa.string()),
+        pa.field("checkpoint_uri", pa.string()),
+        pa.field("features_uri", pa.string()),
+        pa.field("negatives_per_positive", pa.int32()),
+        pa.field("recorded_at", pa.string()),
+    ])
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    kind: str
+    checkpoint_id: str
+    checkpoint_uri: str
+    features_uri: str
+    negatives_per_positive: int
+    recorded_at: str = ""
+
+    @property
+    def calibrated(self) -> bool:
+        """Trained with negative pairs: its scores compare across videos."""
+        return self.negatives_per_positive > 0
+
+
+def record_run(db: str, record: RunRecord, storage_options: dict[str, str] | None = None) -> None:
+    """Write (or update) the run's row."""
+    row = asdict(record)
+    row["recorded_at"] = row["recorded_at"] or time.strftime("%Y-%m-%dT%H:%M:%S")
+    data = pa.Table.from_pylist([row], schema=runs_schema())
+    connection = lancedb.connect(db, storage_options=storage_options)
+    try:
+        table = connection.open_table(RUNS_TABLE)
+    except (ValueError, FileNotFoundError):
+        table = connection.create_table(RUNS_TABLE, schema=runs_schema(), exist_ok=True)
+    table.merge_insert("run_id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+
+
+def read_runs(db: str | Any, storage_options: dict[str, str] | None = None) -> dict[str, RunRecord]:
+    """Every recorded run of the index (empty for an index written before runs were recorded)."""
+    connection = lancedb.connect(db, storage_options=storage_options) if isinstance(db, str) else db
+    try:
+        table = connection.open_table(RUNS_TABLE)
+    except (ValueError, FileNotFoundError):
+        return {}
+    return {row["run_id"]: RunRecord(**row) for row in table.to_arrow().to_pylist()}
