@@ -160,7 +160,8 @@ def test_rows_have_the_fields_of_indexed_search(library, indexed) -> None:
     assert rows.num_rows == 7 and len(set(rows.column("video_id").to_pylist())) <= 2
     table = rows.to_pydict()
     assert table["result_rank"] == list(range(7)) and table["library_rank"] == list(range(7))
-    assert np.allclose(table["score"], fuse(np.array(table["drn_score"]), np.array(table["retrieval_score"]), 0.5),
+    weight = LiveSearchOptions().fusion_weight
+    assert np.allclose(table["score"], fuse(np.array(table["drn_score"]), np.array(table["retrieval_score"]), weight),
                        atol=1e-6)
     assert table["score"] == sorted(table["score"], reverse=True)
     assert set(table["query_text"]) == {"the golf event"} and all(s <= e for s, e in zip(
