@@ -473,7 +473,6 @@ def two_stage_search(features: str | os.PathLike, db: str | os.PathLike, checkpo
     cells, then DRN on the candidate videos only (``moments.live_search``). None for a checkpoint without a
     trained retrieval stage."""
     from drn.checkpoint import read_checkpoint
-    from jobs.search import format_results
     from moments.index_library import run_index_library
     from moments.live_search import LiveSearcher
 
@@ -483,7 +482,9 @@ def two_stage_search(features: str | os.PathLike, db: str | os.PathLike, checkpo
     results = LiveSearcher(str(db)).search(text, k=k)
     echo(f'\n    two-stage live search "{text}"  ({summary.rows_in_table} cells in the cells table; DRN ran on the '
          "candidate videos only)")
-    echo("\n".join("      " + line for line in format_results(results).splitlines()))
+    for row in results.to_pylist():
+        echo(f"      {row['result_rank'] + 1}  {row['video_id']}  {row['start_s']:.2f}-{row['end_s']:.2f} s  "
+             f"score {row['score']:.3f} (DRN {row['drn_score']:.3f}, retrieval {row['retrieval_score']:.3f})")
     return {"text": text, "why": "two-stage live search: cells by ANN, then DRN on the candidates",
             "results": results.select(["query_text", "video_id", "start_s", "end_s", "score"]).to_pylist()}
 
