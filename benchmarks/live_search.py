@@ -24,9 +24,9 @@ checks the free space first and deletes each store after its size unless ``--kee
 **recall**: the recurring-descriptions benchmark (``drn.synthetic.make_recurring_benchmark`` when it exists, else
 ``make_synthetic_benchmark``, whose colour descriptions also recur across videos), a small DRN with its retrieval
 stage trained in this process, cells of the test videos, then every distinct test text ranked against every test
-video: corpus R@1 and R@10 at IoU 0.5 and video R@1/R@10 (``corpus_recall`` below, to be replaced by drn/corpus.py)
+video: corpus R@1 and R@10 at IoU 0.5 and video R@1/R@10 (``drn.corpus``, the conventions of DESIGN.md section 7)
 for DRN alone on every video (today's ``--exhaustive``), the same fused score on every video, and two-stage search
-at several fusion weights.
+at several fusion weights and candidate counts.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from drn.checkpoint import save_checkpoint
 from drn.config import DRNConfig, load_config
 from drn.model import DRN, count_parameters, new_model
 from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
-from drn.text import query_key, vocabulary_and_vectors
+from drn.text import vocabulary_and_vectors
 from moments.grounding import Resources, encode_query_side, live_query_id
 from moments.index_library import run_index_library
 from moments.live_search import LiveSearcher, LiveSearchOptions
@@ -282,30 +282,6 @@ def run_latency(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- recall
-def corpus_recall(ranked: dict[str, list[tuple[str, float, float]]], truth: dict[str, list[tuple[str, float, float]]],
-                  ks: Sequence[int] = (1, 10), iou: float = 0.5) -> dict[str, float]:
-    """Corpus R@k,IoU=m and video R@k in percent (DESIGN.md section 7): a hit is one of the top-k (video, start,
-    end) results overlapping a ground-truth moment of the same text in the same video with IoU >= m.
-
-    TO BE REPLACED by drn/corpus.py (the lead's corpus-level evaluation) once it is merged."""
-    out: dict[str, float] = {}
-    for k in ks:
-        hits = videos = 0
-        for text, moments in truth.items():
-            top = ranked.get(text, [])[:k]
-            videos += any(v == tv for v, _, _ in top for tv, _, _ in moments)
-            hits += any(v == tv and _iou((s, e), (ts, te)) >= iou for v, s, e in top for tv, ts, te in moments)
-        out[f"R@{k},IoU={iou}"] = 100.0 * hits / max(len(truth), 1)
-        out[f"video R@{k}"] = 100.0 * videos / max(len(truth), 1)
-    return out
-
-
-def _iou(a: tuple[float, float], b: tuple[float, float]) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    union = max(a[1], b[1]) - min(a[0], b[0])
-    return inter / union if union > 0 else 0.0
-
-
 def make_benchmark(out: Path, videos: int, dim: int, seed: int):
     import drn.synthetic as synthetic
 
@@ -391,49 +367,53 @@ class JointObjective(torch.nn.Module):
 
 def evaluate_corpus(checkpoint: str, bench, work: Path, weights: Sequence[float], candidates: Sequence[int], cells: int,
                     echo: Callable[[str], None] = print) -> list[tuple[str, dict[str, float], float]]:
+    """Corpus R@1/R@10 at IoU 0.5 and video R@1/R@10 (``drn.corpus``) of DRN alone on every test video, of the same
+    fused score on every video, and of two-stage search, for each fusion weight and candidate count."""
+    from drn.corpus import CorpusConfig, RankedMoments, corpus_queries
+    from drn.corpus import evaluate_corpus as corpus_metrics
     from drn.datasets import load_split
 
     store = FeatureStore(bench.features)
     test = load_split("jsonl", bench.annotations, "test", durations=store.durations()).pairs
     videos = sorted({p.video_id for p in test})
-    truth: dict[str, list[tuple[str, float, float]]] = {}
-    text_of: dict[str, str] = {}
-    for pair in test:
-        key = query_key(pair.query)
-        truth.setdefault(key, []).append((pair.video_id, pair.start_s, pair.end_s))
-        text_of.setdefault(key, pair.query)
+    queries = corpus_queries(test)
+    config = CorpusConfig(recall_at=(1, 10), ious=(0.5,), video_recall_at=(1, 10))
+    keep = config.keep(5)
     db = work / f"db-{Path(checkpoint).stem}"
     if db.exists():
         shutil.rmtree(db)
     run_index_library(checkpoint, bench.features, str(db), videos=videos)
     searcher = LiveSearcher(str(db))
-    echo(f"  {len(truth)} distinct test texts, {len(videos)} test videos, "
-         f"{np.mean([len({v for v, _, _ in m}) for m in truth.values()]):.1f} videos per text")
+    echo(f"  {len(queries)} distinct test texts, {len(videos)} test videos, "
+         f"{np.mean([len(q.videos) for q in queries]):.1f} videos per text")
     results = []
 
-    def run(label: str, search: Callable[[str], list[tuple[str, float, float]]]) -> None:
+    def run(label: str, search: Callable[[str], RankedMoments]) -> None:
         ranked, times = {}, []
-        for key, text in text_of.items():
+        for query in queries:
             began = time.perf_counter()
-            ranked[key] = search(text)
+            ranked[query.key] = search(query.text)
             times.append(time.perf_counter() - began)
-        results.append((label, corpus_recall(ranked, truth), float(np.median(times))))
-        echo(f"  {label}: {results[-1][1]}")
+        found = corpus_metrics(queries, ranked, len(videos), config)
+        metrics = {"R@1,IoU=0.5": found.recall[(1, 0.5)], "R@10,IoU=0.5": found.recall[(10, 0.5)],
+                   "video R@1": found.video_recall[1], "video R@10": found.video_recall[10]}
+        results.append((label, metrics, float(np.median(times))))
+        echo(f"  {label}: {metrics}")
 
-    def rows(table) -> list[tuple[str, float, float]]:
-        return list(zip(table.column("video_id").to_pylist(), table.column("start_s").to_pylist(),
-                        table.column("end_s").to_pylist(), strict=True))
+    def moments(table) -> RankedMoments:  # already ranked by the search
+        segments = np.column_stack([table.column(c).to_numpy() for c in ("start_s", "end_s", "score")])
+        return RankedMoments(table.column("video_id").to_pylist(), segments.reshape(-1, 3))
 
     run("exhaustive: DRN alone on every video (--exhaustive)",
-        lambda text: rows(exhaustive_search(searcher, store, videos, text, k=10)))
+        lambda text: moments(exhaustive_search(searcher, store, videos, text, k=keep)))
     for weight in weights:
         options = LiveSearchOptions(cells=cells, fusion_weight=weight)
         run(f"exhaustive, fused (w = {weight})",
-            lambda text, o=options: rows(searcher.search(text, k=10, options=o, exhaustive=True)))
+            lambda text, o=options: moments(searcher.search(text, k=keep, options=o, exhaustive=True)))
         for count in candidates:
             chosen = LiveSearchOptions(cells=cells, candidates=count, fusion_weight=weight)
             run(f"two-stage (w = {weight}, {count} candidates)",
-                lambda text, o=chosen: rows(searcher.search(text, k=10, options=o)))
+                lambda text, o=chosen: moments(searcher.search(text, k=keep, options=o)))
     return results
 
 
