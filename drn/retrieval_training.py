@@ -35,6 +35,19 @@ from drn.text import query_key
 RECALL_AT = (1, 5, 10)
 
 
+def retrieval_skip_reason(pairs) -> str | None:
+    """Why stage 4 cannot learn from these training pairs (no video can be a negative for some text), or None."""
+    videos = {pair.video_id for pair in pairs}
+    holders: dict[str, set[str]] = {}
+    for pair in pairs:
+        holders.setdefault(query_key(pair.query), set()).add(pair.video_id)
+    everywhere = next((key for key, held in holders.items() if held >= videos), None)
+    if everywhere is not None:
+        return (f"every one of the {len(videos)} training videos holds the query {everywhere!r}, so no video can be "
+                "its negative; the checkpoint keeps an untrained retrieval stage (jobs.index_library refuses it)")
+    return None
+
+
 def retrieval_negative_filter(dataset, config: DRNConfig) -> NegativeFilter:
     """The training split's negative filter (``drn.negatives``), refused where some text is in every video."""
     try:

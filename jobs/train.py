@@ -24,7 +24,7 @@ from drn.datasets import dataset_names
 from drn.errors import InputError
 from drn.model import DRN, count_parameters
 from drn.retrieval import RETRIEVAL_STAGE
-from drn.retrieval_training import prepare_retrieval_model, train_retrieval
+from drn.retrieval_training import prepare_retrieval_model, retrieval_skip_reason, train_retrieval
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
 from jobs.cli import job_main
@@ -139,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_retrieval_stage(model: DRN, data, config, out: Path, shown: dict, facts: dict, progress: bool) -> dict:
     """Stage 4 in this process (DRN frozen): train the retrieval head, then write it into ``best.pt``."""
+    reason = retrieval_skip_reason(data.train.pairs)
+    if reason is not None and shown["best_checkpoint"] is None:  # stage 4 alone
+        raise InputError(f"stage 4 cannot run: {reason.split('; the checkpoint')[0]}")
+    if reason is not None:
+        print(f"stage 4 skipped: {reason}", file=sys.stderr)
+        return shown
     model = prepare_retrieval_model(model, model.config, config)
 
     def report(record: dict) -> None:

@@ -37,7 +37,12 @@ from drn.retrieval import RETRIEVAL_STAGE
 from drn.store import FeatureStore, absolute_uri
 from drn.training import selection_key, stages_from_config, validate
 from drn.training_setup import eval_splits, load_pairs, prepare_training_data
-from moments.train_retrieval import retrieval_stage_job, retrieval_stage_worker, wants_retrieval_stage
+from moments.train_retrieval import (
+    retrieval_stage_job,
+    retrieval_stage_skip_reason,
+    retrieval_stage_worker,
+    wants_retrieval_stage,
+)
 from moments.train_storage import BEST_FILE, DONE_FILE, RunStorage
 from moments.train_worker import MODEL_FILE, FailureInjection, local_model_file, train_stage_worker
 
@@ -227,7 +232,12 @@ def fit_distributed(
         if selection_key(record["val"], config.train.select_metric) > selection_key(
                 best["val"], config.train.select_metric):
             best = record
-    if retrieval:  # stage 4 trains the retrieval head on the best DRN checkpoint, DRN frozen
+    skipped = retrieval and retrieval_stage_skip_reason(config, features, annotations, dataset)
+    if skipped and not records:
+        raise InputError(f"stage 4 cannot run: {skipped.split('; the checkpoint')[0]}", path=annotations)
+    if skipped:
+        print(f"stage 4 skipped: {skipped}", file=sys.stderr)
+    if retrieval and not skipped:  # stage 4 trains the retrieval head on the best DRN checkpoint, DRN frozen
         done = run_storage.stage_done(RETRIEVAL_STAGE)
         if done is not None:
             print(f"stage 4: done earlier (best epoch {done['epoch']}), skipped", file=sys.stderr)

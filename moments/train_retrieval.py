@@ -29,6 +29,7 @@ from drn.retrieval_training import (
     RetrievalBatches,
     freeze_for_retrieval,
     prepare_retrieval_model,
+    retrieval_skip_reason,
     retrieval_step,
     selection_value,
     video_recall,
@@ -52,6 +53,15 @@ EXTRA_KEYS = ("negatives", "extra_video")
 def wants_retrieval_stage(config: DRNConfig, stages) -> bool:
     """Stage 4 runs when it is asked for and the config has a retrieval stage with epochs to train."""
     return RETRIEVAL_STAGE in set(stages) and config.model.retrieval_dim > 0 and config.retrieval.epochs > 0
+
+
+def retrieval_stage_skip_reason(config: DRNConfig, features: str, annotations: str, dataset: str | None) -> str | None:
+    """Why stage 4 cannot learn from the training split (``drn.retrieval_training.retrieval_skip_reason``)."""
+    from drn.store import FeatureStore
+    from drn.training_setup import load_pairs
+
+    pairs = load_pairs(config, annotations, "train", FeatureStore(features).durations(), dataset)
+    return retrieval_skip_reason(pairs)
 
 
 def retrieval_stage_job(config: DRNConfig, features: str, annotations: str, dataset: str | None,

@@ -219,3 +219,12 @@ def test_video_recall_counts_a_holder_among_the_k_best(bench) -> None:
     assert 0 <= recall["video R@1"] <= recall["video R@5"] <= recall["video R@10"] <= 100
     assert videos <= 10 and recall["video R@10"] == 100.0  # every video is among the 10 best of <= 10 videos
     assert np.isfinite(list(recall.values())).all()
+
+
+def test_stage_four_is_skipped_where_no_video_can_be_a_negative() -> None:
+    from drn.retrieval_training import retrieval_skip_reason
+
+    both = [GroundingPair(0, "v1", "the red event", 0, 1, 5), GroundingPair(1, "v2", "The red event.", 0, 1, 5),
+            GroundingPair(2, "v2", "the blue event", 0, 1, 5)]
+    assert "every one of the 2 training videos holds the query 'the red event'" in retrieval_skip_reason(both)
+    assert retrieval_skip_reason(both[1:] + [GroundingPair(3, "v3", "the red event", 0, 1, 5)]) is None
