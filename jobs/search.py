@@ -157,11 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--video works with indexed search and --exhaustive")
     if args.k < 1:
         parser.error("--k must be at least 1")
-    if not args.text.strip():
+    live = args.live or args.exhaustive
+    if live and not args.text.strip():
         raise InputError("the query text is empty; give some words to search for")
     from moments.service_client import service_address
 
-    live = args.live or args.exhaustive
     remote = None if live else service_address()  # DRN_SERVE: a running service answers, fast
     if live:
         from moments.index import SearchAnswer
