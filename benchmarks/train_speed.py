@@ -28,8 +28,10 @@ def make_batch(batch: int, t: int, d: int, vocab: int, gen: torch.Generator) -> 
     items = []
     for i in range(batch):
         start = float(torch.rand(1, generator=gen)) * t * 0.6
-        items.append({"video": torch.randn(t, d, generator=gen), "words": torch.randint(2, vocab, (10,), generator=gen),
-                      "gt": torch.tensor([start, start + t * 0.3]), "duration": 30.0, "qid": i, "video_id": str(i)})
+        words = [(int(w),) for w in torch.randint(2, vocab, (10,), generator=gen)]
+        items.append({"video": torch.randn(t, d, generator=gen), "words": words,
+                      "gt": torch.tensor([start, start + t * 0.3]), "duration": 30.0, "qid": i, "video_id": str(i),
+                      "query": f"query {i}"})
     return collate(items)
 
 

@@ -29,6 +29,7 @@ from drn.store import open_filesystem
 from drn.text import OpenVocabulary, Vocabulary, vocabulary_from_record
 
 FORMAT, VERSION = "drn-checkpoint", 2
+WORD_VECTORS = "query_encoder.word_vectors"
 READABLE_VERSIONS = (1, 2)
 
 
@@ -44,7 +45,8 @@ def save_checkpoint(
         "config": config.to_dict(),
         "vocabulary": vocab.record(),
         "word_source": {"name": config.text.word_source, "glove_path": config.text.glove_path},
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()
+                       if not (vocab.open and k == WORD_VECTORS)},  # the open table comes from the package
         "stage": int(stage),
         "metrics": metrics or {},
         "training": {"negatives_per_positive": int(config.train.negatives.per_positive)},
@@ -95,7 +97,7 @@ def model_from_payload(payload: dict[str, Any], source: object = "checkpoint",
         if diffs:
             raise InputError("checkpoint was trained with another model config: " + "; ".join(diffs), path=source)
     state = payload["state_dict"]
-    stored = state.get("query_encoder.word_vectors")
+    stored = state.get(WORD_VECTORS)
     vocab = vocabulary_from_record(payload.get("vocabulary", payload.get("vocab")),
                                    None if stored is None else stored.numpy(), source)
     config.text.open_vocabulary = vocab.open

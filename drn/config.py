@@ -54,6 +54,9 @@ class ModelConfig:
     quality: str = "iou"  # "iou" head, "centerness" (same head, centerness target) or "none" (m alone)
     head_init_std: float = 0.01
     match_prior: float = 0.01
+    # A video-level relevance score (trained on negative pairs) that scales every segment's score: the segment
+    # score becomes m * u * sigmoid(r). Off by default (benchmarks/RESULTS.md, negative pairs).
+    video_relevance: bool = False
     retrieval_dim: int = 0  # R > 0 adds the retrieval stage (drn.retrieval: query and cells in R-d); 0: none
 
 
@@ -260,6 +263,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     for item in overrides:
         apply_override(data, item)
     return DRNConfig.from_dict(data, source=source)
+
+
+def overridden_keys(overrides: list[str] | tuple[str, ...]) -> set[str]:
+    """The dotted keys that ``key=value`` overrides set (``{"model.feature_dim"}`` for ``model.feature_dim=512``)."""
+    return {item.split("=", 1)[0].strip() for item in overrides if "=" in item}
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

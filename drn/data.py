@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from drn.config import DRNConfig
+from drn.durations import on_timeline
 from drn.grid import pool_to_grid
 from drn.negatives import NegativeFilter, NegativeSampler
 from drn.pairs import GroundingPair
@@ -37,7 +38,8 @@ class PairSelection:
 
 
 def usable_pairs(pairs: Sequence[GroundingPair], store) -> PairSelection:
-    """The pairs whose video is an ``ok`` video of ``store``; the others with the reason."""
+    """The pairs whose video is an ``ok`` video of ``store``, put on the store's timeline (``drn.durations``: the
+    duration the grid is laid over); the others with the reason."""
     ok = set(store.ok_video_ids())
     selection = PairSelection(kept=[])
     for pair in pairs:
@@ -45,6 +47,9 @@ def usable_pairs(pairs: Sequence[GroundingPair], store) -> PairSelection:
             selection.kept.append(pair)
         else:
             selection.dropped.append((pair.qid, f"video {pair.video_id!r} has no features in the store"))
+    placed = on_timeline(selection.kept, store.durations())
+    selection.kept = placed.pairs
+    selection.dropped += placed.dropped
     return selection
 
 

@@ -23,7 +23,10 @@ def location_scores(output: FlatOutput) -> tuple[torch.Tensor, torch.Tensor, tor
     """(final score, matching m, quality u) per location, each ``[B, P]``; u is 1 without a quality head."""
     match = torch.sigmoid(output.match_logits)
     quality = torch.ones_like(match) if output.iou_logits is None else torch.sigmoid(output.iou_logits)
-    return match * quality, match, quality
+    score = match * quality
+    if output.relevance_logits is not None:  # the video-level relevance scales every location of the video
+        score = score * torch.sigmoid(output.relevance_logits).unsqueeze(1)
+    return score, match, quality
 
 
 def nms_order(segments: np.ndarray, threshold: float, max_keep: int) -> list[int]:
@@ -63,7 +66,7 @@ def decode_segments(
     cand = torch.cat(
         [boxes[rows, chosen], score[rows, chosen, None], match[rows, chosen, None], quality[rows, chosen, None]],
         dim=-1,
-    ).cpu().numpy().astype(np.float64)
+    ).float().cpu().numpy().astype(np.float64)  # .float(): outputs computed under bf16 autocast
     durations = np.asarray(durations, dtype=np.float64)
     results = []
     for b in range(cand.shape[0]):

@@ -1,15 +1,18 @@
 """Clip features to the model's grid: max-pool into T equal segments of the video (DESIGN.md section 5).
 
-Segment n covers [n/T, (n+1)/T) of the video's duration. A clip belongs to the segment holding its centre
-time; a segment is the element-wise max of its clips. A segment that holds no clip centre (always the case for
-some segments when the video has fewer clips than T, e.g. a video shorter than the grid) takes the features of
-the clip whose centre is nearest to the segment's centre, so short videos repeat their clips ("nearest fill").
+Segment n covers [n/T, (n+1)/T) of the video's timeline duration (``drn.durations``: the store's decoded
+duration, or the last clip's end where it has none; the ground truth is scaled by the same number). A clip
+belongs to the segment holding its centre time; a segment is the element-wise max of its clips. A segment that
+holds no clip centre (always the case for some segments when the video has fewer clips than T, e.g. a video
+shorter than the grid) takes the features of the clip whose centre is nearest to the segment's centre, so short
+videos repeat their clips ("nearest fill").
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from drn.durations import timeline_duration
 from drn.errors import InputError
 
 
@@ -24,7 +27,7 @@ def pool_to_grid(video, num_segments: int) -> np.ndarray:
         raise InputError(f"video {vid!r} has NaN or infinite features (first at clip {bad})")
     starts = np.asarray(video.clip_start_s, dtype=np.float64)
     ends = np.asarray(video.clip_end_s, dtype=np.float64)
-    duration = float(video.duration_s) if video.duration_s else float(ends.max())
+    duration = timeline_duration(video.duration_s, ends)
     if not np.isfinite(duration) or duration <= 0:
         raise InputError(f"video {vid!r} has a duration of {video.duration_s!r} seconds")
     centres = (starts + ends) / 2

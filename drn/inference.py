@@ -20,6 +20,7 @@ import torch
 from drn.checkpoint import check_feature_dim, load_checkpoint
 from drn.config import DRNConfig
 from drn.decoding import decode_segments
+from drn.durations import timeline_duration
 from drn.errors import InputError
 from drn.grid import pool_to_grid
 from drn.model import DRN
@@ -100,7 +101,8 @@ class Grounder:
         for video in videos:
             self.check_features(np.asarray(video.features).shape[-1], f"video {video.video_id!r}")
         grids = np.stack([pool_to_grid(v, self.num_segments) for v in videos])
-        return grids, [v.video_id for v in videos], np.array([float(v.duration_s) for v in videos])
+        durations = [timeline_duration(v.duration_s, v.clip_end_s) for v in videos]  # None: the last clip's end
+        return grids, [v.video_id for v in videos], np.array(durations)
 
     @torch.no_grad()
     def encode_videos(self, grids: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
@@ -26,10 +26,15 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from drn.durations import timeline_duration
 from drn.errors import InputError
+from drn.object_store import filesystem_for
 
 METADATA_PREFIX = "drn."
-DEFAULT_MAX_CHUNK_BYTES = 4 << 20
+# A chunk is one Parquet row; the Parquet writer holds some 30 to 45 bytes per feature value while it encodes one
+# (levels and page buffers of the nested list column), and the allocator keeps that memory for the next chunk:
+# 1 MiB chunks (128 fc6 clips in float16) cost the writer about 25 MB, 4 MiB chunks about 80 MB (docs/extraction.md).
+DEFAULT_MAX_CHUNK_BYTES = 1 << 20
 VIDEO_STATUSES = ("ok", "failed")
 
 
@@ -44,7 +49,10 @@ class StoreMetadata:
     clip_stride: int
     fps: str
     feature_dim: int
-    dtype: str = "float16"
+    dtype: str = "float16"  # the stored dtype of the features
+    # what the extractor computed in (float32, bfloat16, float16; "unknown" for imported or older stores). Not part
+    # of a store's kind: features computed in bf16 and fp32 agree (cosine >= 0.99), so files may differ in it.
+    compute_dtype: str = field(default="unknown", compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float16", "float32"):
@@ -61,6 +69,8 @@ class StoreMetadata:
         values: dict[str, object] = {}
         for f in fields(cls):
             raw = metadata.get(f"{METADATA_PREFIX}{f.name}".encode())
+            if raw is None and not f.compare:  # optional, recorded since drn.compute_dtype was added
+                continue
             if raw is None:
                 raise InputError(f"schema metadata lacks '{METADATA_PREFIX}{f.name}'", path=source)
             text = raw.decode()
@@ -70,7 +80,8 @@ class StoreMetadata:
     def differences(self, other: StoreMetadata) -> list[str]:
         """``'key: a vs b'`` for every field where the two disagree."""
         mine, theirs = asdict(self), asdict(other)
-        return [f"{METADATA_PREFIX}{k}: {mine[k]!r} vs {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+        kind = [f.name for f in fields(self) if f.compare]
+        return [f"{METADATA_PREFIX}{k}: {mine[k]!r} vs {theirs[k]!r}" for k in kind if mine[k] != theirs[k]]
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -143,11 +154,9 @@ class VideoFeatures:
 
 
 def open_filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it, for a local path or an object-store URI."""
-    text = os.fspath(uri)
-    if "://" in text:
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), os.path.abspath(text)
+    """A pyarrow filesystem and the path inside it, for a local path or an object-store URI (``s3://`` configured
+    by the AWS environment variables, see ``drn.object_store``)."""
+    return filesystem_for(uri)
 
 
 def absolute_uri(uri: str | os.PathLike) -> str:
@@ -168,6 +177,16 @@ def _write_table_atomically(fs: pafs.FileSystem, path: str, table: pa.Table) -> 
         fs.move(tmp, path)
     else:  # a single object-store put is atomic
         pq.write_table(table, path, filesystem=fs)
+
+
+def writer_memory_pool() -> pa.MemoryPool:
+    """The Arrow memory pool of the writers: jemalloc where pyarrow has it. Writing chunk after chunk of a long
+    video through the default pool (mimalloc) or the system allocator let memory creep up by 100 MB and more over
+    an hour of video; jemalloc stayed flat (docs/extraction.md, "Memory")."""
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        return pa.default_memory_pool()
 
 
 class FeatureStoreWriter:
@@ -192,6 +211,8 @@ class FeatureStoreWriter:
         self.schema = clips_schema(metadata)
         self.videos_per_shard = videos_per_shard
         self.clips_per_chunk = max(1, max_chunk_bytes // (metadata.feature_dim * metadata.numpy_dtype.itemsize))
+        self._pool = writer_memory_pool()
+        check_store_location(self.fs, self.root, os.fspath(uri))
         existing = existing_metadata(uri)
         if existing is not None and existing != metadata:
             raise InputError(
@@ -264,11 +285,11 @@ class FeatureStoreWriter:
     def _write_chunk(self, video_id: str, block: np.ndarray) -> None:
         if self._clips_writer is None:
             path = f"{self.root}/clips/{self._shard}.parquet"
-            self._clips_writer = pq.ParquetWriter(path, self.schema, filesystem=self.fs)
+            self._clips_writer = pq.ParquetWriter(path, self.schema, filesystem=self.fs, memory_pool=self._pool)
         chunk = self._next_chunk.get(video_id, 0)
         self._next_chunk[video_id] = chunk + 1
         dim = self.metadata.feature_dim
-        values = pa.array(block[:, 2:].astype(self.metadata.numpy_dtype).ravel())
+        values = pa.array(block[:, 2:].astype(self.metadata.numpy_dtype).ravel(), memory_pool=self._pool)
         features = pa.FixedSizeListArray.from_arrays(values, dim)
         row = pa.Table.from_arrays(
             [
@@ -281,6 +302,17 @@ class FeatureStoreWriter:
             schema=self.schema,
         )
         self._clips_writer.write_table(row)
+
+
+def check_store_location(fs: pafs.FileSystem, root: str, uri: str) -> None:
+    """InputError when ``root`` holds something other than a feature store (files, but no clips/ or videos/)."""
+    selector = pafs.FileSelector(root, allow_not_found=True)
+    names = sorted(os.path.basename(info.path.rstrip("/")) for info in fs.get_file_info(selector))
+    visible = [name for name in names if not name.startswith(".")]
+    if visible and not {"clips", "videos"} & set(visible):
+        shown = ", ".join(visible[:3]) + (" ..." if len(visible) > 3 else "")
+        raise InputError(f"holds something other than a feature store ({shown}); give an empty folder or prefix, "
+                         "or an existing feature store", path=uri)
 
 
 def _list_parquet(fs: pafs.FileSystem, folder: str) -> list[str]:
@@ -327,10 +359,13 @@ class FeatureStore:
         self.fs, self.root = open_filesystem(uri)
         info = self.fs.get_file_info(f"{self.root}/videos")
         if info.type != pafs.FileType.Directory:
+            if self.fs.get_file_info(self.root).type == pafs.FileType.NotFound:
+                raise InputError("not a feature store (nothing is there)", path=self.uri)
             raise InputError("not a feature store (no videos/ folder)", path=self.uri)
         self._videos = self._read_videos()
         self._metadata = existing_metadata(uri)
         self._clips_cache: tuple[str, pa.Table] | None = None
+        self._durations: dict[str, float] | None = None
 
     @property
     def metadata(self) -> StoreMetadata:
@@ -347,8 +382,15 @@ class FeatureStore:
         return ok["video_id"].to_pylist()
 
     def durations(self) -> dict[str, float]:
-        ok = self._videos.filter(pc.equal(self._videos["status"], "ok"))
-        return dict(zip(ok["video_id"].to_pylist(), ok["duration_s"].to_pylist(), strict=True))
+        """Every ``ok`` video's timeline duration in seconds (``drn.durations``): the decoded duration, or the
+        last clip's end where the row has none."""
+        if self._durations is None:
+            ok = self._videos.filter(pc.equal(self._videos["status"], "ok"))
+            recorded = dict(zip(ok["video_id"].to_pylist(), ok["duration_s"].to_pylist(), strict=True))
+            out = {vid: timeline_duration(d, ()) for vid, d in recorded.items()}
+            out.update(self._last_clip_ends([vid for vid, d in out.items() if not math.isfinite(d)]))
+            self._durations = out
+        return dict(self._durations)
 
     def __contains__(self, video_id: str) -> bool:
         return video_id in self._row_of
@@ -385,6 +427,20 @@ class FeatureStore:
                 rows = table.take(pa.array(rows_of.get(vid, []), pa.int64()))
                 yield self._assemble(vid, rows, self._row_of[vid]["duration_s"])
 
+    def _last_clip_ends(self, video_ids: Iterable[str]) -> dict[str, float]:
+        """The last clip's end of each video, reading only the clip times of the shards that hold them."""
+        by_shard: dict[str, set[str]] = {}
+        for vid in video_ids:
+            by_shard.setdefault(self._row_of[vid]["shard"], set()).add(vid)
+        ends: dict[str, float] = {}
+        for shard, wanted in sorted(by_shard.items()):
+            table = pq.read_table(f"{self.root}/clips/{shard}.parquet", filesystem=self.fs,
+                                  columns=["video_id", "clip_end_s"])
+            for vid, times in zip(table["video_id"].to_pylist(), table["clip_end_s"].to_pylist(), strict=True):
+                if vid in wanted and times:
+                    ends[vid] = max(ends.get(vid, -math.inf), max(times))
+        return {vid: ends.get(vid, math.nan) for wanted in by_shard.values() for vid in wanted}
+
     def _read_videos(self) -> pa.Table:
         parts = []
         for path in _list_parquet(self.fs, f"{self.root}/videos"):
@@ -419,8 +475,7 @@ class FeatureStore:
         feats = _flatten_features(rows["features"], dim)
         starts = pc.list_flatten(rows["clip_start_s"]).to_numpy()
         ends = pc.list_flatten(rows["clip_end_s"]).to_numpy()
-        duration = float(duration_s) if duration_s is not None and math.isfinite(duration_s) else float(ends[-1])
-        return VideoFeatures(video_id, feats, starts, ends, duration)
+        return VideoFeatures(video_id, feats, starts, ends, timeline_duration(duration_s, ends))
 
 
 def _flatten_features(column: pa.ChunkedArray, dim: int) -> np.ndarray:

@@ -7,7 +7,7 @@ same ``TrainingData`` and hand its datasets to its own data loaders.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from drn.checkpoint import check_feature_dim, model_from_payload, read_checkpoint
-from drn.config import DRNConfig
+from drn.config import DRNConfig, overridden_keys
 from drn.data import GroundingDataset, PairCollator, collate, load_grids, usable_pairs
 from drn.datasets import load_split, options_of
 from drn.errors import InputError
@@ -76,6 +76,27 @@ class TrainingData:
         return DataLoader(dataset, batch_size=self.config.train.batch_size, shuffle=shuffle,
                           collate_fn=self.collator(split), num_workers=self.config.train.num_workers,
                           generator=generator)
+
+
+def adopt_store_feature_dim(config: DRNConfig, feature_dim: int, overrides: Sequence[str] = (),
+                            source: object = None) -> str | None:
+    """Give ``config`` the feature store's dimension, the one source of ``model.feature_dim`` for training.
+
+    A preset's ``model.feature_dim`` is a default: a store of another dimension replaces it (the checkpoint
+    records the store's). Only an explicit ``--set model.feature_dim=N`` that disagrees with the store is an
+    InputError. Returns a notice when the preset's value was replaced, else None.
+    """
+    feature_dim = int(feature_dim)
+    if config.model.feature_dim == feature_dim:
+        return None
+    if "model.feature_dim" in overridden_keys(overrides):
+        raise InputError(
+            f"--set model.feature_dim={config.model.feature_dim} disagrees with the feature store: features are "
+            f"{feature_dim}-d but the model expects {config.model.feature_dim}-d; leave model.feature_dim out to "
+            "train on the store's dimension", path=source)
+    preset = config.model.feature_dim
+    config.model.feature_dim = feature_dim
+    return f"model.feature_dim: {feature_dim} (the feature store's dimension; the config said {preset})"
 
 
 def load_pairs(config: DRNConfig, annotations: str | os.PathLike, split: str, durations: dict[str, float],

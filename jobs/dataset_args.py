@@ -13,10 +13,15 @@ from drn.datasets.reading import read_text
 from drn.errors import InputError
 
 
-def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str | None = "test") -> None:
-    """``--dataset``, ``--annotations``, ``--split`` and the loader options."""
+def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str | None = "test",
+                          dataset_help: str | None = None) -> None:
+    """``--dataset``, ``--annotations``, ``--split`` and the loader options.
+
+    ``--dataset`` is required unless ``dataset_help`` says where its default comes from (the job then fills it in).
+    """
     group = parser.add_argument_group("dataset")
-    group.add_argument("--dataset", required=True, choices=dataset_names(), help="which dataset format to read")
+    group.add_argument("--dataset", required=dataset_help is None, choices=dataset_names(),
+                       help=dataset_help or "which dataset format to read")
     group.add_argument(
         "--annotations",
         required=True,

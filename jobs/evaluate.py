@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from drn.checkpoint import check_feature_dim, load_checkpoint
+from drn.checkpoint import check_feature_dim, load_checkpoint, read_checkpoint
 from drn.corpus import (
     CorpusConfig,
     CorpusResult,
@@ -98,13 +98,28 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
         "--missing-videos",
         choices=MISSING_VIDEO_CHOICES,
         default="error",
-        help="pairs whose video has no features in the store: error (default), skip (left out of the scored "
-        "split, counted) or miss (scored as misses, counted)",
+        help="pairs whose video has no features in the store (or that start after its decoded end): error "
+        "(default), skip (left out of the scored split, counted) or miss (scored as misses, counted)",
     )
     group.add_argument("--batch-size", type=int, default=64, help="pairs per forward pass (default 64)")
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     group.add_argument("--device", default="cpu", help="torch device (default cpu)")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def dataset_from_args(args: argparse.Namespace) -> str:
+    """``--dataset``, or the dataset the ``--checkpoint`` was trained on; an explicit one must agree with it."""
+    if args.checkpoint is None:
+        if args.dataset is None:
+            raise InputError("--dataset is required with --predictions or --db (which dataset format to read)")
+        return args.dataset
+    recorded = read_checkpoint(args.checkpoint)["config"].get("dataset")
+    if args.dataset is not None and recorded is not None and args.dataset != recorded:
+        raise InputError(f"--dataset {args.dataset} disagrees with the checkpoint, which was trained on {recorded}; "
+                         "leave --dataset out to use the checkpoint's", path=args.checkpoint)
+    if args.dataset is None and recorded is None:
+        raise InputError("the checkpoint does not record its dataset: give --dataset", path=args.checkpoint)
+    return args.dataset or recorded
 
 
 def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
@@ -123,10 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate moment predictions on a dataset split (R@n,IoU=m and mIoU of the top-1): "
         "a predictions file, or a DRN checkpoint run on a feature store.",
     )
-    add_dataset_arguments(parser, default_split="test")
+    add_dataset_arguments(parser, default_split="test",
+                          dataset_help="which dataset format to read (required with --predictions; with --checkpoint "
+                                       "the checkpoint's dataset, which an explicit value must match)")
     source = parser.add_argument_group("what to evaluate").add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help="a predictions JSONL file")
-    source.add_argument("--checkpoint", type=Path, help="a DRN checkpoint (e.g. runs/train/best.pt); needs --features")
+    source.add_argument("--checkpoint", help="a DRN checkpoint (e.g. runs/train/best.pt or s3://...); needs --features")
     source.add_argument("--db", default=None, help="with --corpus: a LanceDB index holding a grounding run")
     add_checkpoint_arguments(parser)
     corpus = parser.add_argument_group("corpus mode (--corpus)")
@@ -228,8 +245,8 @@ def run_checkpoint(
         batches = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
         model.to(device)
         predictions = predict(model, tqdm(batches, desc="predict", disable=not progress), config)
-    kept_ids = {id(p) for p in kept}
-    return CheckpointRun(predictions, list(kept), [p for p in pairs if id(p) not in kept_ids])
+    dropped = {qid for qid, _ in selection.dropped}
+    return CheckpointRun(predictions, list(kept), [p for p in pairs if p.qid in dropped])
 
 
 def predictions_from_args(args: argparse.Namespace, loaded: LoadedSplit) -> Mapping[int | str, Prediction]:
@@ -286,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{', '.join(used)} only apply with --checkpoint")
     if args.db is not None and not args.corpus:
         parser.error("--db evaluates a grounding run across the library: it needs --corpus")
+    args.dataset = dataset_from_args(args)
     loaded = load_split_from_args(args)
     if args.corpus:
         if args.predictions is not None:
@@ -307,9 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         title = f"checkpoint {args.checkpoint}"
         extra = {"checkpoint": str(args.checkpoint), "pairs_without_features": len(run.without_features),
                  "missing_videos": args.missing_videos}
-        if args.missing_videos == "skip":
-            pairs = run.scored
-        elif run.without_features:
+        pairs = run.scored if args.missing_videos == "skip" else [*run.scored, *run.without_features]
+        if run.without_features and args.missing_videos != "skip":
             config = dataclasses.replace(config, allow_missing=True)
         if not pairs:
             raise InputError("no pair of the split has features in the store", path=args.features)

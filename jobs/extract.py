@@ -15,6 +15,8 @@ import sys
 from drn.errors import InputError
 from jobs.cli import job_main
 
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # pipeline.c3d's; here so that --help needs no torch
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -31,23 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
                              "(recorded in the store as random-seed<N>)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --weights random")
     parser.add_argument("--layer", choices=("fc6", "fc7"), default="fc6", help="the feature: ReLU(fc6) or ReLU(fc7)")
-    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature type")
+    parser.add_argument("--dtype", choices=COMPUTE_DTYPES, default="auto",
+                        help="what C3D computes in; auto: bfloat16 where the CPU (AVX-512-BF16, AMX) or the GPU "
+                             "(compute capability 8.0+) does it natively, float16 on older CUDA GPUs, else float32. "
+                             "Recorded in the store as drn.compute_dtype")
+    parser.add_argument("--store-dtype", choices=("float16", "float32"), default="float16",
+                        help="stored feature type (drn.dtype)")
     parser.add_argument("--fps", default="native", help="'native' or a sampling rate in frames per second")
     parser.add_argument("--clip-len", type=int, default=16, help="frames per clip (C3D: 16)")
     parser.add_argument("--clip-stride", type=int, default=8, help="frames between clip starts")
     parser.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="GPUs per C3D actor (0: run on CPU)")
     parser.add_argument("--num-actors", type=int, default=None, help="C3D actors (default: one per GPU, or 1)")
-    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per C3D actor (torch threads on CPU)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per C3D actor")
     parser.add_argument("--torch-threads", type=int, default=None,
-                        help="CPU threads of each actor's network (default: --cpus-per-actor)")
+                        help="CPU threads of each actor's network (default: on GPU --cpus-per-actor; on CPU the "
+                             "smallest node's CPUs shared among the actors, since decoding needs little)")
     parser.add_argument("--decode-tasks", type=int, default=None,
                         help="concurrent decoding tasks, one CPU each (default: the CPUs the actors leave)")
     parser.add_argument("--batch-size", type=int, default=None, help="clips per forward pass (default 64 GPU, 8 CPU)")
-    parser.add_argument("--autocast", choices=("auto", "none", "bf16", "fp16"), default="auto",
-                        help="mixed precision of the network (auto: bf16 on GPU, none on CPU)")
     parser.add_argument("--videos-per-shard", type=int, default=64,
                         help="videos per Parquet shard (a killed job redoes at most one shard)")
     parser.add_argument("--retry-failed", action="store_true", help="extract again the videos recorded as failed")
+    parser.add_argument("--capacity-wait-s", type=float, default=120.0,
+                        help="when lost nodes leave the cluster too small for the C3D actors plus one decoding CPU, "
+                             "stop (exit 1, naming the missing resource) after this many seconds; rerun to resume")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -79,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.clip_len < 1 or args.clip_stride < 1:
         raise InputError("--clip-len and --clip-stride must be positive")
-    config = C3DConfig(weights=args.weights, layer=args.layer, dtype=args.dtype, seed=args.seed,
-                       fps=parse_fps(args.fps), clip_len=args.clip_len, clip_stride=args.clip_stride)
+    config = C3DConfig(weights=args.weights, layer=args.layer, dtype=args.store_dtype, seed=args.seed,
+                       fps=parse_fps(args.fps), clip_len=args.clip_len, clip_stride=args.clip_stride,
+                       compute_dtype=args.dtype)
     if args.weights == "random":
         weights, sha = None, random_weights_id(args.seed)
         print(f"note: C3D with RANDOM weights (seed {args.seed}); the store records weights_sha256={sha}")
@@ -94,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
         ray.init()  # RAY_ADDRESS or the job's cluster under `ray job submit`; a local Ray otherwise
     resources = default_resources(
         args.num_gpus_per_actor, args.num_actors, cpus_per_actor=args.cpus_per_actor,
-        decode_tasks=args.decode_tasks, batch_size=args.batch_size, autocast=args.autocast,
-        torch_threads=args.torch_threads,
+        decode_tasks=args.decode_tasks, batch_size=args.batch_size, torch_threads=args.torch_threads,
     )
     bar = tqdm(total=len(todo), unit="video", desc="extract", disable=args.no_progress or not todo)
 
@@ -106,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_extraction(sources, args.out, config, weights=weights, weights_sha256=sha, resources=resources,
                              retry_failed=args.retry_failed, videos_per_shard=args.videos_per_shard,
-                             on_video=advance)
+                             on_video=advance, capacity_wait_s=args.capacity_wait_s)
     bar.close()
-    print(f"done: {summary.done}  failed: {summary.failed}  skipped: {summary.skipped}  clips: {summary.clips}")
+    print(f"done: {summary.done}  failed: {summary.failed}  skipped: {summary.skipped}  clips: {summary.clips}  "
+          f"(C3D computed in {summary.compute_dtype}, stored as {args.store_dtype})")
     if summary.failures:
         print(f"failed videos are rows with status 'failed' in {args.out}/videos/*.parquet; the first of them:")
         for vid, error in summary.failures[:10]:

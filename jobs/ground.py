@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--write-batch-rows", type=int, default=50_000, help="rows per LanceDB merge")
     work.add_argument("--max-videos", type=int, default=None,
                       help="ground at most this many of the videos still to do (a trial; rerun to finish)")
+    work.add_argument("--capacity-wait-s", type=float, default=120.0,
+                      help="when lost nodes leave the cluster too small for the actors, stop (exit 1, naming the "
+                           "missing resource) after this many seconds; rerun to resume")
     work.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         videos=args.videos, top_k=args.top_k, overwrite=args.overwrite,
         windows=WindowOptions(args.window_s, args.window_stride_s, args.max_whole_s),
         resources=Resources(args.num_actors, args.num_gpus_per_actor, args.cpus_per_actor, args.videos_per_batch,
-                            args.pair_batch_size),
+                            args.pair_batch_size, args.capacity_wait_s),
         write_batch_rows=args.write_batch_rows, max_videos=args.max_videos,
     )
     summary = job.run()

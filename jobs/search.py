@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from drn.errors import InputError
 from jobs.cli import job_main
+from moments.results import format_results
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,36 +114,6 @@ def run_remote(args: argparse.Namespace, address: str) -> tuple[pa.Table, list[s
     rows, notices = remote_search(address, args.text, k=args.k, video=args.video, min_score=args.min_score,
                                   run_id=args.run_id)
     return pa.Table.from_pylist(rows), notices
-
-
-def format_results(results: pa.Table) -> str:
-    """A readable table: rank, query matched, video, start-end in seconds, score."""
-    if results.num_rows == 0:
-        return "no segments found"
-    rows = results.to_pylist()
-    header = ("#", "query matched", "match", "video", "start-end (s)", "score")
-    lines = [
-        (str(row["result_rank"] + 1), _shorten(row["query_text"], 48), _match_label(row), _shorten(row["video_id"], 24),
-         f"{row['start_s']:.2f}-{row['end_s']:.2f}", f"{row['score']:.3f}")
-        for row in rows
-    ]
-    widths = [max(len(header[c]), *(len(line[c]) for line in lines)) for c in range(len(header))]
-    out = ["  ".join(text.ljust(width) for text, width in zip(header, widths, strict=True))]
-    out.append("  ".join("-" * width for width in widths))
-    out += ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)) for line in lines]
-    return "\n".join(out)
-
-
-def _match_label(row: dict) -> str:
-    """``same``, ``paraphrase 0.98`` or ``OTHER 0.81``: whether a row answers the searched text."""
-    match = row.get("query_match") or "same"
-    if match == "same":
-        return "same"
-    return f"{'paraphrase' if match == 'paraphrase' else 'OTHER'} {row.get('query_similarity') or 0:.2f}"
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @job_main

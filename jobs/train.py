@@ -25,8 +25,9 @@ from drn.errors import InputError
 from drn.model import DRN, count_parameters
 from drn.retrieval import RETRIEVAL_STAGE
 from drn.retrieval_training import prepare_retrieval_model, retrieval_skip_reason, train_retrieval
+from drn.store import FeatureStore
 from drn.training import fit, stages_from_config
-from drn.training_setup import prepare_training_data
+from drn.training_setup import adopt_store_feature_dim, prepare_training_data
 from jobs.cli import job_main
 from moments.train import StageFailedError, add_distributed_arguments, run_from_args
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", default=None,
                         help="comma-separated stages to run (default 1,2,3, and 4, the retrieval stage, when "
                              "model.retrieval_dim > 0; after --resume-from: the later stages)")
-    parser.add_argument("--resume-from", type=Path, default=None,
+    parser.add_argument("--resume-from", default=None,
                         help="start from this checkpoint's weights and vocabulary (its config must match)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -86,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)
+    config.dataset = args.dataset or config.dataset  # the checkpoint records the annotation format it was trained on
+    notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, args.overrides,
+                                     args.features)
     torch.manual_seed(config.train.seed)
     progress = not args.quiet
     data = prepare_training_data(config, args.features, args.annotations, args.dataset, args.resume_from,
@@ -103,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = data.new_model()
     numbers = parse_stages(args.stages, resumed_stage, config.model.retrieval_dim > 0)
     stages = stages_from_config(config, [n for n in numbers if n != RETRIEVAL_STAGE])
+    if notice:  # after the inputs passed their checks: bad input stays one line
+        print(notice, file=sys.stderr)
     print(f"pairs: train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0} "
           f"(without features, dropped: {data.dropped}); vocabulary {len(data.vocab)} words; "
           f"parameters {count_parameters(model):,}; stages {[s.number for s in stages]}", file=sys.stderr)

@@ -255,9 +255,10 @@ def extract_features(settings: DemoSettings, paths: DemoPaths, echo: Callable[[s
     bar.close()
     if summary.done == 0:
         raise InputError(f"no video could be extracted (first failure: {summary.failures[:1]})", path=paths.videos)
-    echo(f"    {summary.done} videos, {summary.clips} clips, {summary.failed} failed; {summary.throughput_line()}")
+    echo(f"    {summary.done} videos, {summary.clips} clips, {summary.failed} failed; C3D computed in "
+         f"{summary.compute_dtype}; {summary.throughput_line()}")
     return {"done": summary.done, "failed": summary.failed, "clips": summary.clips,
-            "seconds": round(summary.seconds, 1), "weights": sha}
+            "seconds": round(summary.seconds, 1), "weights": sha, "compute_dtype": summary.compute_dtype}
 
 
 def demo_config(settings: DemoSettings):
@@ -453,8 +454,8 @@ def search_texts(texts: Sequence[str], vocabulary: set[str]) -> list[tuple[str, 
 def run_searches(paths: DemoPaths, searches: Sequence[tuple[str, str]], k: int = 3,
                  echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Step 6: search the index for each text and print the results."""
-    from jobs.search import format_results
     from moments.index import Index
+    from moments.results import format_results
 
     index = Index(paths.db)
     found = []

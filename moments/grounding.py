@@ -39,13 +39,14 @@ from drn.checkpoint import model_from_payload, negatives_per_positive, read_chec
 from drn.config import DRNConfig
 from drn.errors import InputError
 from drn.inference import EncodedQueries, Grounder
-from drn.store import FeatureStore, VideoFeatures, absolute_uri
+from drn.store import FeatureStore, VideoFeatures, absolute_uri, open_filesystem
 from moments.embedding import embed_texts
 from moments.index import RESULT_COLUMNS, SEGMENTS_TABLE, Index, default_db_uri, with_match_columns
 from moments.queries import Query, QueryCollection, normalise_text, read_queries
 from moments.runs import RunRecord, record_run
 from moments.scoring import LibraryScorer, QuerySide, RunLabels, split_output
 from moments.windows import WindowRule, window_rule
+from pipeline.capacity import DEFAULT_WAIT_S, PipelineNeeds, watch
 
 IN_PROCESS_MAX_VIDEOS = 256
 MAX_BLOCKS = 2000
@@ -60,6 +61,7 @@ class Resources:
     cpus_per_actor: float = 1.0
     videos_per_batch: int = 16  # videos per actor call (each scored against every query)
     pair_batch_size: int = 256  # (query, window) pairs per forward pass
+    capacity_wait_s: float = DEFAULT_WAIT_S  # nodes lost and the actors no longer fit: stop after this long
 
     def __post_init__(self) -> None:
         if self.num_actors < 1 or self.videos_per_batch < 1 or self.pair_batch_size < 1:
@@ -124,7 +126,8 @@ class GroundingSummary:
 # ---------------------------------------------------------------------------------------------------- preparation
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    fs, inner = open_filesystem(path)  # a local file or an object-store URI
+    with fs.open_input_stream(inner) as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -191,9 +194,8 @@ def select_videos(store: FeatureStore, videos: str | Sequence[str] | None) -> li
     if videos is None:
         wanted = ok
     else:
-        if isinstance(videos, str):
-            path = Path(videos)
-            names = path.read_text().splitlines() if path.is_file() else videos.split(",")
+        if isinstance(videos, str):  # a file (one id a line) or a comma-separated list, however long
+            names = Path(videos).read_text().splitlines() if _is_local_file(videos) else videos.split(",")
         else:
             names = list(videos)
         wanted = list(dict.fromkeys(n.strip() for n in names if n.strip()))
@@ -206,6 +208,11 @@ def select_videos(store: FeatureStore, videos: str | Sequence[str] | None) -> li
                              path=store.uri)
     shard_of = dict(zip(store.videos()["video_id"].to_pylist(), store.videos()["shard"].to_pylist(), strict=True))
     return sorted(wanted, key=lambda vid: (shard_of.get(vid, ""), vid))
+
+
+def _is_local_file(text: str) -> bool:
+    """Whether ``text`` names an existing local file; False (never an error) for text that cannot be a path."""
+    return "://" not in text and os.path.isfile(text)
 
 
 def check_db_writable(uri: str) -> None:
@@ -311,7 +318,10 @@ def scored_batches_ray(
                              top_k, resources.pair_batch_size, resources.device,
                              max(1, int(resources.cpus_per_actor))),
     )
-    yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    needs = PipelineNeeds("grounding", "grounding actor", resources.num_actors, resources.cpus_per_actor,
+                          resources.num_gpus_per_actor)
+    yield from watch(dataset.iter_batches(batch_size=None, batch_format="pyarrow"), needs,
+                     wait_s=resources.capacity_wait_s)
 
 
 def scored_batches_local(

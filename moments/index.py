@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from lancedb.index import FTS, Bitmap, BTree, IvfPq
 
 from drn.errors import InputError
+from drn.object_store import lancedb_storage_options
 from drn.text import query_key
 from moments.embedding import EMBEDDING_DIM, embed_text
 from moments.runs import RunRecord, read_runs
@@ -192,7 +193,8 @@ def _is_local(uri: str) -> bool:
 
 
 class Index:
-    """The segments index at a LanceDB URI (a local folder or an object-store URI such as `s3://bucket/db`).
+    """The segments index at a LanceDB URI (a local folder or an object-store URI such as `s3://bucket/db`;
+    `s3://` is configured by the AWS environment variables, see `drn.object_store` and docs/cluster.md).
 
     `overwrite=True` replaces an existing table whose schema differs; otherwise that is an InputError and the
     table is left untouched. Readers see the table version that was current when they opened it (or last
@@ -214,7 +216,8 @@ class Index:
         self._local_path = Path(self.uri.removeprefix("file://")) if _is_local(self.uri) else None
         if self._local_path is not None and self._local_path.exists() and not self._local_path.is_dir():
             raise InputError("the LanceDB location is a file, not a folder", path=self.uri)
-        self._storage_options = storage_options
+        # s3:// URIs get the AWS environment's endpoint, region and timeouts, after a check of the bucket
+        self._storage_options = storage_options if storage_options is not None else lancedb_storage_options(self.uri)
         self._db: Any = None
         self._table = self._open_existing()
         if self._table is not None and not _same_schema(self._table.schema, segments_schema()):

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from drn.durations import timeline_duration
 from drn.inference import EncodedQueries, Grounder
 from drn.store import VideoFeatures
 from moments.embedding import EMBEDDING_DIM
@@ -89,7 +90,8 @@ class LibraryScorer:
     def _rows(self, videos: list[VideoFeatures], windows: list[Window], grids: np.ndarray) -> pa.Table:
         results = self.grounder.ground(
             grids, self.queries.encoded, video_ids=[str(i) for i in range(len(windows))],
-            durations=[w.features.duration_s for w in windows], pair_batch_size=self.pair_batch_size,
+            durations=[timeline_duration(w.features.duration_s, w.features.clip_end_s) for w in windows],
+            pair_batch_size=self.pair_batch_size,
         )
         num_windows = len(windows)
         nms = self.grounder.config.decode.nms_threshold
@@ -100,7 +102,8 @@ class LibraryScorer:
                 result = results[q * num_windows + w]
                 by_video.setdefault(window.video_index, []).append((window.offset_s, result.segments))
             for v, parts in by_video.items():
-                merged = merge_windows(parts, float(videos[v].duration_s), nms, self.top_k)
+                merged = merge_windows(parts, timeline_duration(videos[v].duration_s, videos[v].clip_end_s), nms,
+                                       self.top_k)
                 query_index.append(q)
                 video_index.append(v)
                 blocks.append(merged)

@@ -36,7 +36,7 @@ from drn.errors import InputError
 from drn.retrieval import RETRIEVAL_STAGE
 from drn.store import FeatureStore, absolute_uri
 from drn.training import selection_key, stages_from_config, validate
-from drn.training_setup import eval_splits, load_pairs, prepare_training_data
+from drn.training_setup import adopt_store_feature_dim, eval_splits, load_pairs, prepare_training_data
 from moments.train_retrieval import (
     retrieval_stage_job,
     retrieval_stage_skip_reason,
@@ -45,6 +45,7 @@ from moments.train_retrieval import (
 )
 from moments.train_storage import BEST_FILE, DONE_FILE, RunStorage
 from moments.train_worker import MODEL_FILE, FailureInjection, local_model_file, train_stage_worker
+from pipeline.capacity import DEFAULT_WAIT_S, PipelineNeeds, alive_node_resources, require
 
 FAIL_AT_ENV, FAIL_MARKER_ENV = "MOMENTS_TRAIN_FAIL_AT", "MOMENTS_TRAIN_FAIL_MARKER"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -66,18 +67,20 @@ def check_pairs_have_features(config: DRNConfig, features: str, annotations: str
     val_split, test_split = eval_splits(name)
     dropped: dict[str, int] = {}
     missing: set[str] = set()
-    total = 0
+    ok = set(store.ok_video_ids())
+    total = without = 0
     for split in ("train", val_split, test_split):
         pairs = load_pairs(config, annotations, split, durations, name)
-        selection = usable_pairs(pairs, store)
+        selection = usable_pairs(pairs, store)  # also drops pairs that start after their video's decoded end
         total += len(pairs)
         dropped[split] = len(selection.dropped)
-        kept = {p.video_id for p in selection.kept}
-        missing |= {p.video_id for p in pairs if p.video_id not in kept}
+        lacking = [p.video_id for p in pairs if p.video_id not in ok]
+        without += len(lacking)
+        missing.update(lacking)
     if missing and not skip_missing_videos:
         shown = ", ".join(sorted(missing)[:SHOWN_MISSING]) + (" ..." if len(missing) > SHOWN_MISSING else "")
         raise InputError(
-            f"{sum(dropped.values())} of {total} pairs name {len(missing)} videos that are not ok videos of the "
+            f"{without} of {total} pairs name {len(missing)} videos that are not ok videos of the "
             f"feature store ({shown}); pass --skip-missing-videos to train without them", path=features)
     return dropped
 
@@ -108,10 +111,18 @@ def _cause_line(err: BaseException) -> str:
     return (causes or lines or [type(err).__name__])[-1][:300]
 
 
+def training_needs(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> PipelineNeeds:
+    """The worker group of a stage: what the alive nodes must hold for it to start."""
+    return PipelineNeeds("training", "Ray Train worker", num_workers, cpus_per_worker, 1.0 if use_gpu else 0.0)
+
+
 def run_stage(storage: RunStorage, job: dict[str, Any], *, num_workers: int, use_gpu: bool, max_failures: int,
               keep_checkpoints: int | None, cpus_per_worker: float = 1.0,
               worker=train_stage_worker) -> dict[str, Any]:
-    """Train one stage with a TorchTrainer; write and return its ``best.json`` record, then ``DONE.json``."""
+    """Train one stage with a TorchTrainer; write and return its ``best.json`` record, then ``DONE.json``.
+
+    A worker group that cannot be placed within Ray Train's start timeout (60 s) counts against
+    ``max_failures`` too (Ray Train would retry it forever), so a cluster left too small ends the stage."""
     number = job["stage"]["number"]
     run_name = storage.stage_run(number)
     trainer = TorchTrainer(
@@ -120,8 +131,9 @@ def run_stage(storage: RunStorage, job: dict[str, Any], *, num_workers: int, use
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage.uri,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            name=run_name, storage_path=storage.ray_storage[0], storage_filesystem=storage.ray_storage[1],
+            failure_config=ray.train.FailureConfig(max_failures=max_failures,
+                                                   controller_failure_limit=max(1, max_failures)),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints,
                                                          checkpoint_score_attribute="selection_score",
                                                          checkpoint_score_order="max"),
@@ -132,6 +144,11 @@ def run_stage(storage: RunStorage, job: dict[str, Any], *, num_workers: int, use
         result = trainer.fit()
     except Exception as err:  # ray.train.TrainingFailedError and friends
         first = _cause_line(err)
+        try:  # a cluster left too small for the workers: say which resource is missing
+            missing = training_needs(num_workers, cpus_per_worker, use_gpu).shortfall(alive_node_resources())
+        except Exception:  # the cluster's state is unknown: the cause line alone
+            missing = None
+        first += f"; missing {missing}" if missing else ""
         raise StageFailedError(f"stage {number} failed ({first}); run the same command again to resume it "
                                f"from its latest checkpoint under {storage.uri_of(run_name)}") from err
     checkpoint, metrics = _best_of(result.best_checkpoints or [])
@@ -178,9 +195,14 @@ def fit_distributed(
     stages: Sequence[int] = (1, 2, 3, 4), init_checkpoint: str | None = None, max_failures: int = 3,
     keep_checkpoints: int | None = 2, cpus_per_worker: float = 1.0, precision: str = "auto",
     sync_batchnorm: bool = False, skip_missing_videos: bool = False, threads: int | None = None,
-    fail_at: str | None = None, fail_marker: str | None = None, progress: bool = False,
+    fail_at: str | None = None, fail_marker: str | None = None, progress: bool = False, notices: Sequence[str] = (),
+    capacity_wait_s: float = DEFAULT_WAIT_S,
 ) -> dict[str, Any]:
     """Train ``stages`` in order on ``num_workers`` Ray Train workers; returns (and stores) the final summary.
+
+    ``notices`` are printed to stderr once the inputs have passed their checks (bad input stays one line). Each
+    stage starts once the alive nodes can hold its workers; ``pipeline.capacity.ClusterCapacityError`` (naming the
+    missing resource) when they cannot for ``capacity_wait_s`` seconds.
 
     ``fail_at`` (default: $MOMENTS_TRAIN_FAIL_AT) is a test hook, e.g. ``"stage=2,epoch=1,step=1"``; with
     ``fail_marker`` (default: $MOMENTS_TRAIN_FAIL_MARKER) it fires only once.
@@ -195,6 +217,8 @@ def fit_distributed(
     run_storage = RunStorage.open(storage, name)
     run_storage.check_writable()
     dropped = check_pairs_have_features(config, features, annotations, dataset, skip_missing_videos)
+    for notice in notices:
+        print(notice, file=sys.stderr)
     failure = FailureInjection.parse(fail_at if fail_at is not None else os.environ.get(FAIL_AT_ENV),
                                      fail_marker if fail_marker is not None else os.environ.get(FAIL_MARKER_ENV))
     chosen = stages_from_config(config, [s for s in stages if s != RETRIEVAL_STAGE])
@@ -221,6 +245,7 @@ def fit_distributed(
         else:
             job = stage_job(config, features, annotations, dataset, stage.number, init, precision=precision,
                             failure=failure, sync_batchnorm=sync_batchnorm, threads=threads, progress=progress)
+            require(training_needs(num_workers, cpus_per_worker, use_gpu), wait_s=capacity_wait_s)
             record = {**run_stage(run_storage, job, num_workers=num_workers, use_gpu=use_gpu,
                                   max_failures=max_failures, keep_checkpoints=keep_checkpoints,
                                   cpus_per_worker=cpus_per_worker), "skipped": False}
@@ -280,11 +305,18 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
                        help="GPU only: SyncBatchNorm, so trained BN layers see the global batch")
     group.add_argument("--skip-missing-videos", action="store_true",
                        help="train without the pairs whose video has no features (default: stop and list them)")
+    group.add_argument("--capacity-wait-s", type=float, default=DEFAULT_WAIT_S,
+                       help="stop (exit 1, naming the missing resource) when the cluster cannot hold the workers "
+                            "for this many seconds before a stage (default 120); rerun to resume")
 
 
 def run_from_args(args: argparse.Namespace, stages: Sequence[int]) -> dict[str, Any]:
     """Run ``fit_distributed`` from parsed ``jobs.train`` arguments; prints the summary as ONE JSON line."""
-    config = load_config(args.config, getattr(args, "overrides", []))
+    overrides = getattr(args, "overrides", [])
+    config = load_config(args.config, overrides)
+    config.dataset = getattr(args, "dataset", None) or config.dataset  # recorded in the checkpoints
+    notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, overrides,
+                                     args.features)
     storage = args.storage if args.storage is not None else os.fspath(getattr(args, "out", "runs/train"))
     resume_from = getattr(args, "resume_from", None)
     summary = fit_distributed(
@@ -294,7 +326,8 @@ def run_from_args(args: argparse.Namespace, stages: Sequence[int]) -> dict[str, 
         max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints,
         cpus_per_worker=args.cpus_per_worker, precision=args.precision, sync_batchnorm=args.sync_batchnorm,
         skip_missing_videos=args.skip_missing_videos, threads=getattr(args, "threads", None),
-        progress=not getattr(args, "quiet", False),
+        progress=not getattr(args, "quiet", False), notices=[notice] if notice else [],
+        capacity_wait_s=getattr(args, "capacity_wait_s", DEFAULT_WAIT_S),
     )
     shown = {k: summary[k] for k in ("best_checkpoint", "stage", "epoch", "val", "test")}
     print(json.dumps(shown), flush=True)

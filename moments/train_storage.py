@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from drn.errors import InputError
+from drn.object_store import describe_error, filesystem_for
 
 DONE_FILE, BEST_FILE = "DONE.json", "best.json"
 
@@ -46,10 +47,10 @@ class RunStorage:
         if not name or "/" in name or name.strip() != name:
             raise InputError(f"run name {name!r} must be a non-empty word without '/' or surrounding spaces")
         if is_uri(text) and not text.startswith("file://"):
-            try:
-                filesystem, root = pafs.FileSystem.from_uri(text)
-            except Exception as err:  # unknown scheme, missing credentials, bad bucket name
-                raise InputError(f"storage cannot be opened: {err}".splitlines()[0], path=text) from err
+            try:  # s3:// from the AWS environment variables (drn.object_store); the bucket is checked here
+                filesystem, root = filesystem_for(text)
+            except InputError as err:
+                raise InputError(f"storage cannot be opened: {err}".splitlines()[0]) from err
             return cls(text.rstrip("/"), name, filesystem, root.rstrip("/"))
         local = os.path.abspath(text[len("file://"):] if text.startswith("file://") else text)
         return cls(local, name, pafs.LocalFileSystem(), local)
@@ -80,8 +81,7 @@ class RunStorage:
                 fh.write(b"ok")
             self.filesystem.delete_file(probe)
         except Exception as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise InputError(f"storage is not writable ({first})", path=self.uri) from err
+            raise InputError(f"storage is not writable ({describe_error(err)})", path=self.uri) from err
 
     def write_json(self, data: dict[str, Any], *parts: str) -> str:
         path = self.path_of(*parts)
@@ -107,6 +107,14 @@ class RunStorage:
         pafs.copy_files(local_path, path, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=self.filesystem)
         return self.uri_of(*parts)
+
+    @property
+    def ray_storage(self) -> tuple[str, pafs.FileSystem | None]:
+        """``(storage_path, storage_filesystem)`` for Ray Train's RunConfig: an object store goes as its path inside
+        this run's filesystem (so Ray Train and its workers use the same endpoint, region and timeouts)."""
+        if isinstance(self.filesystem, pafs.LocalFileSystem):
+            return self.uri, None
+        return self.root, self.filesystem
 
     def stage_done(self, stage: int) -> dict[str, Any] | None:
         return self.read_json(self.stage_run(stage), DONE_FILE)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from drn.checkpoint import load_checkpoint, save_checkpoint
 from drn.config import DRNConfig
 from drn.model import DRN
+from drn.store import open_filesystem
 from drn.targets import Targets
 from drn.training import (
     Stage,
@@ -115,7 +116,8 @@ def global_loss_weights(losses: dict[str, torch.Tensor], num_positive: int, batc
     npos, npos_clamped, nbatch = counts.tolist()
     tpos, _, tbatch = totals.tolist()
     normaliser = {"location": (npos, tpos), "matching": (npos_clamped, max(tpos, 1.0)),
-                  "quality": (nbatch, tbatch)}  # quality: mean over locations; approximate with a min-target
+                  "quality": (nbatch, tbatch),  # quality: mean over locations; approximate with a min-target
+                  "relevance": (nbatch, tbatch)}  # per positive row
     return {name: (size * normaliser[name][0] / normaliser[name][1] if normaliser[name][1] > 0 else 0.0)
             for name in losses if name != "total"}
 
@@ -163,11 +165,13 @@ def local_model_file(checkpoint: ray.train.Checkpoint | None, uri: str | None) -
 
         with tempfile.TemporaryDirectory(prefix="drn-init-") as tmp:
             local = os.path.join(tmp, MODEL_FILE)
-            pafs.copy_files(uri, local, destination_filesystem=pafs.LocalFileSystem())
+            source, path = open_filesystem(uri)  # s3:// configured by the AWS environment (drn.object_store)
+            pafs.copy_files(path, local, source_filesystem=source, destination_filesystem=pafs.LocalFileSystem())
             yield local
         return
     if checkpoint is None and uri is not None:
-        checkpoint = ray.train.Checkpoint(uri)
+        filesystem, path = open_filesystem(uri)
+        checkpoint = ray.train.Checkpoint(path, filesystem=filesystem)
     if checkpoint is None:
         yield None
         return

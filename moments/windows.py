@@ -21,6 +21,7 @@ import numpy as np
 
 from drn.config import DRNConfig
 from drn.decoding import nms_order
+from drn.durations import timeline_duration
 from drn.errors import InputError
 from drn.store import VideoFeatures
 
@@ -100,7 +101,7 @@ class Window:
 
 def cut_windows(video: VideoFeatures, rule: WindowRule, video_index: int = 0) -> list[Window]:
     """The windows of one video (the video itself when it is short); windows holding no clip are left out."""
-    spans = rule.spans(float(video.duration_s))
+    spans = rule.spans(timeline_duration(video.duration_s, video.clip_end_s))
     if len(spans) == 1:
         return [Window(video_index, 0.0, video)]
     starts = np.asarray(video.clip_start_s, dtype=np.float64)

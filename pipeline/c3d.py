@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from torch import nn
 from drn.errors import InputError
 from drn.store import StoreMetadata
 
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # what C3D computes in (the store's dtype is apart)
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512-BF16 / AMX-BF16, Arm BF16 (/proc/cpuinfo)
 CROP = 112
 SPORTS1M_MEAN_RGB = (101.41, 97.66, 90.25)
 LAYERS = ("fc6", "fc7")
@@ -128,9 +132,49 @@ def random_weights_id(seed: int) -> str:
     return f"random-seed{seed}"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (``flags`` on x86, ``Features`` on Arm); empty elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512-BF16, AMX-BF16 or Arm BF16): torch's own check where
+    it has one, else the CPU flags."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        if any(check() for check in checks if check is not None):
+            return True
+    except Exception:  # a private torch API that changed: fall back on the flags
+        pass
+    return bool(cpu_flags() & set(CPU_BF16_FLAGS))
+
+
+def resolve_compute_dtype(requested: str, device: str | torch.device = "cpu") -> str:
+    """The dtype C3D computes in on ``device``: ``requested``, or for ``auto`` bfloat16 where the CPU or the GPU
+    does it natively (an AVX-512-BF16/AMX CPU, a CUDA GPU of compute capability 8.0 or more), float16 on older
+    CUDA GPUs, else float32."""
+    if requested not in COMPUTE_DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(COMPUTE_DTYPES)}, not {requested!r}")
+    if requested != "auto":
+        return requested
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.get_device_capability(device)[0] >= 8 else "float16"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
 @dataclass(frozen=True)
 class C3DConfig:
-    """How to run C3D: weights (a path or ``random``), layer, output dtype, seed for random weights."""
+    """How to run C3D: weights (a path or ``random``), layer, the stored dtype (``dtype``) and the dtype the
+    network computes in (``compute_dtype``, ``auto`` until resolved on the device), seed for random weights."""
 
     weights: str
     layer: str = "fc6"
@@ -139,15 +183,19 @@ class C3DConfig:
     fps: str = "native"
     clip_len: int = 16
     clip_stride: int = 8
+    compute_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.layer not in LAYERS:
             raise InputError(f"--layer must be one of {LAYERS}, not {self.layer!r}")
         if self.dtype not in ("float16", "float32"):
-            raise InputError(f"--dtype must be float16 or float32, not {self.dtype!r}")
+            raise InputError(f"--store-dtype must be float16 or float32, not {self.dtype!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise InputError(f"--dtype must be one of {', '.join(COMPUTE_DTYPES)}, not {self.compute_dtype!r}")
 
 
 def store_metadata(config: C3DConfig, weights_sha256: str) -> StoreMetadata:
+    """The store's metadata; ``config.compute_dtype`` should be resolved (not ``auto``) by then."""
     return StoreMetadata(
         extractor=EXTRACTOR_NAME,
         layer=config.layer,
@@ -157,6 +205,7 @@ def store_metadata(config: C3DConfig, weights_sha256: str) -> StoreMetadata:
         fps=config.fps,
         feature_dim=FEATURE_DIM,
         dtype=config.dtype,
+        compute_dtype=config.compute_dtype,
     )
 
 
@@ -169,12 +218,14 @@ def center_crop(clips: np.ndarray, size: int = CROP) -> np.ndarray:
     return clips[..., top : top + size, left : left + size, :]
 
 
-def normalize(clips: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """``[N, T, 112, 112, 3]`` RGB uint8 crops -> ``[N, 3, T, 112, 112]`` float32 BGR minus the Sports-1M mean."""
+def normalize(clips: torch.Tensor | np.ndarray,
+              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """``[N, T, 112, 112, 3]`` RGB uint8 crops -> ``[N, 3, T, 112, 112]`` float32 BGR minus the Sports-1M mean, on
+    the crops' device, in ``memory_format`` (channels-last keeps the crops' own order: no reordering pass)."""
     x = torch.as_tensor(clips).float()
-    x = x - torch.tensor(SPORTS1M_MEAN_RGB, dtype=torch.float32)
+    x = x - torch.tensor(SPORTS1M_MEAN_RGB, dtype=torch.float32, device=x.device)
     x = x.flip(-1)  # RGB -> BGR
-    return x.permute(0, 4, 1, 2, 3).contiguous()
+    return x.permute(0, 4, 1, 2, 3).contiguous(memory_format=memory_format)
 
 
 def preprocess(clips: np.ndarray) -> torch.Tensor:
@@ -195,7 +246,9 @@ def build_c3d(weights: dict[str, torch.Tensor] | None, seed: int = 0) -> C3D:
 
 
 class C3DFeatureExtractor:
-    """Clip features from cropped uint8 clips, in batches, on CPU or GPU, with optional autocast."""
+    """Clip features from cropped uint8 clips, in batches, on CPU or GPU, computed in ``dtype`` (float32, or
+    bfloat16/float16 autocast; ``auto`` resolves on the device, see ``resolve_compute_dtype``). Features come
+    out as float32 whatever the compute dtype."""
 
     def __init__(
         self,
@@ -203,16 +256,17 @@ class C3DFeatureExtractor:
         *,
         layer: str = "fc6",
         device: str = "cpu",
-        autocast: str | None = None,
+        dtype: str = "float32",
         batch_size: int = 8,
         channels_last: bool | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.layer = layer
         self.batch_size = max(1, batch_size)
-        self.autocast_dtype = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[autocast]
-        if channels_last is None:
-            channels_last = self.device.type == "cuda"
+        self.dtype = resolve_compute_dtype(dtype, self.device)
+        self.autocast_dtype = None if self.dtype == "float32" else TORCH_DTYPES[self.dtype]
+        if channels_last is None:  # oneDNN's bf16 3-D convolutions and cuDNN's are fastest channels-last
+            channels_last = self.device.type == "cuda" or self.autocast_dtype is not None
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
 
@@ -221,7 +275,9 @@ class C3DFeatureExtractor:
         """``[N, 16, 112, 112, 3]`` uint8 RGB crops -> ``[N, 4096]`` float32 features."""
         outputs = []
         for start in range(0, len(crops), self.batch_size):
-            x = normalize(crops[start : start + self.batch_size]).to(self.device, memory_format=self.memory_format)
+            # uint8 to the device first (a quarter of the bytes of float32), normalised there
+            batch = torch.as_tensor(np.ascontiguousarray(crops[start : start + self.batch_size])).to(self.device)
+            x = normalize(batch, self.memory_format)
             if self.autocast_dtype is not None:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype):
                     y = self.model(x, self.layer)

@@ -7,6 +7,11 @@ the first frame decord did not deliver, so the stream of frames goes on without 
 that ends in a decoding error (a truncated or corrupt file), a file that is no video, and a video with no frames
 raise :class:`DecodeError`; the extraction turns that into the video's ``failed`` row.
 
+A video may be a local path or an object-store URI (``s3://...``): its bytes are read through pyarrow's
+filesystems (``drn.object_store``), never copied to a temporary file. A video up to ``max_in_memory_bytes`` is
+read once into memory and decoded from there (decord reads from bytes); a larger one is decoded by PyAV straight
+from a seekable pyarrow file, so memory stays bounded whatever the file's size.
+
 Optional resampling to a fixed rate ``fps``: sample ``k`` is taken at ``t_k = t_0 + k / fps`` (``t_0`` the first
 frame's start) for every ``t_k`` before the video's end, and shows the last frame starting at or before ``t_k``.
 Its start and end times are ``t_k`` and ``min(t_k + 1/fps, end)``. Without resampling each frame keeps the start
@@ -15,16 +20,23 @@ and end times the decoder reports.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
+
+from drn.object_store import is_object_store_uri
+from drn.store import open_filesystem
 
 DECODE_HEIGHT = 128
 DECODE_WIDTH = 171
 DEFAULT_BLOCK_FRAMES = 64
+MAX_IN_MEMORY_BYTES = 512 << 20  # object-store videos up to this size are decoded from memory (decord)
 _TIME_TOLERANCE_S = 1e-4  # decoders report float32 times
 
 
@@ -65,10 +77,14 @@ class VideoDecoder:
         decoder: str = "decord",
         height: int = DECODE_HEIGHT,
         width: int = DECODE_WIDTH,
+        max_in_memory_bytes: int = MAX_IN_MEMORY_BYTES,
     ) -> None:
         if fps is not None and not fps > 0:
             raise ValueError(f"fps must be positive, not {fps}")
         self.path = path
+        self.max_in_memory_bytes = max_in_memory_bytes
+        self._remote: tuple[pafs.FileSystem, str] | None = None  # an object-store video: its filesystem and path
+        self._bytes: bytes | None = None  # ... and its bytes, when small enough to hold
         self.fps = fps
         self.block_frames = max(1, block_frames)
         self.size = (height, width)
@@ -80,11 +96,13 @@ class VideoDecoder:
     def blocks(self) -> Iterator[FrameBlock]:
         """Frame blocks in time order (resampled when ``fps`` is set). Raises DecodeError when decoding fails."""
         self.info = VideoInfo()
+        self._locate()
         self._probe_source_size()
         sampler = _Resampler(self.fps) if self.fps else None
         delivered = 0
-        source = self._decord_blocks() if self.decoder == "decord" else self._pyav_blocks(0, None)
-        self.info.decoder = self.decoder
+        decoder = self.decoder if self._remote is None or self._bytes is not None else "pyav"  # too big for decord
+        source = self._decord_blocks() if decoder == "decord" else self._pyav_blocks(0, None)
+        self.info.decoder = decoder
         while True:
             try:
                 block = next(source)
@@ -103,14 +121,54 @@ class VideoDecoder:
             self.info.num_frames = sampler.emitted
         else:
             self.info.num_frames = delivered
+        self._bytes = None
+
+    def frames_at(self, times_s: list[float]) -> np.ndarray:
+        """RGB frames ``[n, H, W, 3]`` at the video's own size showing the given times (frame ``int(t * fps)``),
+        read with one ``get_batch`` (for looking at found moments, e.g. in the notebook)."""
+        import decord
+
+        self._locate()
+        reader = decord.VideoReader(self._input(), ctx=decord.cpu(0), num_threads=1)
+        fps = float(reader.get_avg_fps()) or 25.0
+        indices = [min(max(int(t * fps), 0), len(reader) - 1) for t in times_s]
+        frames = reader.get_batch(indices).asnumpy()
+        self._bytes = None
+        return frames
+
+    def _locate(self) -> None:
+        """Local files are opened by path; an object-store video is checked, and read into memory when small."""
+        self._remote, self._bytes = None, None
+        if not is_object_store_uri(self.path):
+            if not os.path.exists(self.path.removeprefix("file://")):
+                raise DecodeError("file not found")
+            return
+        try:
+            fs, inner = open_filesystem(self.path)
+            info = fs.get_file_info(inner)
+        except Exception as error:  # a bucket or credentials problem: the video's failure row says which
+            raise DecodeError(f"cannot read the video: {_first_line(error)}") from error
+        if info.type != pafs.FileType.File:
+            raise DecodeError("file not found")
+        self._remote = (fs, inner)
+        if info.size is not None and info.size <= self.max_in_memory_bytes:
+            with fs.open_input_stream(inner) as stream:
+                self._bytes = stream.read()
+
+    def _input(self) -> Any:
+        """What decord and PyAV open: the local path, the bytes in memory, or a seekable object-store file."""
+        if self._remote is None:
+            return self.path.removeprefix("file://")
+        if self._bytes is not None:
+            return io.BytesIO(self._bytes)
+        fs, inner = self._remote
+        return fs.open_input_file(inner)
 
     def _probe_source_size(self) -> None:
         import av
 
-        if "://" not in self.path and not os.path.exists(self.path):
-            raise DecodeError("file not found")
         try:
-            with av.open(self.path) as container:
+            with av.open(self._input()) as container:
                 if not container.streams.video:
                     raise DecodeError("the file holds no video stream")
                 stream = container.streams.video[0]
@@ -128,7 +186,7 @@ class VideoDecoder:
 
         done = 0
         try:
-            reader = decord.VideoReader(self.path, ctx=decord.cpu(0), width=self.size[1], height=self.size[0],
+            reader = decord.VideoReader(self._input(), ctx=decord.cpu(0), width=self.size[1], height=self.size[0],
                                         num_threads=1)
             count = len(reader)
             fps = reader.get_avg_fps()
@@ -154,7 +212,7 @@ class VideoDecoder:
         starts: list[float] = []
         index = 0
         try:
-            with av.open(self.path) as container:
+            with av.open(self._input()) as container:
                 stream = container.streams.video[0]
                 stream.thread_count = 1
                 rate = float(stream.average_rate or stream.guessed_rate or 0) or None

@@ -14,6 +14,7 @@ The pipeline has three stages:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,11 +22,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from drn.errors import InputError
-from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord, open_filesystem
-from pipeline.c3d import C3DConfig, C3DFeatureExtractor, build_c3d, center_crop, store_metadata
+from drn.store import (
+    FeatureStore,
+    FeatureStoreWriter,
+    StoreMetadata,
+    VideoRecord,
+    check_store_location,
+    open_filesystem,
+)
+from pipeline.c3d import (
+    C3DConfig,
+    C3DFeatureExtractor,
+    build_c3d,
+    center_crop,
+    resolve_compute_dtype,
+    store_metadata,
+)
+from pipeline.capacity import DEFAULT_WAIT_S, PipelineNeeds, watch
 from pipeline.clips import ClipCutter, num_clips
 from pipeline.decode import DEFAULT_BLOCK_FRAMES, DecodeError, VideoDecoder
-from pipeline.sources import VideoSource, local_copy
+from pipeline.sources import VideoSource
 
 _UNKNOWN = -1.0  # numbers a failed video lacks travel as -1 (Arrow blocks then share one schema)
 
@@ -39,9 +55,9 @@ class Resources:
     cpus_per_actor: float = 1.0
     decode_tasks: int | None = None  # None: the cluster's CPUs left after the actors, at least one
     batch_size: int = 8  # clips per forward pass
-    autocast: str = "auto"  # auto (bf16 on GPU, none on CPU), none, bf16, fp16
     clips_per_row: int | None = None  # None: batch_size
-    torch_threads: int | None = None  # CPU threads of each actor's network; None: cpus_per_actor
+    torch_threads: int | None = None  # CPU threads of each actor's network; None: cpus_per_actor (default_resources
+    # gives CPU actors the smallest node's CPUs shared among them: decoding takes a few % of the CPU that C3D does)
 
 
 @dataclass
@@ -55,12 +71,22 @@ class ExtractionSummary:
     frames: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    compute_dtype: str = ""  # what C3D computed in (``--dtype auto`` resolved on a worker)
+    startup_s: float = 0.0  # from the start to the first features written: Ray, the actors, the first batch
+    first_clips: int = 0  # clips written at that moment
+
+    @property
+    def steady_clips_per_s(self) -> float:
+        """Clips per second after start-up (the first features written), the pipeline's running rate."""
+        running = self.seconds - self.startup_s
+        return (self.clips - self.first_clips) / running if running > 0 and self.clips > self.first_clips else 0.0
 
     def throughput_line(self) -> str:
         s = max(self.seconds, 1e-9)
         return (
             f"throughput: {(self.done + self.failed) / s:.2f} videos/s, {self.clips / s:.1f} clips/s, "
-            f"{self.frames / s:.0f} decoded frames/s over {self.seconds:.1f} s"
+            f"{self.frames / s:.0f} decoded frames/s over {self.seconds:.1f} s "
+            f"({self.steady_clips_per_s:.1f} clips/s after {self.startup_s:.1f} s of start-up)"
         )
 
 
@@ -69,6 +95,7 @@ def plan_extraction(
 ) -> tuple[list[VideoSource], list[VideoSource]]:
     """(to do, skipped): videos already ``ok`` in the store are skipped, ``failed`` ones too unless retried."""
     fs, root = open_filesystem(out)
+    check_store_location(fs, root, out)  # a prefix holding something else is refused before any work
     if fs.get_file_info(f"{root}/videos").type.name != "Directory":
         return list(sources), []
     videos = FeatureStore(out).videos()
@@ -117,19 +144,18 @@ def decode_segments(
 
     cutter = ClipCutter(clip_len, clip_stride)
     try:
-        with local_copy(uri) as path:
-            decoder = VideoDecoder(path, fps=fps, block_frames=block_frames)
-            for block in decoder.blocks():
-                for clips, s, e in cutter.push(center_crop(block.frames), block.start_s, block.end_s):
-                    crops.append(clips)
-                    starts.append(s)
-                    ends.append(e)
-                    if sum(len(c) for c in crops) >= clips_per_row:
-                        yield make_row(False)
-            for clips, s, e in cutter.finish():
+        decoder = VideoDecoder(uri, fps=fps, block_frames=block_frames)  # URIs are read in place, never copied
+        for block in decoder.blocks():
+            for clips, s, e in cutter.push(center_crop(block.frames), block.start_s, block.end_s):
                 crops.append(clips)
                 starts.append(s)
                 ends.append(e)
+                if sum(len(c) for c in crops) >= clips_per_row:
+                    yield make_row(False)
+        for clips, s, e in cutter.finish():
+            crops.append(clips)
+            starts.append(s)
+            ends.append(e)
         info = decoder.info
         expected = num_clips(info.num_frames, clip_len, clip_stride)
         if cutter.clips_cut != expected:
@@ -159,7 +185,7 @@ class C3DActor:
         layer: str,
         dtype: str,
         batch_size: int,
-        autocast: str,
+        compute_dtype: str,
         use_gpu: bool,
         threads: int,
     ) -> None:
@@ -170,10 +196,8 @@ class C3DActor:
             weights = ray.get(weights)
         torch.set_num_threads(max(1, threads))
         device = "cuda" if use_gpu else "cpu"
-        if autocast == "auto":
-            autocast = "bf16" if use_gpu else "none"
         self.extractor = C3DFeatureExtractor(
-            build_c3d(weights, seed=seed), layer=layer, device=device, autocast=autocast, batch_size=batch_size
+            build_c3d(weights, seed=seed), layer=layer, device=device, dtype=compute_dtype, batch_size=batch_size
         )
         self.dtype = np.dtype(dtype)
 
@@ -224,6 +248,7 @@ class SegmentWriter:
     def __init__(self, writer: FeatureStoreWriter, clip_len: int, clip_stride: int) -> None:
         self.writer = writer
         self.clip_len, self.clip_stride = clip_len, clip_stride
+        self.clips_written = 0
         self._videos: dict[str, _VideoState] = {}
 
     def add(self, row: dict) -> VideoRecord | None:
@@ -241,6 +266,7 @@ class SegmentWriter:
                 feats = np.asarray(seg["features"])
                 self.writer.add_clips(vid, feats, np.asarray(seg["clip_start_s"]), np.asarray(seg["clip_end_s"]))
                 state.clips += len(feats)
+                self.clips_written += len(feats)
             if bool(seg["last"]):
                 record = self._finish(vid, seg, state)
         return record
@@ -279,19 +305,23 @@ def run_extraction(
     videos_per_shard: int = 64,
     block_frames: int = DEFAULT_BLOCK_FRAMES,
     on_video: Callable[[VideoRecord], None] | None = None,
+    capacity_wait_s: float = DEFAULT_WAIT_S,
 ) -> ExtractionSummary:
     """Extract every video of ``sources`` not yet in the store at ``out``; Ray must be initialised (or is, locally).
 
     ``weights`` is a checked C3D state dict or None for seeded random weights (``weights_sha256`` names which).
     Failed videos get ``failed`` rows; the run goes on. ``on_video`` is called with each record as it is written.
+    When the alive nodes cannot hold the C3D actors plus one decoding CPU for ``capacity_wait_s`` seconds, a
+    ``pipeline.capacity.ClusterCapacityError`` names the missing resource (sealed shards stay; a rerun resumes).
     """
     import ray
 
     if not ray.is_initialized():
         ray.init()
-    metadata = store_metadata(config, weights_sha256)
     started = time.perf_counter()
-    summary = ExtractionSummary()
+    config = dataclasses.replace(config, compute_dtype=compute_dtype_on_workers(config.compute_dtype, resources))
+    metadata = store_metadata(config, weights_sha256)
+    summary = ExtractionSummary(compute_dtype=config.compute_dtype)
     todo, skipped = plan_extraction(sources, out, retry_failed)
     summary.skipped = len(skipped)
     writer = FeatureStoreWriter(out, metadata, videos_per_shard=videos_per_shard)  # refuses a store of another kind
@@ -301,8 +331,10 @@ def run_extraction(
     dataset = _build_dataset(todo, config, metadata, weights, resources, block_frames)
     segments = SegmentWriter(writer, config.clip_len, config.clip_stride)
     with writer:
-        for row in dataset.iter_rows():
+        for row in watch(dataset.iter_rows(), extraction_needs(resources), wait_s=capacity_wait_s):
             record = segments.add(row)
+            if not summary.startup_s and segments.clips_written:
+                summary.startup_s, summary.first_clips = time.perf_counter() - started, segments.clips_written
             if record is None:
                 continue
             if record.status == "ok":
@@ -316,6 +348,12 @@ def run_extraction(
                 on_video(record)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def extraction_needs(resources: Resources) -> PipelineNeeds:
+    """The C3D actor pool and, beside it, one CPU for decoding: without it the actors wait on decoding forever."""
+    return PipelineNeeds("extraction", "C3D actor", max(1, resources.num_actors), resources.cpus_per_actor,
+                         resources.num_gpus_per_actor, side_cpus=1.0, side="decoding tasks")
 
 
 def _build_dataset(
@@ -365,13 +403,30 @@ def _build_dataset(
             "layer": config.layer,
             "dtype": metadata.dtype,
             "batch_size": batch_size,
-            "autocast": resources.autocast,
+            "compute_dtype": config.compute_dtype,
             "use_gpu": use_gpu,
             "threads": resources.torch_threads or max(1, int(resources.cpus_per_actor)),
         },
     )
     dataset.context.execution_options.preserve_order = True  # the writer takes one video at a time, in order
     return dataset
+
+
+def _resolve_here(requested: str, use_gpu: bool) -> str:
+    return resolve_compute_dtype(requested, "cuda" if use_gpu else "cpu")
+
+
+def compute_dtype_on_workers(requested: str, resources: Resources) -> str:
+    """``requested``, or for ``auto`` what it resolves to on a worker like the C3D actors (same CPUs and GPUs):
+    the driver may run on another kind of machine (a head node without a GPU). Ray must be initialised."""
+    if requested != "auto":
+        return requested
+    import ray
+
+    use_gpu = resources.num_gpus_per_actor > 0
+    probe = ray.remote(_resolve_here).options(num_cpus=min(1.0, resources.cpus_per_actor),
+                                              num_gpus=resources.num_gpus_per_actor if use_gpu else 0)
+    return ray.get(probe.remote(requested, use_gpu))
 
 
 def default_resources(num_gpus_per_actor: float, num_actors: int | None, **overrides) -> Resources:
@@ -383,5 +438,8 @@ def default_resources(num_gpus_per_actor: float, num_actors: int | None, **overr
         num_actors = max(1, int(gpus // num_gpus_per_actor)) if num_gpus_per_actor > 0 else 1
     values = {k: v for k, v in overrides.items() if v is not None}
     values.setdefault("batch_size", 64 if num_gpus_per_actor > 0 else 8)
+    if num_gpus_per_actor <= 0:  # C3D on CPU: its threads take the node, decoding (a few % of the work) shares it
+        nodes = [n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")] or [1]
+        values.setdefault("torch_threads", max(1, int(min(nodes)) // num_actors))
     return Resources(num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor, **values)
 

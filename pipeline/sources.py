@@ -19,10 +19,6 @@ from __future__ import annotations
 import glob
 import os
 import posixpath
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
@@ -157,20 +153,3 @@ def _refuse_duplicate_ids(sources: list[VideoSource], spec: str) -> None:
                 f"{where[1]} ({source.uri}); give them distinct ids (a manifest with video_id)",
                 path=spec,
             )
-
-
-@contextmanager
-def local_copy(uri: str) -> Iterator[str]:
-    """A local path for ``uri``: the path itself when local, else a temporary copy fetched through pyarrow."""
-    if "://" not in uri or uri.startswith("file://"):
-        yield uri[len("file://") :] if uri.startswith("file://") else uri
-        return
-    fs, path = pafs.FileSystem.from_uri(uri)
-    suffix = os.path.splitext(path)[1]
-    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as out, fs.open_input_stream(path) as stream:
-        shutil.copyfileobj(stream, out, length=1 << 22)
-        local = out.name
-    try:
-        yield local
-    finally:
-        os.unlink(local)

@@ -64,7 +64,7 @@ def test_network_features_have_the_design_shapes(random_c3d: C3D) -> None:
     assert fc7.shape == (1, 4096) and (fc7 >= 0).all()
     assert random_c3d.fc6.in_features == 8192  # pool5 with padding (0, 1, 1) gives 512 x 1 x 4 x 4
     assert random_c3d.fc8.out_features == 487
-    bf16 = C3DFeatureExtractor(random_c3d, layer="fc6", autocast="bf16", batch_size=2)(crops)
+    bf16 = C3DFeatureExtractor(random_c3d, layer="fc6", dtype="bfloat16", batch_size=2)(crops)
     np.testing.assert_allclose(bf16, fc6, atol=0.05 * float(np.abs(fc6).max()))
 
 

@@ -75,6 +75,10 @@ def test_open_vocabulary_checkpoints_carry_no_word_table_and_know_every_word(tmp
     torch.testing.assert_close(a.match_logits, b.match_logits)
     with pytest.raises(InputError, match="cannot spell none of the words|cannot spell"):
         grounder.encode_queries(["ᚠᚢᚦ ᚱᚲ"])
+    kept = tmp_path / "kept.pt"  # a model built with the table as a kept buffer still saves without it
+    save_checkpoint(kept, DRN(config, vocab.matrix), vocab, stage=1)
+    assert "query_encoder.word_vectors" not in read_checkpoint(kept)["state_dict"]
+    assert load_checkpoint(kept)[2].open
 
 
 def test_version_1_checkpoints_load_with_their_closed_vocabulary(saved, tmp_path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from drn.datasets import clean_pairs, dataset_names, load_split, options_of, spl
 from drn.datasets.cleaning import LoadReport, RawPair
 from drn.datasets.splits import is_val_video
 from drn.errors import InputError
+from drn.pairs import GroundingPair
 
 
 def charades_dir(shared_data: Path) -> Path:
@@ -111,6 +113,14 @@ def test_cleaning_rules_hand_worked() -> None:
     assert report.dropped == {"start >= end": [1], "start >= duration": [4], "empty query": [5], "duration <= 0": [6]}
     assert report.clipped == {"end > duration": [2], "start < 0": [3]}
     assert report.num_dropped == 4 and report.num_clipped == 2 and report.normalized_queries == 2
+    assert {type(p) for p in pairs} == {GroundingPair}  # clean pairs carry no source line
+
+
+def test_raw_pair_is_a_grounding_pair_with_its_line() -> None:
+    pair_fields = [f.name for f in dataclasses.fields(GroundingPair)]
+    assert [f.name for f in dataclasses.fields(RawPair)] == [*pair_fields, "line"]
+    raw = RawPair(3, "v", "q", 1.0, 2.0, 10.0, line=7)
+    assert raw.line == 7 and raw.end_frac == pytest.approx(0.2)
 
 
 # --- Charades-STA format errors --------------------------------------------------------------------------------

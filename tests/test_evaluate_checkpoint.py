@@ -130,3 +130,20 @@ def test_checkpoint_mode_needs_features_and_predictions_mode_refuses_checkpoint_
         evaluate_main([*args, "--predictions", "x.jsonl", "--top-n", "3"])
     assert exc.value.code == 2
     assert "--top-n only apply with --checkpoint" in capsys.readouterr().err
+
+
+def test_the_dataset_comes_from_the_checkpoint_and_an_explicit_other_one_is_an_error(trained, capsys) -> None:
+    base = ["--annotations", str(trained["annotations"]), "--split", "test", "--checkpoint",
+            str(trained["checkpoint"]), "--features", str(trained["features"]), "--json", "--quiet"]
+    assert evaluate_main(base) == 0  # no --dataset: the checkpoint was trained on jsonl
+    taken = json.loads(capsys.readouterr().out)
+    assert taken["dataset"] == "jsonl" and taken["num_queries"] > 10
+    assert evaluate_main([*base, "--dataset", "jsonl"]) == 0  # explicit and agreeing: the same result
+    assert json.loads(capsys.readouterr().out)["recall"] == taken["recall"]
+
+    assert evaluate_main([*base, "--dataset", "charades_sta"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "--dataset charades_sta disagrees with the checkpoint, which was trained on jsonl" in err[0]
+    assert evaluate_main(["--annotations", str(trained["annotations"]), "--predictions", "x.jsonl"]) == 2
+    assert "--dataset is required with --predictions" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import pytest
 from drn.errors import InputError
 from drn.store import FeatureStore
 from jobs import extract as extract_job
-from pipeline.c3d import C3DConfig, random_weights_id
+from pipeline.c3d import C3DConfig, random_weights_id, resolve_compute_dtype
 from pipeline.clips import num_clips
 from pipeline.extract import Resources, run_extraction
 from pipeline.sources import VideoSource, list_videos
@@ -31,8 +31,8 @@ def _video(path: Path, frames: int, fps: float) -> Path:
     return path
 
 
-def _run(sources, out, fps="native", retry_failed=False, **kw):
-    config = C3DConfig(weights="random", seed=1, fps=fps)
+def _run(sources, out, fps="native", retry_failed=False, compute_dtype="auto", **kw):
+    config = C3DConfig(weights="random", seed=1, fps=fps, compute_dtype=compute_dtype)
     return run_extraction(sources, str(out), config, weights=None, weights_sha256=random_weights_id(1),
                           resources=Resources(batch_size=4, torch_threads=2), retry_failed=retry_failed,
                           videos_per_shard=3, **kw)
@@ -104,6 +104,10 @@ def test_library_with_good_short_and_broken_videos(ray_session, tmp_path: Path, 
     assert "not a readable video" in errors["text"] and "not a readable video" in errors["empty"]
     assert errors["missing"] == "file not found"
     assert store.metadata.weights_sha256 == "random-seed1" and store.metadata.feature_dim == 4096
+    # --dtype auto was resolved on a worker like the actors (this CPU) and recorded beside the stored dtype
+    assert store.metadata.compute_dtype == summary.compute_dtype == resolve_compute_dtype("auto", "cpu")
+    assert store.metadata.dtype == "float16"
+    assert summary.startup_s > 0 and summary.first_clips >= 1 and summary.steady_clips_per_s >= 0
     made["three_frames"] = (3, 30.0)
     assert summary.clips == sum(num_clips(n, 16, 8) for n, _ in made.values()) == 7
     for vid, (frames, fps) in made.items():
@@ -128,10 +132,12 @@ def test_library_with_good_short_and_broken_videos(ray_session, tmp_path: Path, 
 
 def test_real_video_resampled_to_a_fixed_rate(ray_session, tmp_path: Path, shared_data: Path) -> None:
     sources = [VideoSource("pancake", str(shared_data / "videos" / "flipping_a_pancake.mkv"))]
-    summary = _run(sources, tmp_path / "store", fps="3")
+    summary = _run(sources, tmp_path / "store", fps="3", compute_dtype="float32")
     assert (summary.done, summary.failed) == (1, 0)
     store = FeatureStore(tmp_path / "store")
-    assert store.metadata.fps == "3"
+    assert store.metadata.fps == "3" and store.metadata.compute_dtype == "float32"
+    schema = pq.read_schema(next((tmp_path / "store" / "clips").glob("*.parquet")))
+    assert schema.metadata[b"drn.compute_dtype"] == b"float32" and schema.metadata[b"drn.dtype"] == b"float16"
     row = store.videos().to_pylist()[0]
     # 10.333 s sampled at 3 fps: 31 frames -> floor((31 - 16) / 8) + 1 = 2 clips of 16/3 s, 8/3 s apart
     assert (row["num_frames"], row["num_clips"], row["width"], row["height"]) == (31, 2, 426, 240)
@@ -141,6 +147,8 @@ def test_real_video_resampled_to_a_fixed_rate(ray_session, tmp_path: Path, share
     assert np.isfinite(loaded.features).all() and loaded.features.shape == (2, 4096)
     with pytest.raises(InputError, match="another kind.*drn.fps: '3' vs 'native'"):
         _run(sources, tmp_path / "store", fps="native")
+    # another compute dtype is not another kind of store (the features agree): the store takes it
+    assert _run(sources, tmp_path / "store", fps="3", compute_dtype="bfloat16", retry_failed=True).skipped == 1
 
 
 def test_cli_errors_exit_2_with_one_line(tmp_path: Path, capsys) -> None:

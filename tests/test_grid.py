@@ -48,4 +48,13 @@ def test_no_clips_or_no_duration_is_an_error() -> None:
     with pytest.raises(InputError, match="'v1' has no clip features"):
         pool_to_grid(video(np.zeros((0, 3)), [], [], 4.0), 4)
     with pytest.raises(InputError, match="duration"):
-        pool_to_grid(video(np.ones((2, 3)), [0, 1], [1, 2], float("nan")), 4)
+        pool_to_grid(video(np.ones((2, 3)), [0, 0], [0, 0], float("nan")), 4)
+
+
+def test_a_video_without_a_duration_is_laid_over_its_last_clips_end() -> None:
+    features = np.arange(12, dtype=np.float32).reshape(4, 3)
+    starts, ends = [0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]
+    expected = pool_to_grid(video(features, starts, ends, 4.0), 2)
+    for missing in (None, float("nan"), 0.0):
+        assert np.array_equal(pool_to_grid(video(features, starts, ends, missing), 2), expected)
+    assert not np.array_equal(pool_to_grid(video(features, starts, ends, 8.0), 2), expected)

@@ -1,4 +1,4 @@
-"""The model library must stay free of Ray and LanceDB (DESIGN.md section 2)."""
+"""The layers import downwards only: drn/ never Ray or LanceDB, moments/ never jobs/ (DESIGN.md section 2)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_drn_never_imports_ray_or_lancedb() -> None:
+def imports_of(package: str, forbidden: set[str]) -> list[str]:
+    """``'path: module'`` for every import of a ``forbidden`` top-level package in ``package``, at any depth
+    (function-local imports included)."""
     offenders = []
-    for path in sorted((ROOT / "drn").rglob("*.py")):
+    for path in sorted((ROOT / package).rglob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 names = [node.module]
             for name in names:
-                if name.split(".")[0] in {"ray", "lancedb"}:
+                if name.split(".")[0] in forbidden:
                     offenders.append(f"{path.relative_to(ROOT)}: {name}")
-    assert offenders == []
+    return offenders
+
+
+def test_drn_never_imports_ray_or_lancedb() -> None:
+    assert imports_of("drn", {"ray", "lancedb"}) == []
     assert any((ROOT / "drn").rglob("*.py"))
+
+
+def test_moments_never_imports_jobs() -> None:
+    assert imports_of("moments", {"jobs"}) == []
+    assert any((ROOT / "moments").rglob("*.py"))

@@ -75,11 +75,11 @@ def build_small_index(root: Path) -> dict[str, str]:
             "DRN_ANNOTATIONS": str(root / "library" / "annotations"), "DRN_RUN_ID": "", "DRN_QUERY": ""}
 
 
-@pytest.mark.slow
-def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+def run_notebook(monkeypatch, env: dict[str, str]) -> list:
+    """Execute the notebook with ``env`` as it runs in Jupyter; the outputs of its code cells."""
     from nbclient import NotebookClient
 
-    for name, value in build_small_index(tmp_path).items():
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MPLBACKEND", raising=False)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{__import__('os').environ.get('PATH', '')}")
@@ -87,7 +87,12 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     client = NotebookClient(notebook, timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}})  # as Jupyter runs it
     client.execute()  # raises CellExecutionError on the first failing cell
-    outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
+    return [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
+
+
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+    outputs = run_notebook(monkeypatch, build_small_index(tmp_path))
     assert not [out for out in outputs if out.output_type == "error"]
     text = "\n".join(out.get("text", "") for out in outputs if out.output_type == "stream")
     assert "showing run 'nb-run'" in text and "3 videos" in text
@@ -98,3 +103,30 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert recall, "the recall table is missing"
     # every annotated pair's own segment is its best one, so recall is 100 at every threshold
     assert "100.0" in recall[0] and "0.0 " not in recall[0].replace("100.0", "")
+
+
+
+@pytest.mark.slow
+def test_notebook_reads_the_index_the_store_and_the_frames_from_object_storage(tmp_path, monkeypatch, s3_env):
+    import pyarrow.compute as pc
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from drn.store import FeatureStore, open_filesystem
+
+    local = build_small_index(tmp_path)
+    bucket = s3_env.new_bucket()
+    videos = s3_env.upload_folder(tmp_path / "library" / "videos", bucket, "videos")
+    db = s3_env.upload_folder(local["DRN_DB"], bucket, "lancedb")
+    features = s3_env.upload_folder(local["DRN_FEATURES"], bucket, "features")
+    fs, root = open_filesystem(features)  # the store's videos now live in the bucket too
+    for info in fs.get_file_info(pafs.FileSelector(f"{root}/videos")):
+        table = pq.read_table(info.path, filesystem=fs)
+        uris = pc.utf8_replace_slice(table["uri"], 0, len(str(tmp_path / "library" / "videos")), videos)
+        pq.write_table(table.set_column(table.schema.get_field_index("uri"), "uri", uris), info.path, filesystem=fs)
+    assert all(uri.startswith(f"{videos}/") for uri in FeatureStore(features).videos()["uri"].to_pylist())
+    outputs = run_notebook(monkeypatch, {**local, "DRN_DB": db, "DRN_FEATURES": features})
+    assert not [out for out in outputs if out.output_type == "error"]
+    text = "\n".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+    assert f"{db}: runs ['nb-run']" in text and "3 videos" in text
+    assert len([out for out in outputs if "image/png" in out.get("data", {})]) >= 4  # frames read from s3 too

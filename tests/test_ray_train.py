@@ -279,3 +279,20 @@ def test_unwritable_or_unknown_storage_is_refused_before_training(tmp_path, caps
     assert train_job.main([*args[:-4], "--storage", str(tmp_path), "--set", "train.nope=1"]) == 2
     assert "unknown config key 'train.nope'" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x-stage1")
+
+
+@pytest.mark.slow
+def test_ray_train_takes_the_store_dimension_of_a_preset_without_set(ray_session, bench, tmp_path, capsys) -> None:
+    """configs/synthetic.yaml says 64-d, the store is 16-d: --num-workers trains a 16-d model and records it."""
+    sizes = [a for s in SMALL[1:] for a in ("--set", s)]  # small layers, but no model.feature_dim
+    args = ["--config", str(CONFIG), "--features", bench.features, "--annotations", bench.annotations,
+            "--num-workers", "1", "--storage", str(tmp_path), "--name", "dim", "--stages", "1", "--quiet",
+            "--set", "train.stage1.epochs=1", *sizes]
+    assert train_job.main(args) == 0
+    captured = capsys.readouterr()
+    assert "model.feature_dim: 16 (the feature store's dimension; the config said 64)" in captured.err
+    best = json.loads(captured.out.strip().splitlines()[-1])["best_checkpoint"]
+    _, config, _ = load_checkpoint(best)
+    assert config.model.feature_dim == 16
+    assert train_job.main([*args, "--set", "model.feature_dim=64"]) == 2
+    assert "--set model.feature_dim=64 disagrees with the feature store" in capsys.readouterr().err

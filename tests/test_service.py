@@ -293,7 +293,9 @@ def test_jobs_search_asks_the_service_when_drn_serve_is_set(service, capsys, mon
     assert lines[-1] == "LOADED []"  # neither torch, nor lancedb, nor sentence-transformers
     assert [json.loads(line) for line in lines[:-1]] == local and len(local) == 4
     table = run_cli(text, "--k", "2", serve_url=service.url)
-    assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:3] == ["#", "query", "matched"]
+    lines = table.stdout.splitlines()
+    assert table.returncode == 0 and lines[0].startswith(f'note: no grounded query matches "{text}"')  # as locally
+    assert [line for line in lines if not line.startswith("note:")][0].split()[:3] == ["#", "query", "matched"]
 
 
 def test_jobs_search_reports_service_errors_in_one_line(service) -> None:

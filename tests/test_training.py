@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from drn.checkpoint import load_checkpoint, read_checkpoint
 from drn.config import load_config
 from drn.data import collate
+from drn.errors import InputError
 from drn.model import DRN
 from drn.synthetic import make_synthetic_benchmark
 from drn.training import configure_stage, run_epoch, stages_from_config, train_step
+from drn.training_setup import adopt_store_feature_dim
 from jobs import train as train_job
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMALL = [
     "model.feature_dim=16", "model.num_segments=8", "model.lstm_hidden=8", "model.attention_dim=8",
     "model.location_dim=4", "model.level_channels=[8,8,16]", "model.fpn_channels=8", "model.iou_channels=[8,4]",
@@ -159,3 +164,35 @@ def test_train_cli_bad_input_exits_2_with_one_line(tiny_benchmark, tmp_path, cap
     code = train_job.main(cli_args(tiny_benchmark, tmp_path, "--set", "model.feature_dim=32"))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "features are 16-d but the model expects 32-d" in err[-1]
+
+
+# --- the feature dimension comes from the store ------------------------------------------------------------------
+
+def test_a_preset_trains_on_a_store_of_another_dimension_without_set(tiny_benchmark, tmp_path, capsys) -> None:
+    """configs/synthetic.yaml says 64-d; the store holds 16-d features: training takes 16 and records it."""
+    sizes = [a for s in SMALL[1:] for a in ("--set", s)]  # small layers, but no model.feature_dim
+    args = ["--config", "configs/synthetic.yaml", "--features", tiny_benchmark.features, "--annotations",
+            tiny_benchmark.annotations, "--out", str(tmp_path / "run"), "--quiet", "--stages", "1",
+            "--set", "train.stage1.epochs=1", "--set", "dataset=charades_sta", "--dataset", "jsonl", *sizes]
+    assert train_job.main(args) == 0
+    captured = capsys.readouterr()
+    assert "model.feature_dim: 16 (the feature store's dimension; the config said 64)" in captured.err
+    best = json.loads(captured.out.strip().splitlines()[-1])["best_checkpoint"]
+    assert read_checkpoint(best)["config"]["model"]["feature_dim"] == 16
+    assert read_checkpoint(best)["config"]["dataset"] == "jsonl"  # --dataset, not the config's, is recorded
+    model, config, _ = load_checkpoint(best)
+    assert config.model.feature_dim == 16 and model.config.model.feature_dim == 16
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_preset_takes_the_store_dimension_and_refuses_only_an_explicit_other_one(preset: str) -> None:
+    config = load_config(CONFIGS / preset)
+    said = config.model.feature_dim
+    notice = adopt_store_feature_dim(config, 24, [], "store/")
+    assert config.model.feature_dim == 24 and notice == f"model.feature_dim: 24 (the feature store's dimension; " \
+                                                         f"the config said {said})"
+    assert adopt_store_feature_dim(config, 24, ["model.feature_dim=24"]) is None  # explicit and agreeing: fine
+    explicit = ["model.feature_dim=500"]
+    with pytest.raises(InputError, match=r"^store/: --set model.feature_dim=500 disagrees with the feature store: "
+                                         r"features are 24-d but the model expects 500-d"):
+        adopt_store_feature_dim(load_config(CONFIGS / preset, explicit), 24, explicit, "store/")

@@ -25,15 +25,10 @@ END_AFTER_DURATION = "end > duration"
 
 
 @dataclass(frozen=True)
-class RawPair:
-    """A pair as read from the source, before cleaning; ``line`` is where it was read (for messages)."""
+class RawPair(GroundingPair):
+    """A pair as read from the source, before cleaning: ``GroundingPair``'s fields, not yet checked, and the
+    ``line`` it was read from (for messages). ``clean_pairs`` turns the usable ones into plain ``GroundingPair``s."""
 
-    qid: int | str
-    video_id: str
-    query: str
-    start_s: float
-    end_s: float
-    duration_s: float
     line: int | None = None
 
 
