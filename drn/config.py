@@ -57,6 +57,7 @@ class ModelConfig:
     # A video-level relevance score (trained on negative pairs) that scales every segment's score: the segment
     # score becomes m * u * sigmoid(r). Off by default (benchmarks/RESULTS.md, negative pairs).
     video_relevance: bool = False
+    retrieval_dim: int = 0  # R > 0 adds the retrieval stage (drn.retrieval: query and cells in R-d); 0: none
 
 
 @dataclass
@@ -118,6 +119,19 @@ class TrainConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    """The retrieval stage (stage 4, when model.retrieval_dim > 0): query and video cells in one space."""
+
+    cell_widths: list[int] = field(default_factory=lambda: [2, 4])  # grid segments; each every max(1, w // 2)
+    temperature: float = 0.05  # of the contrastive (InfoNCE) loss
+    sampled_negatives: int = 32  # videos per step drawn from the training videos, besides the batch's
+    positive_iou: float = 0.5  # cells at this IoU with the moment are positives (the best cell always is)
+    epochs: int = 10  # (videos holding a query's text or a near paraphrase: train.negatives.paraphrase_cosine)
+    lr: float = 3e-3
+    select_metric: str = "video R@10"  # validation metric that picks the stage's epoch
+
+
+@dataclass
 class DRNConfig:
     """The whole configuration; ``to_dict``/``from_dict`` round-trip through checkpoints and YAML."""
 
@@ -129,6 +143,7 @@ class DRNConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -168,6 +183,12 @@ def validate(config: DRNConfig) -> None:
          f"train.negatives.hard_fraction must be in [0, 1], not {config.train.negatives.hard_fraction}"),
         (0.0 < config.train.negatives.paraphrase_cosine <= 1.0,
          f"train.negatives.paraphrase_cosine must be in (0, 1], not {config.train.negatives.paraphrase_cosine}"),
+        (config.model.retrieval_dim >= 0, "model.retrieval_dim must be 0 (no retrieval stage) or more"),
+        (bool(config.retrieval.cell_widths) and all(
+            isinstance(w, int) and 1 <= w <= config.model.num_segments for w in config.retrieval.cell_widths),
+         f"retrieval.cell_widths must list widths from 1 to model.num_segments ({config.model.num_segments})"),
+        (config.retrieval.temperature > 0, "retrieval.temperature must be positive"),
+        (config.retrieval.sampled_negatives >= 0, "retrieval.sampled_negatives must be 0 or more"),
     ]
     for ok, message in checks:
         if not ok:

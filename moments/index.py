@@ -532,6 +532,23 @@ class Index:
         return result
 
 
+    def search_live(self, text: str, k: int = 10, *, min_score: float | None = None, **options: Any) -> pa.Table:
+        """Two-stage live search of a sentence nobody grounded: ANN over the `cells` table of this database, then
+        DRN on the candidate videos only (``moments.live_search``). ``options``: ``checkpoint``, ``features``,
+        ``cells_table`` and the fields of ``LiveSearchOptions`` (``cells``, ``candidates``, ``fusion_weight``...).
+        The model and the store are loaded on the first call and kept."""
+        from moments.live_search import LiveSearcher, LiveSearchOptions
+
+        setup = {name: options.pop(name, None) for name in ("checkpoint", "features", "cells_table")}
+        searcher = getattr(self, "_live_searcher", None)
+        if searcher is None or getattr(self, "_live_setup", None) != setup:
+            searcher = LiveSearcher(self.uri, setup["checkpoint"], setup["features"],
+                                    table=setup["cells_table"] or "cells")
+            self._live_searcher, self._live_setup = searcher, setup
+        chosen = LiveSearchOptions(**{**vars(searcher.options), **options}) if options else None
+        return searcher.search(text, k, min_score=min_score, options=chosen)
+
+
 def _result_schema() -> pa.Schema:
     schema = segments_schema()
     return pa.schema([pa.field("result_rank", pa.int32()), *(schema.field(name) for name in RESULT_COLUMNS),

@@ -20,7 +20,7 @@ RUNS_TABLE = "runs"
 def runs_schema() -> pa.Schema:
     return pa.schema([
         pa.field("run_id", pa.string()),
-        pa.field("kind", pa.string()),  # "batch" (jobs.ground) or "live" (jobs.search --live --save)
+        pa.field("kind", pa.string()),  # "batch" (jobs.ground) or "live" (jobs.search --exhaustive --save)
         pa.field("checkpoint_id", pa.string()),
         pa.field("checkpoint_uri", pa.string()),
         pa.field("features_uri", pa.string()),

@@ -29,13 +29,20 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from drn.checkpoint import check_feature_dim, load_checkpoint, save_checkpoint
+from drn.checkpoint import check_feature_dim, load_checkpoint, read_checkpoint, save_checkpoint
 from drn.config import DRNConfig, load_config
 from drn.data import usable_pairs
 from drn.errors import InputError
+from drn.retrieval import RETRIEVAL_STAGE
 from drn.store import FeatureStore, absolute_uri
 from drn.training import selection_key, stages_from_config, validate
 from drn.training_setup import adopt_store_feature_dim, eval_splits, load_pairs, prepare_training_data
+from moments.train_retrieval import (
+    retrieval_stage_job,
+    retrieval_stage_skip_reason,
+    retrieval_stage_worker,
+    wants_retrieval_stage,
+)
 from moments.train_storage import BEST_FILE, DONE_FILE, RunStorage
 from moments.train_worker import MODEL_FILE, FailureInjection, local_model_file, train_stage_worker
 from pipeline.capacity import DEFAULT_WAIT_S, PipelineNeeds, alive_node_resources, require
@@ -110,7 +117,8 @@ def training_needs(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> P
 
 
 def run_stage(storage: RunStorage, job: dict[str, Any], *, num_workers: int, use_gpu: bool, max_failures: int,
-              keep_checkpoints: int | None, cpus_per_worker: float = 1.0) -> dict[str, Any]:
+              keep_checkpoints: int | None, cpus_per_worker: float = 1.0,
+              worker=train_stage_worker) -> dict[str, Any]:
     """Train one stage with a TorchTrainer; write and return its ``best.json`` record, then ``DONE.json``.
 
     A worker group that cannot be placed within Ray Train's start timeout (60 s) counts against
@@ -118,7 +126,7 @@ def run_stage(storage: RunStorage, job: dict[str, Any], *, num_workers: int, use
     number = job["stage"]["number"]
     run_name = storage.stage_run(number)
     trainer = TorchTrainer(
-        train_stage_worker,
+        worker,
         train_loop_config=job,
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker}),
@@ -168,12 +176,14 @@ def _final_evaluation(config_dict: dict, features: str, annotations: str, datase
     with local_model_file(None, model_uri) as model_file:
         data = prepare_training_data(config, features, annotations, dataset, resume_from=model_file)
         model, _, vocab = load_checkpoint(model_file, expected=config)
+        retrieval = read_checkpoint(model_file)["metrics"].get("retrieval")
     val = validate(model, data.loader("val"), data.val.pairs, config)
     test = validate(model, data.loader("test"), data.test.pairs, config) if data.test is not None else None
     with tempfile.TemporaryDirectory(prefix="drn-best-") as tmp:
         local = os.path.join(tmp, "best.pt")
         save_checkpoint(local, model, vocab, stage=stage, metrics={"val": val, "test": test, "source": model_uri,
-                                                                   **data.checkpoint_facts()})
+                                                                   **data.checkpoint_facts(),
+                                                                   **({"retrieval": retrieval} if retrieval else {})})
         best_uri = storage.upload_file(local, name, "best.pt")
     return {"best_checkpoint": best_uri, "val": val, "test": test,
             "pairs": {"train": len(data.train), "val": len(data.val), "test": len(data.test or [])}}
@@ -182,7 +192,7 @@ def _final_evaluation(config_dict: dict, features: str, annotations: str, datase
 def fit_distributed(
     config: DRNConfig, features: str | os.PathLike, annotations: str | os.PathLike, dataset: str | None = None, *,
     num_workers: int, use_gpu: bool = False, storage: str | os.PathLike, name: str,
-    stages: Sequence[int] = (1, 2, 3), init_checkpoint: str | None = None, max_failures: int = 3,
+    stages: Sequence[int] = (1, 2, 3, 4), init_checkpoint: str | None = None, max_failures: int = 3,
     keep_checkpoints: int | None = 2, cpus_per_worker: float = 1.0, precision: str = "auto",
     sync_batchnorm: bool = False, skip_missing_videos: bool = False, threads: int | None = None,
     fail_at: str | None = None, fail_marker: str | None = None, progress: bool = False, notices: Sequence[str] = (),
@@ -211,17 +221,21 @@ def fit_distributed(
         print(notice, file=sys.stderr)
     failure = FailureInjection.parse(fail_at if fail_at is not None else os.environ.get(FAIL_AT_ENV),
                                      fail_marker if fail_marker is not None else os.environ.get(FAIL_MARKER_ENV))
-    chosen = stages_from_config(config, stages)
+    chosen = stages_from_config(config, [s for s in stages if s != RETRIEVAL_STAGE])
+    retrieval = wants_retrieval_stage(config, stages)
+    if not chosen and not retrieval:
+        raise InputError("no stage to train (stage 4 needs model.retrieval_dim > 0 and retrieval.epochs > 0)")
     if not ray.is_initialized():
         ray.init()
 
     records: list[dict[str, Any]] = []
-    earlier = (run_storage.stage_done(n) for n in range(chosen[0].number - 1, 0, -1))
+    first = chosen[0].number if chosen else RETRIEVAL_STAGE
+    earlier = (run_storage.stage_done(n) for n in range(first - 1, 0, -1))
     previous = next((done for done in earlier if done is not None), None)
     init = init_checkpoint or (previous["checkpoint"] if previous else None)
-    if chosen[0].number > 1 and init is None:
-        raise InputError(f"stage {chosen[0].number} starts from the best checkpoint of stage "
-                         f"{chosen[0].number - 1}: run that stage first under the same storage and name, "
+    if first > 1 and init is None:
+        raise InputError(f"stage {first} starts from the best checkpoint of stage "
+                         f"{first - 1}: run that stage first under the same storage and name, "
                          "or give a checkpoint to start from")
     for stage in chosen:
         done = run_storage.stage_done(stage.number)
@@ -238,12 +252,29 @@ def fit_distributed(
         records.append(record)
         init = record["checkpoint"]
 
-    best = records[0]
+    best = records[0] if records else {"checkpoint": init}
     for record in records[1:]:
         metric = config.train.select_metric
         if (selection_key(record["val"], metric, (record["stage"], record["epoch"]))
                 > selection_key(best["val"], metric, (best["stage"], best["epoch"]))):
             best = record
+    skipped = retrieval and retrieval_stage_skip_reason(config, features, annotations, dataset)
+    if skipped and not records:
+        raise InputError(f"stage 4 cannot run: {skipped.split('; the checkpoint')[0]}", path=annotations)
+    if skipped:
+        print(f"stage 4 skipped: {skipped}", file=sys.stderr)
+    if retrieval and not skipped:  # stage 4 trains the retrieval head on the best DRN checkpoint, DRN frozen
+        done = run_storage.stage_done(RETRIEVAL_STAGE)
+        if done is not None:
+            print(f"stage 4: done earlier (best epoch {done['epoch']}), skipped", file=sys.stderr)
+            best = {**done, "skipped": True}
+        else:
+            job = retrieval_stage_job(config, features, annotations, dataset, best["checkpoint"], failure=failure,
+                                      threads=threads, progress=progress)
+            best = {**run_stage(run_storage, job, num_workers=num_workers, use_gpu=use_gpu,
+                                max_failures=max_failures, keep_checkpoints=keep_checkpoints,
+                                cpus_per_worker=cpus_per_worker, worker=retrieval_stage_worker), "skipped": False}
+        records.append(best)
     evaluate_remote = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(_final_evaluation)
     final = ray.get(evaluate_remote.remote(config.to_dict(), features, annotations, dataset, best["model"],
                                            run_storage.uri, name, best["stage"]))

@@ -153,7 +153,7 @@ def test_checkpoint_queries_evaluation_live_grounding_and_search_on_s3(s3_env, b
     assert remote["num_queries"] == local["num_queries"] > 0 and remote["checkpoint"] == checkpoint
 
     text = bench["texts"][0]
-    assert search_main([text, "--live", "--checkpoint", checkpoint, "--features", features, "--save", "--db", db,
+    assert search_main([text, "--exhaustive", "--checkpoint", checkpoint, "--features", features, "--save", "--db", db,
                         "--k", "3", "--json"]) == 0
     live = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(live) == 3 and all(row["query_text"] == text for row in live)

@@ -117,7 +117,7 @@ def test_live_mode_names_a_missing_checkpoint(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "c.pt" in err and len(err.splitlines()) == 1
     with pytest.raises(SystemExit):
-        main(["a door", "--live"])  # live needs a checkpoint and features
+        main(["a door", "--live", "--exhaustive"])  # two stages or every video, not both
 
 
 def test_help_names_every_option() -> None:

@@ -1,0 +1,510 @@
+"""Two-stage live search (cells by ANN, DRN on the candidates) against DRN on every video: latency, memory, index
+build and recall.
+
+    # latency, memory, index build time and size: synthetic libraries with features written directly
+    .venv/bin/python benchmarks/live_search.py latency --sizes 1000 10000 100000 --configs paper demo
+    # recall of two-stage against exhaustive (corpus R@k,IoU=0.5) on the recurring-descriptions benchmark
+    .venv/bin/python benchmarks/live_search.py recall
+    # the retrieval stage trained as its own stage (stage 4) or jointly with DRN's stage 1 (same data)
+    .venv/bin/python benchmarks/live_search.py training
+    # a check at a tiny size (about 2 minutes)
+    .venv/bin/python benchmarks/live_search.py latency --sizes 300 --configs demo --queries 5 --exhaustive-sample 100
+
+**latency**: for each config (``paper``: configs/charades_sta.yaml, D 4096, T 32, 38.8 M parameters; ``demo``:
+configs/demo.yaml, D 4096, T 16) and library size, a feature store of N videos of 30 s with T clips each (the grid
+needs no more; float16) is written directly, then a checkpoint with random weights and a retrieval head
+(``--retrieval-dim``; the weights do not change the time), the `cells` table (``run_index_library`` on local Ray
+Data: build time, rows, size on disk), and in one process with the model loaded: per-query latency of two-stage
+search (``LiveSearcher.search``) and of DRN on every video (the in-process path of ``ground_live``: read, pool,
+score, rank), with the peak resident memory of each phase (Linux VmHWM, reset before each). Above
+``--exhaustive-sample`` videos the exhaustive search runs on that many videos and its time is scaled by N / sample
+(said in the table). Disk: the store takes N x T x 4096 x 2 bytes (26 GB at 100k videos, paper size); the script
+checks the free space first and deletes each store after its size unless ``--keep``.
+
+**recall**: the recurring-descriptions benchmark (``drn.synthetic.make_recurring_benchmark`` when it exists, else
+``make_synthetic_benchmark``, whose colour descriptions also recur across videos), a small DRN with its retrieval
+stage trained in this process, cells of the test videos, then every distinct test text ranked against every test
+video: corpus R@1 and R@10 at IoU 0.5 and video R@1/R@10 (``drn.corpus``, the conventions of DESIGN.md section 7)
+for DRN alone on every video (today's ``--exhaustive``), the same fused score on every video, and two-stage search
+at several fusion weights and candidate counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from drn.checkpoint import save_checkpoint
+from drn.config import DRNConfig, load_config
+from drn.model import DRN, count_parameters, new_model
+from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.text import vocabulary_and_vectors
+from moments.grounding import Resources, encode_query_side, live_query_id
+from moments.index_library import run_index_library
+from moments.live_search import LiveSearcher, LiveSearchOptions
+from moments.queries import Query
+from moments.scoring import LibraryScorer, split_output
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {"paper": REPO / "configs" / "charades_sta.yaml", "demo": REPO / "configs" / "demo.yaml"}
+DURATION_S = 30.0
+SEARCHES = ["a person opens the door", "someone is cooking at the stove", "a man sits down on a chair",
+            "the woman drinks a glass of water", "a person puts a book on the shelf", "somebody turns off the light",
+            "a child laughs at the television", "the person takes a phone out of a bag", "someone washes the dishes",
+            "a man closes the laptop and stands up", "the red square moves left", "a blue circle grows",
+            "a person runs down the stairs", "someone folds a blanket", "the cat jumps on the table",
+            "a woman eats a sandwich", "a person throws a pillow", "someone holds a cup of coffee",
+            "the man opens the refrigerator", "a girl brushes her hair"]
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def machine() -> str:
+    model = ""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")),
+                     "")
+    except OSError:
+        pass
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def reset_peak_memory() -> None:
+    """Reset VmHWM (Linux: writing 5 to clear_refs); the peak then starts from the current resident size."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def percentiles(times: Sequence[float]) -> tuple[float, float]:
+    p50, p95 = np.percentile(np.array(times), [50, 95])
+    return float(p50), float(p95)
+
+
+# --------------------------------------------------------------------------------------------------- latency
+def write_store(path: Path, count: int, num_clips: int, dim: int, seed: int, videos_per_shard: int = 1000) -> None:
+    """``count`` videos of 30 s with ``num_clips`` float16 clips each (random features), in shards of 1000."""
+    rng = np.random.default_rng(seed)
+    meta = StoreMetadata("synthetic", "random", "none", clip_len=16, clip_stride=16, fps="native",
+                         feature_dim=dim, dtype="float16")
+    starts = np.arange(num_clips) * DURATION_S / num_clips
+    ends = starts + DURATION_S / num_clips
+    with FeatureStoreWriter(path, meta, videos_per_shard=videos_per_shard) as writer:
+        for first in range(0, count, 100):
+            block = rng.standard_normal((min(100, count - first), num_clips, dim), dtype=np.float32)
+            np.maximum(block, 0, out=block)  # ReLU features, as C3D fc6
+            for i, features in enumerate(block):
+                vid = f"video{first + i:06d}"
+                writer.add_clips(vid, features, starts, ends)
+                writer.finish_video(VideoRecord(vid, f"synthetic://{vid}", duration_s=DURATION_S,
+                                                num_clips=num_clips))
+
+
+def random_checkpoint(path: Path, config_path: Path, retrieval_dim: int) -> DRNConfig:
+    """A checkpoint with random weights, a retrieval head marked trained (timing only), and the searches' words."""
+    config = load_config(config_path, [f"model.retrieval_dim={retrieval_dim}"])
+    vocab, _ = vocabulary_and_vectors(SEARCHES, config.text)
+    torch.manual_seed(0)
+    model = new_model(config, vocab).eval()
+    model.retrieval.trained_epochs.fill_(1)
+    save_checkpoint(path, model, vocab, stage=4, metrics={"train_duration_s": {"median": DURATION_S,
+                                                                               "p95": DURATION_S}})
+    return config
+
+
+def exhaustive_search(searcher: LiveSearcher, store: FeatureStore, video_ids: list[str], text: str, k: int = 10):
+    """DRN on every video of ``video_ids``, in this process with the model loaded (``ground_live``'s local path):
+    read the clips shard by shard, pool, score, keep each video's top segments, rank across the library."""
+    grounder = searcher.model.grounder
+    side = encode_query_side(grounder, [Query(live_query_id(text), text)])
+    scorer = LibraryScorer(grounder, side, searcher.rule, searcher.labels, top_k=5)
+    tables, batch = [], []
+    for video in store.iter_videos(video_ids):
+        batch.append(video)
+        if len(batch) == 64:
+            tables.append(split_output(scorer.score(batch))[0])
+            batch = []
+    if batch:
+        tables.append(split_output(scorer.score(batch))[0])
+    import pyarrow as pa
+
+    rows = pa.concat_tables(tables)
+    return rows.sort_by([("score", "descending"), ("video_id", "ascending")]).slice(0, k)
+
+
+@dataclass
+class LatencyRow:
+    config: str
+    videos: int
+    dim: int
+    segments: int
+    parameters: int
+    cells_per_video: int
+    rows: int
+    build_s: float
+    db_mb: float
+    store_gb: float
+    two_stage: dict[int, tuple[float, float, float]]  # candidates -> p50 ms, p95 ms, peak MB
+    exhaustive_p50_s: float
+    exhaustive_p95_s: float
+    exhaustive_peak_mb: float
+    exhaustive_sample: int
+    load_s: float
+
+
+def latency_case(name: str, count: int, args: argparse.Namespace, work: Path) -> LatencyRow:
+    config = load_config(CONFIGS[name], [f"model.retrieval_dim={args.retrieval_dim}"])
+    m = config.model
+    case = work / f"{name}-{count}"
+    store_path, db, checkpoint = case / "features", case / "db", case / "model.pt"
+    need = count * m.num_segments * m.feature_dim * 2 * 1.05 + count * 60 * (args.retrieval_dim * 4 + 64)
+    free = shutil.disk_usage(work).free
+    if not store_path.exists() and need > free * 0.9:
+        raise SystemExit(f"{name} x {count}: needs about {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free under {work}")
+    case.mkdir(parents=True, exist_ok=True)
+    if not (store_path / "videos").is_dir():
+        started = time.perf_counter()
+        write_store(store_path, count, m.num_segments, m.feature_dim, seed=count)
+        print(f"  store: {count} videos in {time.perf_counter() - started:.0f} s", flush=True)
+    random_checkpoint(checkpoint, CONFIGS[name], args.retrieval_dim)
+    if db.exists():
+        shutil.rmtree(db)
+    started = time.perf_counter()
+    cpus = os.cpu_count() or 1
+    summary = run_index_library(str(checkpoint), str(store_path), str(db),
+                                resources=Resources(num_actors=max(1, cpus // 2), cpus_per_actor=min(2, cpus),
+                                                    videos_per_batch=256),
+                                vector_index_min_rows=args.vector_index_min_rows)
+    build_s = time.perf_counter() - started
+    print(f"  index: {summary.rows_in_table} cells in {build_s:.0f} s ({', '.join(summary.indices_created)})",
+          flush=True)
+
+    started = time.perf_counter()
+    searcher = LiveSearcher(str(db), options=LiveSearchOptions(cells=args.cells))
+    texts = [SEARCHES[i % len(SEARCHES)] for i in range(args.queries)]
+    searcher.search(texts[0], k=10)  # warm: the first search reads shard footers and loads MiniLM
+    load_s = time.perf_counter() - started
+    two_stage = {}
+    for candidates in args.candidates:
+        options = LiveSearchOptions(cells=args.cells, candidates=candidates)
+        reset_peak_memory()
+        times = []
+        for text in texts:
+            began = time.perf_counter()
+            searcher.search(text, k=10, options=options)
+            times.append(time.perf_counter() - began)
+        p50, p95 = percentiles(times)
+        two_stage[candidates] = (p50 * 1000, p95 * 1000, peak_memory_mb())
+        print(f"  two-stage, {candidates} candidates: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms", flush=True)
+
+    store = FeatureStore(str(store_path))
+    sample = store.ok_video_ids()[: min(count, args.exhaustive_sample)]
+    exhaustive_search(searcher, store, sample[:8], texts[0])  # warm
+    reset_peak_memory()
+    times = []
+    for text in texts[: args.exhaustive_queries]:
+        began = time.perf_counter()
+        exhaustive_search(searcher, store, sample, text)
+        times.append((time.perf_counter() - began) * count / len(sample))
+    exhaustive_peak = peak_memory_mb()
+    ex_p50, ex_p95 = percentiles(times)
+    row = LatencyRow(name, count, m.feature_dim, m.num_segments, count_parameters(searcher.model.grounder.model),
+                     searcher.head.num_cells, summary.rows_in_table, build_s, folder_size(db) / 1e6,
+                     folder_size(store_path) / 1e9, two_stage, ex_p50, ex_p95, exhaustive_peak, len(sample), load_s)
+    if not args.keep:
+        shutil.rmtree(store_path)
+    return row
+
+
+def run_latency(args: argparse.Namespace) -> None:
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="live-search-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine()}; load before {load_average()}; work folder {work} "
+          f"({shutil.disk_usage(work).free / 1e9:.0f} GB free)", flush=True)
+    rows = []
+    for name in args.configs:
+        for count in args.sizes:
+            print(f"{name} x {count} videos", flush=True)
+            rows.append(latency_case(name, count, args, work))
+            print(json.dumps(rows[-1].__dict__), flush=True)
+    print(f"\nload after {load_average()}; machine: {machine()}\n")
+    print(f"Two-stage: {args.cells} cells by ANN, then DRN on the candidate videos, k = 10; {args.queries} queries "
+          f"({args.exhaustive_queries} for exhaustive). Exhaustive: DRN on every video in this process; marked * "
+          "where measured on a sample and scaled by N / sample. Peak: resident memory of the process (VmHWM).\n")
+    print("| config | D | T | params | videos | cells | index build (s) | index on disk (MB) | store (GB) "
+          "| candidates | two-stage p50 / p95 (ms) | peak (MB) | exhaustive p50 / p95 (s) | peak (MB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        mark = "" if r.exhaustive_sample >= r.videos else f" * ({r.exhaustive_sample} videos)"
+        for candidates, (p50, p95, peak) in r.two_stage.items():
+            print(f"| {r.config} | {r.dim} | {r.segments} | {r.parameters / 1e6:.1f} M | {r.videos:,} | {r.rows:,} "
+                  f"| {r.build_s:.0f} | {r.db_mb:.0f} | {r.store_gb:.1f} | {candidates} | {p50:.0f} / {p95:.0f} "
+                  f"| {peak:.0f} | {r.exhaustive_p50_s:.1f} / {r.exhaustive_p95_s:.1f}{mark} "
+                  f"| {r.exhaustive_peak_mb:.0f} |")
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------- recall
+def make_benchmark(out: Path, videos: int, dim: int, seed: int):
+    import drn.synthetic as synthetic
+
+    maker = getattr(synthetic, "make_recurring_benchmark", None)
+    if maker is not None:
+        return maker(out, num_videos=videos, feature_dim=dim, seed=seed), "make_recurring_benchmark"
+    return synthetic.make_synthetic_benchmark(out, num_videos=videos, feature_dim=dim, seed=seed), \
+        "make_synthetic_benchmark"
+
+
+def train_small(bench, out: Path, overrides: list[str], mode: str = "fit") -> tuple[str, dict]:
+    """DRN's three stages and the retrieval stage, in this process. ``mode``:
+
+    * ``fit``: ``drn.training.fit`` (each stage's best validation epoch), then stage 4 (``train_retrieval``);
+    * ``stage``: DRN's stages for their fixed epochs (no selection), then stage 4;
+    * ``joint``: as ``stage``, but no stage 4: during stage 1 every DRN step is followed by a retrieval step on the
+      same batch, with DRN's query encoder trained by both losses.
+
+    Returns the checkpoint and facts about the run (times, test metrics, retrieval video recall on test)."""
+    from drn.retrieval_training import RetrievalBatches, retrieval_step, train_retrieval, video_recall
+    from drn.training import configure_stage, fit, make_optimizer, stages_from_config, train_stage, train_step, validate
+    from drn.training_setup import prepare_training_data
+
+    config = load_config(REPO / "configs" / "synthetic.yaml", overrides)
+    data = prepare_training_data(config, bench.features, bench.annotations, "jsonl")
+    torch.manual_seed(config.train.seed)
+    model = data.new_model()
+    stages = stages_from_config(config)
+    started = time.perf_counter()
+    if mode == "fit":
+        fit(model, data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs, out / "train", stages)
+    elif mode == "stage":
+        for stage in stages:
+            train_stage(model, stage, data.loader("train"), config)
+    else:
+        first = stages[0]
+        optimizer = make_optimizer(configure_stage(model, first), first)
+        objective = JointObjective(model)
+        joint_optimizer = torch.optim.Adam(list(model.retrieval.parameters()) +
+                                           list(model.query_encoder.parameters()), lr=config.retrieval.lr)
+        batches = RetrievalBatches(data.train, config)
+        generator = torch.Generator().manual_seed(config.train.seed)
+        for _ in range(first.epochs):
+            for batch in data.loader("train"):
+                train_step(model, batch, optimizer, first, config)
+                retrieval_step(objective, batches.prepare(batch, generator), joint_optimizer,
+                               config.train.grad_clip_norm)
+        model.retrieval.trained_epochs.fill_(first.epochs)
+        for stage in stages[1:]:
+            train_stage(model, stage, data.loader("train"), config)
+    drn_s = time.perf_counter() - started
+    if mode != "joint":
+        train_retrieval(model, data.loader("train"), data.train, data.val, config)
+    seconds = time.perf_counter() - started
+    model.eval()
+    facts = {"train_s": seconds, "drn_s": drn_s, "test": validate(model, data.loader("test"), data.test.pairs, config),
+             "video_recall_test": video_recall(model, data.test)}
+    path = out / f"{mode}.pt"
+    save_checkpoint(path, model, data.vocab, stage=4, metrics={"train_duration_s": data.train_durations()})
+    return str(path), facts
+
+
+class JointObjective(torch.nn.Module):
+    """The contrastive loss with gradients into DRN's query encoder (the ``training`` comparison only)."""
+
+    def __init__(self, model: DRN) -> None:
+        super().__init__()
+        from drn.retrieval import RetrievalObjective
+
+        self.inner = RetrievalObjective(model)
+
+    def forward(self, video, words, word_mask, gt, negatives, extra_video=None):
+        from drn.retrieval import contrastive_loss, positive_cells
+
+        inner = self.inner
+        queries = inner.head.encode_query(inner.model.encode_query(words, word_mask))
+        grids = video if extra_video is None or extra_video.shape[0] == 0 else torch.cat([video, extra_video])
+        cells = inner.head.encode_cells(grids)
+        config = inner.model.config.retrieval
+        positives = positive_cells(gt, inner.spans, config.positive_iou)
+        return contrastive_loss(queries, cells, positives, negatives, config.temperature)
+
+
+def evaluate_corpus(checkpoint: str, bench, work: Path, weights: Sequence[float], candidates: Sequence[int], cells: int,
+                    echo: Callable[[str], None] = print) -> list[tuple[str, dict[str, float], float]]:
+    """Corpus R@1/R@10 at IoU 0.5 and video R@1/R@10 (``drn.corpus``) of DRN alone on every test video, of the same
+    fused score on every video, and of two-stage search, for each fusion weight and candidate count."""
+    from drn.corpus import CorpusConfig, RankedMoments, corpus_queries
+    from drn.corpus import evaluate_corpus as corpus_metrics
+    from drn.datasets import load_split
+
+    store = FeatureStore(bench.features)
+    test = load_split("jsonl", bench.annotations, "test", durations=store.durations()).pairs
+    videos = sorted({p.video_id for p in test})
+    queries = corpus_queries(test)
+    config = CorpusConfig(recall_at=(1, 10), ious=(0.5,), video_recall_at=(1, 10))
+    keep = config.keep(5)
+    db = work / f"db-{Path(checkpoint).stem}"
+    if db.exists():
+        shutil.rmtree(db)
+    run_index_library(checkpoint, bench.features, str(db), videos=videos)
+    searcher = LiveSearcher(str(db))
+    echo(f"  {len(queries)} distinct test texts, {len(videos)} test videos, "
+         f"{np.mean([len(q.videos) for q in queries]):.1f} videos per text")
+    results = []
+
+    def run(label: str, search: Callable[[str], RankedMoments]) -> None:
+        ranked, times = {}, []
+        for query in queries:
+            began = time.perf_counter()
+            ranked[query.key] = search(query.text)
+            times.append(time.perf_counter() - began)
+        found = corpus_metrics(queries, ranked, len(videos), config)
+        metrics = {"R@1,IoU=0.5": found.recall[(1, 0.5)], "R@10,IoU=0.5": found.recall[(10, 0.5)],
+                   "video R@1": found.video_recall[1], "video R@10": found.video_recall[10]}
+        results.append((label, metrics, float(np.median(times))))
+        echo(f"  {label}: {metrics}")
+
+    def moments(table) -> RankedMoments:  # already ranked by the search
+        segments = np.column_stack([table.column(c).to_numpy() for c in ("start_s", "end_s", "score")])
+        return RankedMoments(table.column("video_id").to_pylist(), segments.reshape(-1, 3))
+
+    run("exhaustive: DRN alone on every video (--exhaustive)",
+        lambda text: moments(exhaustive_search(searcher, store, videos, text, k=keep)))
+    for weight in weights:
+        options = LiveSearchOptions(cells=cells, fusion_weight=weight)
+        run(f"exhaustive, fused (w = {weight})",
+            lambda text, o=options: moments(searcher.search(text, k=keep, options=o, exhaustive=True)))
+        for count in candidates:
+            chosen = LiveSearchOptions(cells=cells, candidates=count, fusion_weight=weight)
+            run(f"two-stage (w = {weight}, {count} candidates)",
+                lambda text, o=chosen: moments(searcher.search(text, k=keep, options=o)))
+    return results
+
+
+def run_recall(args: argparse.Namespace) -> None:
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="live-recall-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine()}; load before {load_average()}", flush=True)
+    bench, maker = make_benchmark(work / "bench", args.videos, args.dim, args.seed)
+    overrides = [f"model.feature_dim={args.dim}", f"model.retrieval_dim={args.retrieval_dim}",
+                 f"retrieval.epochs={args.retrieval_epochs}", f"retrieval.lr={args.retrieval_lr}", *args.set]
+    checkpoint, facts = train_small(bench, work, overrides)
+    print(f"  trained in {facts['train_s']:.0f} s; test R@1,IoU=0.5 {facts['test']['R@1,IoU=0.5']:.1f}; "
+          f"retrieval {facts['video_recall_test']}", flush=True)
+    results = evaluate_corpus(checkpoint, bench, work, args.fusion_weights, args.candidates, args.cells)
+    print(f"\nload after {load_average()}; machine: {machine()}")
+    print(f"\n{maker}: {args.videos} videos, D = {args.dim}, seed {args.seed}; two-stage: {args.cells} cells; "
+          f"within-video test R@1,IoU=0.5 of DRN {facts['test']['R@1,IoU=0.5']:.1f}\n")
+    base = results[0][1]["R@10,IoU=0.5"]
+    print("| ranking | corpus R@1,IoU=0.5 | corpus R@10,IoU=0.5 | video R@1 | video R@10 | R@10 vs exhaustive "
+          "| median s/query |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, metrics, seconds in results:
+        ratio = metrics["R@10,IoU=0.5"] / base if base else float("nan")
+        print(f"| {label} | {metrics['R@1,IoU=0.5']:.1f} | {metrics['R@10,IoU=0.5']:.1f} | {metrics['video R@1']:.1f} "
+              f"| {metrics['video R@10']:.1f} | {ratio:.2f} | {seconds:.3f} |")
+
+
+def run_training(args: argparse.Namespace) -> None:
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="live-training-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine()}; load before {load_average()}", flush=True)
+    bench, maker = make_benchmark(work / "bench", args.videos, args.dim, args.seed)
+    overrides = [f"model.feature_dim={args.dim}", f"model.retrieval_dim={args.retrieval_dim}",
+                 f"retrieval.epochs={args.retrieval_epochs}", f"retrieval.lr={args.retrieval_lr}", *args.set]
+    table = []
+    for joint in (False, True):
+        checkpoint, facts = train_small(bench, work, overrides, "joint" if joint else "stage")
+        results = evaluate_corpus(checkpoint, bench, work, [args.fusion_weights[0]], args.candidates[:1], args.cells,
+                                  echo=lambda line: None)
+        two = results[-1][1]
+        table.append(("jointly with stage 1 (no stage 4)" if joint else "own stage (stage 4, DRN frozen)", facts,
+                      two))
+        print(f"  {table[-1][0]}: {facts}, two-stage {two}", flush=True)
+    print(f"\nload after {load_average()}; machine: {machine()}\n")
+    print(f"{maker}: {args.videos} videos, D = {args.dim}; two-stage at w = {args.fusion_weights[0]}, "
+          f"{args.candidates[0]} candidates\n")
+    print("| retrieval trained | within-video test R@1,IoU=0.5 | retrieval video R@1 / R@10 (test) "
+          "| two-stage corpus R@10,IoU=0.5 | training (s) |")
+    print("|---|---:|---:|---:|---:|")
+    for label, facts, two in table:
+        recall = facts["video_recall_test"]
+        print(f"| {label} | {facts['test']['R@1,IoU=0.5']:.1f} | {recall['video R@1']:.1f} / "
+              f"{recall['video R@10']:.1f} | {two['R@10,IoU=0.5']:.1f} | {facts['train_s']:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    latency = sub.add_parser("latency", help="latency, memory, index build time and size")
+    latency.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
+    latency.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["paper", "demo"])
+    latency.add_argument("--queries", type=int, default=40, help="two-stage searches timed per case")
+    latency.add_argument("--exhaustive-queries", type=int, default=3, help="exhaustive searches timed per case")
+    latency.add_argument("--exhaustive-sample", type=int, default=2000,
+                         help="at most this many videos for the exhaustive search (time scaled to the library)")
+    latency.add_argument("--keep", action="store_true", help="keep the stores (they are large)")
+    for name, command in (("latency", latency), ("recall", sub.add_parser("recall", help="two-stage vs exhaustive")),
+                          ("training", sub.add_parser("training", help="own stage vs joint training"))):
+        command.add_argument("--workdir", default=None, help="work folder (default: a temporary one, removed)")
+        command.add_argument("--retrieval-dim", type=int, default=128 if name == "latency" else 64)
+        command.add_argument("--cells", type=int, default=300, help="cells taken by ANN")
+        if name == "latency":
+            command.add_argument("--candidates", type=int, nargs="+", default=[5, 10, 20],
+                                 help="candidate videos grounded by DRN (each timed)")
+            command.add_argument("--vector-index-min-rows", type=int, default=50_000)
+            continue
+        command.add_argument("--candidates", type=int, nargs="+", default=[10, 20],
+                             help="candidate videos grounded by DRN (two-stage rows for each)")
+        command.add_argument("--videos", type=int, default=600)
+        command.add_argument("--dim", type=int, default=64)
+        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--retrieval-epochs", type=int, default=10)
+        command.add_argument("--retrieval-lr", type=float, default=3e-3)
+        command.add_argument("--fusion-weights", type=float, nargs="+",
+                             default=[0.8, 0.0, 0.5, 1.0] if name == "recall" else [0.8])
+        command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    {"latency": run_latency, "recall": run_recall, "training": run_training}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

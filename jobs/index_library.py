@@ -1,0 +1,88 @@
+"""Index a video library for two-stage live search: every video's cells into the LanceDB `cells` table (Ray Data).
+
+    python -m jobs.index_library --checkpoint runs/syn/best.pt --features runs/syn/features --db index/
+    python -m jobs.search "a red square moves left" --live --db index/
+
+The checkpoint needs a trained retrieval stage (stage 4 of jobs.train, with model.retrieval_dim > 0). Rerunning
+is harmless and resumes: videos that have cells are skipped, rows merge on (video_id, cell), and a store that
+gained videos gets only their cells. The table records the checkpoint and the store, so search needs only --db.
+See docs/index.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from jobs.cli import job_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.index_library",
+        description="Encode every ok video of a feature store with a checkpoint's retrieval stage and write one "
+        "row per video cell (video_id, start_s, end_s, vector, checkpoint id) to the LanceDB 'cells' table, "
+        "with a vector index (IVF-PQ once the table is large enough).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="DRN checkpoint (.pt) with a trained retrieval stage")
+    parser.add_argument("--features", required=True, help="feature store (a folder or an object-store URI)")
+    parser.add_argument("--db", default=None, help="LanceDB URI: a folder or s3://... (default: $DRN_DB or ./lancedb)")
+    parser.add_argument("--table", default="cells", help="table name")
+    parser.add_argument("--videos", default=None,
+                        help="only these videos: a comma-separated list or a file with one video id a line")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a cells table built from another checkpoint or store (no resume)")
+    parser.add_argument("--vector-index-min-rows", type=int, default=50_000,
+                        help="build the IVF-PQ index once the table holds this many rows (exact search below)")
+    windows = parser.add_argument_group("long videos (default: the checkpoint's grounding windows)")
+    windows.add_argument("--window-s", type=float, default=None, help="window length in seconds")
+    windows.add_argument("--window-stride-s", type=float, default=None, help="seconds between windows")
+    windows.add_argument("--max-whole-s", type=float, default=None, help="videos up to this long are encoded whole")
+    work = parser.add_argument_group("resources")
+    work.add_argument("--num-actors", type=int, default=1, help="encoding actors (each holds the retrieval head)")
+    work.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (0: CPU)")
+    work.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (torch threads on CPU)")
+    work.add_argument("--videos-per-batch", type=int, default=64, help="videos per actor call")
+    work.add_argument("--write-batch-rows", type=int, default=200_000, help="rows per LanceDB merge")
+    work.add_argument("--max-videos", type=int, default=None,
+                      help="index at most this many of the videos still to do (a trial; rerun to finish)")
+    work.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from moments.grounding import Resources, WindowOptions
+    from moments.index import default_db_uri
+    from moments.index_library import IndexLibraryJob
+
+    if args.no_progress:
+        import ray
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    job = IndexLibraryJob(
+        args.checkpoint, args.features, args.db or default_db_uri(), table=args.table, videos=args.videos,
+        overwrite=args.overwrite, windows=WindowOptions(args.window_s, args.window_stride_s, args.max_whole_s),
+        resources=Resources(args.num_actors, args.num_gpus_per_actor, args.cpus_per_actor, args.videos_per_batch),
+        write_batch_rows=args.write_batch_rows, max_videos=args.max_videos,
+        vector_index_min_rows=args.vector_index_min_rows,
+    )
+    summary = job.run()
+    print(f"cells of checkpoint {summary.checkpoint_id}; {summary.window}")
+    print(f"videos: {summary.videos_total} selected, {summary.videos_skipped} already indexed, "
+          f"{summary.videos_done} indexed, {summary.videos_failed} failed; {summary.rows_written} rows written, "
+          f"{summary.rows_in_table} in the table; indices created: {', '.join(summary.indices_created) or 'none'}")
+    for vid, error in summary.failures[:10]:
+        print(f"  failed {vid}: {error}")
+    print(summary.throughput_line())
+    return 0
+
+
+@job_main
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

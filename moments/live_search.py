@@ -1,0 +1,184 @@
+"""Two-stage live search: a sentence nobody grounded before, answered across the library in a fraction of a second.
+
+1. Encode the sentence once: DRN's query side, then the retrieval stage's query projection (one unit vector).
+2. Stage one, retrieval: the ``cells`` nearest cells by ANN in the LanceDB `cells` table (``moments.cells``),
+   grouped by video; a video's retrieval score is its best cell's cosine; the ``candidates`` best videos go on.
+3. Stage two, DRN on the candidates only: their clip features are read by row group (``drn.video_lookup``), cut
+   into the checkpoint's windows and grounded (``moments.scoring.LibraryScorer``, as the batch job does).
+4. Fuse: ``score = (1 - w) * drn_score + w * (1 + retrieval_score) / 2`` with ``w = fusion_weight``. The retrieval
+   score is the video's, so within a video DRN's order is kept and only the order across videos changes.
+   Moments are ranked across the library by that score (ties: video id, then rank).
+
+The rows have the fields of indexed search and of ``ground_live`` (``result_rank``, ``moments.index.RESULT_COLUMNS``
+and the match columns: ``matched_query`` is the text itself, ``calibrated`` whether the checkpoint was trained with
+negative pairs) plus ``drn_score`` and ``retrieval_score``. ``LiveSearcher`` loads the model, the
+table and the store once (what a service or a benchmark keeps); ``Index(db).search_live(text, k)`` uses one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from drn.errors import InputError
+from drn.retrieval import require_trained_retrieval
+from drn.sentence import check_spellable
+from drn.store import FeatureStore
+from drn.video_lookup import VideoLookup
+from moments.cells import CELLS_TABLE, CellsTable
+from moments.grounding import check_queries_encodable, encode_query_side, file_sha256, live_query_id, load_model
+from moments.index import RESULT_COLUMNS, with_match_columns
+from moments.queries import Query, QueryCollection
+from moments.scoring import LibraryScorer, RunLabels, split_output
+from moments.windows import WindowRule
+
+
+@dataclass(frozen=True)
+class LiveSearchOptions:
+    """The knobs of two-stage search (defaults measured in benchmarks/live_search.py)."""
+
+    cells: int = 300  # cells taken by ANN
+    candidates: int = 20  # videos grounded by DRN
+    fusion_weight: float = 0.8  # share of the retrieval score in the final score (measured: benchmarks)
+    top_k: int = 5  # segments per candidate video
+    nprobes: int = 20  # IVF partitions searched (with a vector index)
+    refine_factor: int = 5  # candidates re-scored exactly, per cell asked for (with a vector index)
+
+    def __post_init__(self) -> None:
+        if self.cells < 1 or self.candidates < 1 or self.top_k < 1:
+            raise InputError("--cells, --candidates and the segments per video must be at least 1")
+        if not 0.0 <= self.fusion_weight <= 1.0:
+            raise InputError(f"--fusion-weight must be between 0 and 1, not {self.fusion_weight}")
+
+
+def fuse(drn_score: np.ndarray, retrieval_score: np.ndarray, weight: float) -> np.ndarray:
+    """The final score: DRN's score and the retrieval cosine mapped to [0, 1], mixed by ``weight``."""
+    return (1.0 - weight) * drn_score + weight * (1.0 + retrieval_score) / 2.0
+
+
+class LiveSearcher:
+    """The checkpoint named by (or matching) a `cells` table, that table and the feature store, loaded once."""
+
+    def __init__(self, db: str | os.PathLike, checkpoint: str | None = None, features: str | None = None, *,
+                 table: str = CELLS_TABLE, options: LiveSearchOptions | None = None, device: str = "cpu") -> None:
+        self.db = os.fspath(db)
+        self.options = options or LiveSearchOptions()
+        sha = _sha_of(checkpoint) if checkpoint is not None else None  # a named checkpoint must exist
+        self.cells = CellsTable(self.db, table)
+        if not self.cells.exists:
+            raise InputError(f"there is no '{table}' table for two-stage --live search: build it first with "
+                             f"python -m jobs.index_library --checkpoint CHECKPOINT --features STORE --db {self.db}"
+                             " (or search every video with --exhaustive)", path=self.db)
+        info = self.cells.info
+        if sha is not None:
+            if sha != info.sha256:
+                raise InputError(f"the '{table}' table was built with checkpoint {info.checkpoint_id} "
+                                 f"({info.checkpoint}), not with this one (sha256 {sha[:12]}); pass that checkpoint, "
+                                 "or rebuild the table: python -m jobs.index_library --overwrite ...",
+                                 path=checkpoint)
+        else:
+            checkpoint = info.checkpoint
+            if "://" not in checkpoint and not os.path.isfile(checkpoint):
+                raise InputError(f"the checkpoint the '{table}' table was built with ({info.checkpoint_id}) is not "
+                                 "at its recorded place any more; pass it with --checkpoint", path=checkpoint)
+        self.model = load_model(checkpoint, device=device)
+        self.head = require_trained_retrieval(self.model.grounder.model, checkpoint)
+        if self.head.dim != info.dim:
+            raise InputError(f"the checkpoint's retrieval vectors are {self.head.dim}-d, the table's {info.dim}-d",
+                             path=checkpoint)
+        self.features = features or info.features
+        self.store = FeatureStore(self.features)
+        self.model.grounder.check_features(self.store.metadata.feature_dim, self.features)
+        self.videos = VideoLookup(self.store)
+        window_s, stride_s, max_whole_s = info.window_settings
+        self.rule = WindowRule(window_s, stride_s, max_whole_s, "the cells table")
+        self.labels = RunLabels(f"live-{self.model.checkpoint_id}", self.model.checkpoint_id)
+
+    def search(self, text: str, k: int = 10, *, min_score: float | None = None,
+               options: LiveSearchOptions | None = None, exhaustive: bool = False) -> pa.Table:
+        """The ``k`` best moments for ``text`` across the library (see the module docstring).
+
+        ``exhaustive=True`` scores every video of the table the same way, without the approximation of stage one:
+        each video's exact best-cell cosine, DRN on every video, the same fusion (the reference that two-stage
+        search approximates; slow on large libraries).
+        """
+        options = options or self.options
+        if k < 1:
+            raise InputError(f"k must be at least 1, not {k}")
+        check_spellable(text)
+        query = Query(live_query_id(text), " ".join(text.split()))
+        check_queries_encodable(self.model.grounder, QueryCollection("the query text", [query]))
+        side = encode_query_side(self.model.grounder, [query])
+        with torch.no_grad():
+            vector = self.head.encode_query(side.encoded.features)[0].cpu().numpy()
+        if exhaustive:
+            candidates = self.exact_video_scores(vector)
+        else:
+            hits = self.cells.nearest(vector, options.cells, nprobes=options.nprobes,
+                                      refine_factor=options.refine_factor)
+            candidates = best_videos(hits, options.candidates)
+        if not candidates:
+            return _empty()
+        videos, failures = self.videos.load(candidates)
+        if not videos:
+            raise InputError(f"no candidate video could be read from the feature store ({failures[0][1]})",
+                             path=self.features)
+        scorer = LibraryScorer(self.model.grounder, side, self.rule, self.labels, top_k=options.top_k)
+        rows, _ = split_output(scorer.score(videos))
+        retrieval = np.array([candidates[v] for v in rows.column("video_id").to_pylist()], dtype=np.float64)
+        drn = rows.column("score").to_numpy().astype(np.float64)
+        rows = rows.set_column(rows.schema.get_field_index("score"), "score",
+                               pa.array(fuse(drn, retrieval, options.fusion_weight).astype(np.float32)))
+        rows = rows.append_column("drn_score", pa.array(drn.astype(np.float32)))
+        rows = rows.append_column("retrieval_score", pa.array(retrieval.astype(np.float32)))
+        ranked = rows.sort_by([("score", "descending"), ("video_id", "ascending"), ("rank", "ascending")])
+        ranked = ranked.set_column(ranked.schema.get_field_index("library_rank"), "library_rank",
+                                   pa.array(np.arange(ranked.num_rows, dtype=np.int32)))
+        best = ranked.slice(0, k)
+        if min_score is not None:
+            best = best.filter(pc.greater_equal(best.column("score"), pa.scalar(float(min_score), pa.float32())))
+        scores = best.select(["drn_score", "retrieval_score"])
+        best = best.select(list(RESULT_COLUMNS))
+        best = best.add_column(0, "result_rank", pa.array(np.arange(best.num_rows, dtype=np.int32)))
+        best = with_match_columns(best, query.text, 1.0, "same", self.model.negatives_per_positive > 0)
+        return pa.Table.from_arrays([*best.columns, *scores.columns], names=[*best.column_names, *scores.column_names])
+
+
+
+    def exact_video_scores(self, vector: np.ndarray) -> dict[str, float]:
+        """``video_id -> best cell cosine`` of every video of the table, exactly (all vectors, read once)."""
+        if getattr(self, "_all_cells", None) is None:
+            table = self.cells.table.to_arrow().select(["video_id", "vector"])
+            vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+            self._all_cells = (table.column("video_id").to_numpy(zero_copy_only=False), vectors)
+        video_ids, vectors = self._all_cells
+        scores = pa.table({"video_id": video_ids, "similarity": vectors @ np.asarray(vector, dtype=np.float32)})
+        return best_videos(scores, len(scores))
+
+
+def best_videos(hits: pa.Table, count: int) -> dict[str, float]:
+    """``video_id -> best cell similarity`` of the ``count`` best videos among the ANN hits, best first."""
+    if hits.num_rows == 0:
+        return {}
+    best = hits.group_by("video_id").aggregate([("similarity", "max")])
+    best = best.sort_by([("similarity_max", "descending"), ("video_id", "ascending")]).slice(0, count)
+    return dict(zip(best.column("video_id").to_pylist(), best.column("similarity_max").to_pylist(), strict=True))
+
+
+def _sha_of(checkpoint: str) -> str:
+    if not os.path.isfile(checkpoint):
+        raise InputError("checkpoint not found (two-stage search reads a local checkpoint file)", path=checkpoint)
+    return file_sha256(checkpoint)
+
+
+def _empty() -> pa.Table:
+    from moments.index import _result_schema
+
+    schema = _result_schema()
+    return schema.append(pa.field("drn_score", pa.float32())).append(
+        pa.field("retrieval_score", pa.float32())).empty_table()
