@@ -1,12 +1,13 @@
 """Negative pairs on the recurring-descriptions benchmark: corpus-level ranks with and without them, several seeds.
 
-    python benchmarks/corpus.py [--seeds 0 1 2] [--negatives 0 2] [--videos 400] [--dim 64] [--threads 2]
+    python benchmarks/corpus.py [--seeds 0 1 2] [--negatives 0 2 2r] [--videos 400] [--dim 64] [--threads 2]
 
 For each seed: the benchmark of ``drn.synthetic.make_recurring_benchmark`` (event descriptions such as "the red
 ball rises" recur across videos), DRN trained in its three stages on ``configs/synthetic.yaml`` with
 ``train.negatives.per_positive = K`` for each K of ``--negatives``, then evaluated on the test split both ways:
 corpus R@1 and R@10 at IoU 0.5 and video R@1 (every distinct text against every test video, ``drn.corpus``) and
 the within-video R@1,IoU=0.5 (each pair in its own video). Also the seconds per stage-1 epoch relative to K = 0.
+A variant written ``2r`` is K = 2 plus the video-level relevance score (``model.video_relevance``).
 Prints a markdown table per seed and the mean and spread over seeds.
 """
 
@@ -45,10 +46,12 @@ def cpu_model() -> str:
         return platform.processor() or "unknown CPU"
 
 
-def run_one(bench, seed: int, negatives: int, dim: int, out: Path, overrides: list[str]) -> dict:
+def run_one(bench, seed: int, variant: str, dim: int, out: Path, overrides: list[str]) -> dict:
     torch.manual_seed(seed)
+    negatives, relevance = int(variant.rstrip("r")), variant.endswith("r")
     config = load_config(ROOT / "configs" / "synthetic.yaml", [
-        f"model.feature_dim={dim}", f"train.seed={seed}", f"train.negatives.per_positive={negatives}", *overrides])
+        f"model.feature_dim={dim}", f"train.seed={seed}", f"train.negatives.per_positive={negatives}",
+        f"model.video_relevance={str(relevance).lower()}", *overrides])
     started = time.perf_counter()
     data = prepare_training_data(config, bench.features, bench.annotations)
     epochs: list[dict] = []
@@ -63,7 +66,7 @@ def run_one(bench, seed: int, negatives: int, dim: int, out: Path, overrides: li
     within = within_video_result(data.test.pairs, predictions, corpus_config)
     corpus = evaluate_corpus(queries, ranked, videos, corpus_config, within)
     return {
-        "seed": seed, "negatives": negatives, "corpus_r1": corpus.recall[(1, 0.5)],
+        "seed": seed, "negatives": variant, "corpus_r1": corpus.recall[(1, 0.5)],
         "corpus_r10": corpus.recall[(10, 0.5)], "video_r1": corpus.video_recall[1],
         "video_r1_chance": corpus.video_recall_chance[1], "within_r1": within.recall[(1, 0.5)],
         "stage1_epoch_s": statistics.mean(stage1) if stage1 else float("nan"), "train_s": train_s,
@@ -86,7 +89,7 @@ def table(rows: list[dict], base_epoch: dict[int, float]) -> str:
 def summary(rows: list[dict]) -> str:
     lines = ["| K | corpus R@1,IoU=0.5 | corpus R@10,IoU=0.5 | video R@1 | within-video R@1,IoU=0.5 | "
              "corpus R@1 / within R@1 |", "|---|---|---|---|---|---|"]
-    for k in sorted({r["negatives"] for r in rows}):
+    for k in dict.fromkeys(r["negatives"] for r in rows):
         group = [r for r in rows if r["negatives"] == k]
 
         def cell(name: str, group: list[dict] = group) -> str:
@@ -104,7 +107,8 @@ def summary(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--negatives", type=int, nargs="+", default=[0, 2], help="values of K to compare")
+    parser.add_argument("--negatives", nargs="+", default=["0", "2"],
+                        help="values of K to compare; K followed by r adds the video-level relevance score")
     parser.add_argument("--videos", type=int, default=400)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -126,7 +130,7 @@ def main() -> None:
                 row = run_one(bench, seed, k, args.dim, work / f"run{seed}-k{k}", args.overrides)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    base = {r["seed"]: r["stage1_epoch_s"] for r in rows if r["negatives"] == 0}
+    base = {r["seed"]: r["stage1_epoch_s"] for r in rows if r["negatives"] == "0"}
     print()
     print(table(rows, base))
     print()

@@ -47,7 +47,7 @@ class DemoSettings:
     """Everything the demo can vary. The defaults take a few minutes on 2 CPU cores (docs/demo.md)."""
 
     out: Path = DEFAULT_OUT
-    size: int = 20  # videos in the synthetic library
+    size: int = 60  # videos in the synthetic library (cross-video ranks need this many to generalise)
     seed: int = 0
     min_duration_s: float = 12.0
     max_duration_s: float = 20.0
