@@ -55,7 +55,8 @@ from moments.grounding import Resources, encode_query_side, live_query_id
 from moments.index_library import run_index_library
 from moments.live_search import LiveSearcher, LiveSearchOptions
 from moments.queries import Query
-from moments.scoring import LibraryScorer, split_output
+from moments.result_batches import split_output
+from moments.scoring import LibraryScorer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"paper": REPO / "configs" / "charades_sta.yaml", "demo": REPO / "configs" / "demo.yaml"}

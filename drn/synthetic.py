@@ -142,15 +142,27 @@ def make_synthetic_benchmark(
             video_id = f"syn{v:05d}"
             features, starts, ends, duration, events = _video(rng, signatures.astype(np.float32), noise, event_fraction)
             writer.add_clips(video_id, features, starts, ends)
-            writer.finish_video(VideoRecord(
-                video_id=video_id, uri=f"synthetic://{video_id}", fps=2.0, num_frames=int(duration * 2),
-                duration_s=duration, num_clips=len(starts),
-            ))
-            fraction = v / max(num_videos, 1)
-            split = "train" if fraction < 0.7 else "val" if fraction < 0.8 else "test"
+            writer.finish_video(_video_record(video_id, duration, len(starts)))
+            split = _split_of(v, num_videos)
             for query, s, e in _queries(events):
                 splits[split].append({"video_id": video_id, "query": query, "start_s": round(s, 3),
                                       "end_s": round(e, 3), "duration_s": round(duration, 3)})
+    return _write_annotations(out, splits, num_videos)
+
+
+def _split_of(index: int, num_videos: int) -> str:
+    """The first 70% of the videos train, the next 10% validate, the rest test."""
+    fraction = index / max(num_videos, 1)
+    return "train" if fraction < 0.7 else "val" if fraction < 0.8 else "test"
+
+
+def _video_record(video_id: str, duration: float, num_clips: int) -> VideoRecord:
+    return VideoRecord(video_id=video_id, uri=f"synthetic://{video_id}", fps=2.0, num_frames=int(duration * 2),
+                       duration_s=duration, num_clips=num_clips)
+
+
+def _write_annotations(out: Path, splits: dict[str, list[dict]], num_videos: int) -> SyntheticBenchmark:
+    """One JSONL file per split under ``out/annotations``, each row numbered by ``qid``."""
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
         with open(out / "annotations" / f"{split}.jsonl", "w") as fh:
@@ -203,8 +215,7 @@ def make_recurring_benchmark(
             spans = _place_events(rng, duration, len(chosen), event_fraction)
             features = rng.normal(0.0, noise, size=(len(starts), feature_dim)).astype(np.float32)
             centres = (starts + ends) / 2
-            fraction = v / max(num_videos, 1)
-            split = "train" if fraction < 0.7 else "val" if fraction < 0.8 else "test"
+            split = _split_of(v, num_videos)
             for kind, (s, e) in zip(chosen, spans, strict=True):
                 colour, motion = kinds[int(kind)]
                 inside = (centres >= s) & (centres < e)
@@ -212,19 +223,8 @@ def make_recurring_benchmark(
                 splits[split].append({"video_id": video_id, "query": f"the {COLORS[colour]} ball {MOTIONS[motion]}",
                                       "start_s": round(s, 3), "end_s": round(e, 3), "duration_s": round(duration, 3)})
             writer.add_clips(video_id, features, starts, ends)
-            writer.finish_video(VideoRecord(
-                video_id=video_id, uri=f"synthetic://{video_id}", fps=2.0, num_frames=int(duration * 2),
-                duration_s=duration, num_clips=len(starts),
-            ))
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
-    for split, rows in splits.items():
-        with open(out / "annotations" / f"{split}.jsonl", "w") as fh:
-            for qid, row in enumerate(rows):
-                fh.write(json.dumps({"qid": qid, **row}) + "\n")
-    return SyntheticBenchmark(
-        features=str(out / "features"), annotations=str(out / "annotations"), num_videos=num_videos,
-        num_pairs={k: len(v) for k, v in splits.items()},
-    )
+            writer.finish_video(_video_record(video_id, duration, len(starts)))
+    return _write_annotations(out, splits, num_videos)
 
 
 def main(argv: list[str] | None = None) -> None:

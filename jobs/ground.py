@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from jobs.cli import job_main
+from jobs.library_args import add_common_args, add_resource_args, add_window_args, apply_progress_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,12 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="DRN checkpoint (.pt) written by jobs.train")
-    parser.add_argument("--features", required=True, help="feature store (a folder or an object-store URI)")
+    add_common_args(parser, table="segments")
     parser.add_argument("--queries", required=True,
                         help="query collection: a text file (one query a line) or a .jsonl file with "
                              "'query_id' and 'query' per line")
-    parser.add_argument("--db", default=None, help="LanceDB URI: a folder or s3://... (default: $DRN_DB or ./lancedb)")
-    parser.add_argument("--table", default="segments", help="table name")
     parser.add_argument("--run-id", default=None,
                         help="run id of the rows (default: run-<hash of checkpoint, store, queries, top-k, windows>)")
     parser.add_argument("--videos", default=None,
@@ -40,26 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=5, help="segments kept per (query, video) after NMS")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a table with another schema, and delete this run's rows first (no resume)")
-    windows = parser.add_argument_group("long videos (default: from the checkpoint or the dataset's training "
-                                        "durations; see docs/grounding.md)")
-    windows.add_argument("--window-s", type=float, default=None, help="window length in seconds")
-    windows.add_argument("--window-stride-s", type=float, default=None, help="seconds between windows "
-                         "(default: half a window)")
-    windows.add_argument("--max-whole-s", type=float, default=None,
-                         help="videos up to this long are grounded whole, longer ones in windows")
-    work = parser.add_argument_group("resources")
-    work.add_argument("--num-actors", type=int, default=1, help="grounding actors (each holds the model)")
-    work.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (0: CPU)")
-    work.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (torch threads on CPU)")
-    work.add_argument("--videos-per-batch", type=int, default=16, help="videos per actor call")
+    add_window_args(parser, "long videos (default: from the checkpoint or the dataset's training durations; see "
+                    "docs/grounding.md)", whole="grounded")
+    work = add_resource_args(parser, "grounding", videos_per_batch=16, write_batch_rows=50_000)
     work.add_argument("--pair-batch-size", type=int, default=256, help="(query, video) pairs per forward pass")
-    work.add_argument("--write-batch-rows", type=int, default=50_000, help="rows per LanceDB merge")
-    work.add_argument("--max-videos", type=int, default=None,
-                      help="ground at most this many of the videos still to do (a trial; rerun to finish)")
     work.add_argument("--capacity-wait-s", type=float, default=120.0,
                       help="when lost nodes leave the cluster too small for the actors, stop (exit 1, naming the "
                            "missing resource) after this many seconds; rerun to resume")
-    work.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -74,10 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from moments.grounding import GroundingJob, Resources, WindowOptions
 
-    if args.no_progress:
-        import ray
-
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    apply_progress_flag(args)
     job = GroundingJob(
         args.checkpoint, args.features, collection, db=args.db, table=args.table, run_id=args.run_id,
         videos=args.videos, top_k=args.top_k, overwrite=args.overwrite,

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from jobs.cli import job_main
+from jobs.library_args import add_common_args, add_resource_args, add_window_args, apply_progress_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,28 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="DRN checkpoint (.pt) with a trained retrieval stage")
-    parser.add_argument("--features", required=True, help="feature store (a folder or an object-store URI)")
-    parser.add_argument("--db", default=None, help="LanceDB URI: a folder or s3://... (default: $DRN_DB or ./lancedb)")
-    parser.add_argument("--table", default="cells", help="table name")
+    add_common_args(parser, table="cells")
     parser.add_argument("--videos", default=None,
                         help="only these videos: a comma-separated list or a file with one video id a line")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a cells table built from another checkpoint or store (no resume)")
     parser.add_argument("--vector-index-min-rows", type=int, default=50_000,
                         help="build the IVF-PQ index once the table holds this many rows (exact search below)")
-    windows = parser.add_argument_group("long videos (default: the checkpoint's grounding windows)")
-    windows.add_argument("--window-s", type=float, default=None, help="window length in seconds")
-    windows.add_argument("--window-stride-s", type=float, default=None, help="seconds between windows")
-    windows.add_argument("--max-whole-s", type=float, default=None, help="videos up to this long are encoded whole")
-    work = parser.add_argument_group("resources")
-    work.add_argument("--num-actors", type=int, default=1, help="encoding actors (each holds the retrieval head)")
-    work.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (0: CPU)")
-    work.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (torch threads on CPU)")
-    work.add_argument("--videos-per-batch", type=int, default=64, help="videos per actor call")
-    work.add_argument("--write-batch-rows", type=int, default=200_000, help="rows per LanceDB merge")
-    work.add_argument("--max-videos", type=int, default=None,
-                      help="index at most this many of the videos still to do (a trial; rerun to finish)")
-    work.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_window_args(parser, "long videos (default: the checkpoint's grounding windows)", whole="encoded")
+    add_resource_args(parser, "encoding", videos_per_batch=64, write_batch_rows=200_000)
     return parser
 
 
@@ -57,10 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from moments.index import default_db_uri
     from moments.index_library import IndexLibraryJob
 
-    if args.no_progress:
-        import ray
-
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    apply_progress_flag(args)
     job = IndexLibraryJob(
         args.checkpoint, args.features, args.db or default_db_uri(), table=args.table, videos=args.videos,
         overwrite=args.overwrite, windows=WindowOptions(args.window_s, args.window_stride_s, args.max_whole_s),

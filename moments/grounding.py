@@ -43,8 +43,9 @@ from drn.store import FeatureStore, VideoFeatures, absolute_uri, open_filesystem
 from moments.embedding import embed_texts
 from moments.index import RESULT_COLUMNS, SEGMENTS_TABLE, Index, default_db_uri, with_match_columns
 from moments.queries import Query, QueryCollection, normalise_text, read_queries
+from moments.result_batches import split_output, write_in_batches
 from moments.runs import RunRecord, record_run
-from moments.scoring import LibraryScorer, QuerySide, RunLabels, split_output
+from moments.scoring import LibraryScorer, QuerySide, RunLabels
 from moments.windows import WindowRule, window_rule
 from pipeline.capacity import DEFAULT_WAIT_S, PipelineNeeds, watch
 
@@ -401,33 +402,8 @@ class GroundingJob:
         return summary
 
     def _write_all(self, index: Index, batches: Iterable[pa.Table], summary: GroundingSummary) -> None:
-        pending: list[pa.Table] = []
-        pending_rows, pending_videos, writes = 0, set(), 0
-
-        def flush() -> None:
-            nonlocal pending, pending_rows, pending_videos, writes
-            if pending:
-                summary.rows_written += index.write_segments(pa.concat_tables(pending))
-            summary.videos_done += len(pending_videos)
-            pending, pending_rows, pending_videos = [], 0, set()
-            writes += 1
-            if self.on_write is not None:
-                self.on_write(summary.videos_done + summary.videos_failed, summary.rows_written)
-            if self.fail_after_writes is not None and writes >= self.fail_after_writes:
-                raise RuntimeError(f"stopped after {writes} write(s) (fail_after_writes test hook)")
-
-        for output in batches:
-            rows, failures = split_output(output)
-            summary.videos_failed += len(failures)
-            summary.failures += failures
-            if rows.num_rows:
-                pending.append(rows)
-                pending_rows += rows.num_rows
-                pending_videos.update(rows.column("video_id").to_pylist())
-            if pending_rows >= self.write_batch_rows:
-                flush()
-        if pending:
-            flush()
+        write_in_batches(batches, index.write_segments, summary, self.write_batch_rows, self.on_write,
+                         self.fail_after_writes)
 
 
 def run_grounding(checkpoint: str, features: str, queries: str | QueryCollection, db: str | None = None,

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from drn.config import DRNConfig
@@ -43,9 +42,9 @@ from moments.grounding import (
     load_videos,
     select_videos,
 )
+from moments.result_batches import ERROR_COLUMN, write_in_batches
 from moments.windows import WindowRule, cut_windows, window_rule
 
-ERROR_COLUMN = "error"
 MAX_BLOCKS = 2000
 
 
@@ -132,15 +131,6 @@ class CellEncoder:
             bad[ERROR_COLUMN] = pa.array([message for _, message in failures], pa.string())
             table = pa.concat_tables([table, pa.table(bad, schema=schema)])
         return table
-
-
-def split_rows(table: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
-    """An actor's output as (cell rows to write, failures as ``(video_id, error)``)."""
-    errors = table.column(ERROR_COLUMN)
-    failed = errors.is_valid()
-    bad = table.filter(failed)
-    good = table.filter(pc.invert(failed)).drop_columns([ERROR_COLUMN])
-    return good, list(zip(bad.column("video_id").to_pylist(), bad.column(ERROR_COLUMN).to_pylist(), strict=True))
 
 
 class CellActor:
@@ -255,32 +245,7 @@ class IndexLibraryJob:
         return summary
 
     def _write_all(self, table: CellsTable, batches: Iterable[pa.Table], summary: IndexSummary) -> None:
-        pending: list[pa.Table] = []
-        pending_rows, writes = 0, 0
-
-        def flush() -> None:
-            nonlocal pending, pending_rows, writes
-            rows = pa.concat_tables(pending)
-            summary.rows_written += table.write(rows)
-            summary.videos_done += len(set(rows.column("video_id").to_pylist()))
-            pending, pending_rows = [], 0
-            writes += 1
-            if self.on_write is not None:
-                self.on_write(summary.videos_done + summary.videos_failed, summary.rows_written)
-            if self.fail_after_writes is not None and writes >= self.fail_after_writes:
-                raise RuntimeError(f"stopped after {writes} write(s) (fail_after_writes test hook)")
-
-        for output in batches:
-            rows, failures = split_rows(output)
-            summary.videos_failed += len(failures)
-            summary.failures += failures
-            if rows.num_rows:
-                pending.append(rows)
-                pending_rows += rows.num_rows
-            if pending_rows >= self.write_batch_rows:
-                flush()
-        if pending:
-            flush()
+        write_in_batches(batches, table.write, summary, self.write_batch_rows, self.on_write, self.fail_after_writes)
 
 
 def run_index_library(checkpoint: str, features: str, db: str, **options: Any) -> IndexSummary:

@@ -34,7 +34,8 @@ from moments.cells import CELLS_TABLE, CellsTable
 from moments.grounding import check_queries_encodable, encode_query_side, file_sha256, live_query_id, load_model
 from moments.index import RESULT_COLUMNS, with_match_columns
 from moments.queries import Query, QueryCollection
-from moments.scoring import LibraryScorer, RunLabels, split_output
+from moments.result_batches import split_output
+from moments.scoring import LibraryScorer, RunLabels
 from moments.windows import WindowRule
 
 

@@ -13,16 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from drn.durations import timeline_duration
 from drn.inference import EncodedQueries, Grounder
 from drn.store import VideoFeatures
 from moments.embedding import EMBEDDING_DIM
 from moments.index import segments_schema, segments_table
+from moments.result_batches import ERROR_COLUMN
 from moments.windows import Window, WindowRule, cut_windows, merge_windows
-
-ERROR_COLUMN = "error"
 
 
 @dataclass
@@ -145,13 +143,3 @@ def _failure_rows(failures: list[tuple[str, str]], labels: RunLabels) -> pa.Tabl
     columns[ERROR_COLUMN] = pa.array([message for _, message in failures], pa.string())
     return pa.table(columns, schema=schema)
 
-
-def split_output(table: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
-    """An actor's output as (segments rows ready to write, failures as ``(video_id, error)``)."""
-    errors = table.column(ERROR_COLUMN)
-    if errors.null_count == table.num_rows:
-        return table.drop_columns([ERROR_COLUMN]), []
-    failed = errors.is_valid()
-    bad = table.filter(failed)
-    good = table.filter(pc.invert(failed)).drop_columns([ERROR_COLUMN])
-    return good, list(zip(bad.column("video_id").to_pylist(), bad.column(ERROR_COLUMN).to_pylist(), strict=True))

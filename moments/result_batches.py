@@ -1,0 +1,72 @@
+"""Ray actors' output batches: rows plus an ``error`` column, and their buffered writing to a LanceDB table.
+
+Grounding (`segments`) and cell indexing (`cells`) both map batches of video ids to one Arrow table each: the
+rows to write, and one row per failed video whose ``error`` column says why. ``write_in_batches`` splits them,
+records the failures and writes the rows in large batches (every LanceDB write is a new table version).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+ERROR_COLUMN = "error"
+
+
+class WriteProgress(Protocol):
+    """The counters of a job summary that ``write_in_batches`` keeps."""
+
+    videos_done: int
+    videos_failed: int
+    rows_written: int
+    failures: list[tuple[str, str]]
+
+
+def split_output(table: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """An actor's output as (rows ready to write, failures as ``(video_id, error)``)."""
+    errors = table.column(ERROR_COLUMN)
+    if errors.null_count == table.num_rows:
+        return table.drop_columns([ERROR_COLUMN]), []
+    failed = errors.is_valid()
+    bad = table.filter(failed)
+    good = table.filter(pc.invert(failed)).drop_columns([ERROR_COLUMN])
+    return good, list(zip(bad.column("video_id").to_pylist(), bad.column(ERROR_COLUMN).to_pylist(), strict=True))
+
+
+def write_in_batches(batches: Iterable[pa.Table], write: Callable[[pa.Table], int], progress: WriteProgress,
+                     batch_rows: int, on_write: Callable[[int, int], None] | None = None,
+                     fail_after_writes: int | None = None) -> None:
+    """Write the rows of ``batches`` with ``write`` once ``batch_rows`` are pending, and at the end.
+
+    ``progress`` counts the videos written and failed as it goes; ``on_write(videos, rows)`` follows each write.
+    ``fail_after_writes`` (a test hook) raises after that many writes, to show a job resumes where it stopped.
+    """
+    pending: list[pa.Table] = []
+    pending_rows, pending_videos, writes = 0, set(), 0
+
+    def flush() -> None:
+        nonlocal pending, pending_rows, pending_videos, writes
+        progress.rows_written += write(pa.concat_tables(pending))
+        progress.videos_done += len(pending_videos)
+        pending, pending_rows, pending_videos = [], 0, set()
+        writes += 1
+        if on_write is not None:
+            on_write(progress.videos_done + progress.videos_failed, progress.rows_written)
+        if fail_after_writes is not None and writes >= fail_after_writes:
+            raise RuntimeError(f"stopped after {writes} write(s) (fail_after_writes test hook)")
+
+    for output in batches:
+        rows, failures = split_output(output)
+        progress.videos_failed += len(failures)
+        progress.failures += failures
+        if rows.num_rows:
+            pending.append(rows)
+            pending_rows += rows.num_rows
+            pending_videos.update(rows.column("video_id").to_pylist())
+        if pending_rows >= batch_rows:
+            flush()
+    if pending:
+        flush()
