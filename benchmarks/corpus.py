@@ -1,6 +1,7 @@
 """Negative pairs on the recurring-descriptions benchmark: corpus-level ranks with and without them, several seeds.
 
-    python benchmarks/corpus.py [--seeds 0 1 2] [--negatives 0 2 2r] [--videos 400] [--dim 64] [--threads 2]
+    python benchmarks/corpus.py [--seeds 0 1 2] [--negatives 0 2 2r] [--videos 400] [--dim 64] [--noise 0.5]
+        [--motion-share 0.3] [--threads 2]
 
 For each seed: the benchmark of ``drn.synthetic.make_recurring_benchmark`` (event descriptions such as "the red
 ball rises" recur across videos), DRN trained in its three stages on ``configs/synthetic.yaml`` with
@@ -111,6 +112,9 @@ def main() -> None:
                         help="values of K to compare; K followed by r adds the video-level relevance score")
     parser.add_argument("--videos", type=int, default=400)
     parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--noise", type=float, default=0.5, help="clip noise of the benchmark (harder when larger)")
+    parser.add_argument("--motion-share", type=float, default=0.3,
+                        help="the motion's share of an event's signature (harder when smaller)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work", type=Path, default=None, help="folder for the benchmarks (default: a temp dir)")
@@ -125,7 +129,7 @@ def main() -> None:
         work = args.work or Path(tmp)
         for seed in args.seeds:
             bench = make_recurring_benchmark(work / f"bench{seed}", num_videos=args.videos, feature_dim=args.dim,
-                                             seed=seed)
+                                             seed=seed, noise=args.noise, motion_share=args.motion_share)
             for k in args.negatives:
                 row = run_one(bench, seed, k, args.dim, work / f"run{seed}-k{k}", args.overrides)
                 print(json.dumps(row), flush=True)
@@ -135,7 +139,8 @@ def main() -> None:
     print(table(rows, base))
     print()
     print(summary(rows))
-    print(f"\n{rows[0]['queries']} test texts x {rows[0]['videos']} test videos (seed {rows[0]['seed']}), "
+    print(f"\nbenchmark: {args.videos} videos, D {args.dim}, noise {args.noise}, motion share {args.motion_share}")
+    print(f"{rows[0]['queries']} test texts x {rows[0]['videos']} test videos (seed {rows[0]['seed']}), "
           f"{rows[0]['moments_per_query']:.1f} moments per text")
     if any(r["excluded"] for r in rows):
         print(next(r["excluded"] for r in rows if r["excluded"]))
