@@ -1,6 +1,6 @@
 """Negative pairs on the recurring-descriptions benchmark: corpus-level ranks with and without them, several seeds.
 
-    python benchmarks/corpus.py [--seeds 0 1 2] [--negatives 0 2 2r] [--videos 400] [--dim 64] [--noise 0.5]
+    python benchmarks/corpus.py [--seeds 0 1 2] [--negatives 0 1 2 4] [--videos 400] [--dim 64] [--noise 0.5]
         [--motion-share 0.3] [--threads 2]
 
 For each seed: the benchmark of ``drn.synthetic.make_recurring_benchmark`` (event descriptions such as "the red
@@ -8,7 +8,6 @@ ball rises" recur across videos), DRN trained in its three stages on ``configs/s
 ``train.negatives.per_positive = K`` for each K of ``--negatives``, then evaluated on the test split both ways:
 corpus R@1 and R@10 at IoU 0.5 and video R@1 (every distinct text against every test video, ``drn.corpus``) and
 the within-video R@1,IoU=0.5 (each pair in its own video). Also the seconds per stage-1 epoch relative to K = 0.
-A variant written ``2r`` is K = 2 plus the video-level relevance score (``model.video_relevance``).
 Prints a markdown table per seed and the mean and spread over seeds.
 """
 
@@ -49,10 +48,10 @@ def cpu_model() -> str:
 
 def run_one(bench, seed: int, variant: str, dim: int, out: Path, overrides: list[str]) -> dict:
     torch.manual_seed(seed)
-    negatives, relevance = int(variant.rstrip("r")), variant.endswith("r")
+    negatives = int(variant)
     config = load_config(ROOT / "configs" / "synthetic.yaml", [
         f"model.feature_dim={dim}", f"train.seed={seed}", f"train.negatives.per_positive={negatives}",
-        f"model.video_relevance={str(relevance).lower()}", *overrides])
+        *overrides])
     started = time.perf_counter()
     data = prepare_training_data(config, bench.features, bench.annotations)
     epochs: list[dict] = []
@@ -109,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--negatives", nargs="+", default=["0", "2"],
-                        help="values of K to compare; K followed by r adds the video-level relevance score")
+                        help="values of K to compare")
     parser.add_argument("--videos", type=int, default=400)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--noise", type=float, default=0.5, help="clip noise of the benchmark (harder when larger)")

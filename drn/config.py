@@ -54,9 +54,6 @@ class ModelConfig:
     quality: str = "iou"  # "iou" head, "centerness" (same head, centerness target) or "none" (m alone)
     head_init_std: float = 0.01
     match_prior: float = 0.01
-    # A video-level relevance score (trained on negative pairs) that scales every segment's score: the segment
-    # score becomes m * u * sigmoid(r). Off by default (benchmarks/RESULTS.md, negative pairs).
-    video_relevance: bool = False
     retrieval_dim: int = 0  # R > 0 adds the retrieval stage (drn.retrieval: query and cells in R-d); 0: none
 
 
@@ -153,12 +150,34 @@ class DRNConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> DRNConfig:
-        return _build(cls, data, source, prefix="")
+        return _build(cls, _without_retired_keys(data, source), source, prefix="")
 
     def scaled_level_ranges(self) -> list[tuple[float, float]]:
         """Level ranges in grid units of this config's T."""
         scale = self.model.num_segments / self.targets.ranges_for_segments
         return [(float(lo) * scale, float(hi) * scale) for lo, hi in self.targets.level_ranges]
+
+
+# Keys that configs and checkpoints of earlier versions may hold, with the value that changed nothing. A file with
+# that value still loads; another value is refused by name.
+RETIRED_KEYS = {
+    # The video-level relevance score was measured and removed: a few points of corpus R@1 for up to 14 points of
+    # within-video R@1 (benchmarks/RESULTS.md, "Negative pairs").
+    ("model", "video_relevance"): False,
+}
+
+
+def _without_retired_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
+    data = dict(data)
+    for (section, key), inert in RETIRED_KEYS.items():
+        values = data.get(section)
+        if not isinstance(values, dict) or key not in values:
+            continue
+        if values[key] != inert:
+            raise InputError(f"{section}.{key} is no longer supported (it was removed; only {inert!r} loads): "
+                             "retrain without it", path=source)
+        data[section] = {k: v for k, v in values.items() if k != key}
+    return data
 
 
 def validate(config: DRNConfig) -> None:

@@ -23,10 +23,7 @@ def location_scores(output: FlatOutput) -> tuple[torch.Tensor, torch.Tensor, tor
     """(final score, matching m, quality u) per location, each ``[B, P]``; u is 1 without a quality head."""
     match = torch.sigmoid(output.match_logits)
     quality = torch.ones_like(match) if output.iou_logits is None else torch.sigmoid(output.iou_logits)
-    score = match * quality
-    if output.relevance_logits is not None:  # the video-level relevance scales every location of the video
-        score = score * torch.sigmoid(output.relevance_logits).unsqueeze(1)
-    return score, match, quality
+    return match * quality, match, quality
 
 
 def nms_order(segments: np.ndarray, threshold: float, max_keep: int) -> list[int]:

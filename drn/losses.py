@@ -16,7 +16,7 @@ from drn.config import DRNConfig
 from drn.model import FlatOutput
 from drn.targets import Targets
 
-LOSS_NAMES = ("location", "matching", "quality", "relevance")
+LOSS_NAMES = ("location", "matching", "quality")
 _EPS = 1e-6
 
 
@@ -86,11 +86,5 @@ def compute_losses(
             losses["quality"] = F.smooth_l1_loss(pred[keep], target[keep])
         else:
             losses["quality"] = pred.sum() * 0.0
-    if "relevance" in which and output.relevance_logits is not None:
-        labels = torch.ones_like(output.relevance_logits)
-        if targets.negative is not None:
-            labels = labels.masked_fill(targets.negative, 0.0)
-        bce = F.binary_cross_entropy_with_logits(output.relevance_logits, labels, reduction="sum")
-        losses["relevance"] = bce / max(targets.num_positive_rows, 1)
     losses["total"] = sum(losses.values()) if losses else output.match_logits.sum() * 0.0
     return losses

@@ -57,21 +57,15 @@ class DRNOutput:
     distances: list[Tensor]  # [B, L_l, 2]: (d_s, d_e) in grid units
     iou_logits: list[Tensor] | None  # [B, L_l], None when the model has no quality head
     points: list[Tensor]  # [L_l], grid units
-    relevance_logits: list[Tensor] | None = None  # [B, L_l] per location, with model.video_relevance
 
     def flat(self) -> FlatOutput:
         levels = torch.cat([torch.full_like(p, i, dtype=torch.long) for i, p in enumerate(self.points)])
-        relevance = None
-        if self.relevance_logits is not None:  # the video's logit: a smooth maximum over every location
-            every = torch.cat(self.relevance_logits, dim=1)
-            relevance = torch.logsumexp(every, dim=1) - math.log(every.shape[1])
         return FlatOutput(
             match_logits=torch.cat(self.match_logits, dim=1),
             distances=torch.cat(self.distances, dim=1),
             iou_logits=None if self.iou_logits is None else torch.cat(self.iou_logits, dim=1),
             points=torch.cat(self.points),
             levels=levels,
-            relevance_logits=relevance,
         )
 
 
@@ -82,13 +76,11 @@ class FlatOutput:
     iou_logits: Tensor | None  # [B, P]
     points: Tensor  # [P]
     levels: Tensor  # [P]
-    relevance_logits: Tensor | None = None  # [B]: whether the video holds the query (model.video_relevance)
 
     def float(self) -> FlatOutput:
         """The outputs in float32 (after a mixed-precision forward; no copy when they already are)."""
         iou = None if self.iou_logits is None else self.iou_logits.float()
-        relevance = None if self.relevance_logits is None else self.relevance_logits.float()
-        return FlatOutput(self.match_logits.float(), self.distances.float(), iou, self.points, self.levels, relevance)
+        return FlatOutput(self.match_logits.float(), self.distances.float(), iou, self.points, self.levels)
 
     def boxes(self, num_segments: int) -> Tensor:
         """Predicted (start, end) in grid units, clamped to [0, T]: ``[B, P, 2]``."""
@@ -208,13 +200,11 @@ class FeaturePyramid(nn.Module):
 class GroundingHead(nn.Module):
     """Matching, location and IoU branches shared by all levels (one learnable distance scale per level)."""
 
-    def __init__(self, channels: int, iou_channels: list[int] | None, init_std: float, prior: float,
-                 relevance: bool = False) -> None:
+    def __init__(self, channels: int, iou_channels: list[int] | None, init_std: float, prior: float) -> None:
         super().__init__()
         self.match_tower = conv_bn_relu(channels, channels, 3)
         self.box_tower = conv_bn_relu(channels, channels, 3)
         self.match_out = nn.Conv1d(channels, 1, 3, padding=1)
-        self.relevance_out = nn.Conv1d(channels, 1, 3, padding=1) if relevance else None
         self.box_out = nn.Conv1d(channels, 2, 3, padding=1)
         self.scales = nn.Parameter(torch.ones(NUM_LEVELS))
         self.iou = None
@@ -227,16 +217,15 @@ class GroundingHead(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.constant_(self.match_out.bias, -math.log((1 - prior) / prior))
 
-    def forward(self, x: Tensor, level: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    def forward(self, x: Tensor, level: int) -> tuple[Tensor, Tensor, Tensor | None]:
         match_feat, box_feat = self.match_tower(x), self.box_tower(x)
         match_logits = self.match_out(match_feat).squeeze(1)
-        relevance = None if self.relevance_out is None else self.relevance_out(match_feat).squeeze(1)
         exponent = (self.scales[level] * self.box_out(box_feat)).clamp(max=20.0)
         distances = torch.exp(exponent).transpose(1, 2)
         iou_logits = None
         if self.iou is not None:
             iou_logits = self.iou(torch.cat([match_feat, box_feat], dim=1)).squeeze(1)
-        return match_logits, distances, iou_logits, relevance
+        return match_logits, distances, iou_logits
 
 
 class DRN(nn.Module):
@@ -256,7 +245,7 @@ class DRN(nn.Module):
         self.fusion = MultiLevelFusion(config, self.query_encoder.out_dim)
         self.pyramid = FeaturePyramid(list(m.level_channels), m.fpn_channels)
         iou_channels = None if m.quality == "none" else list(m.iou_channels)
-        self.head = GroundingHead(m.fpn_channels, iou_channels, m.head_init_std, m.match_prior, m.video_relevance)
+        self.head = GroundingHead(m.fpn_channels, iou_channels, m.head_init_std, m.match_prior)
         self.retrieval = RetrievalHead(config, self.query_encoder.out_dim) if m.retrieval_dim > 0 else None
 
     @property
@@ -280,16 +269,14 @@ class DRN(nn.Module):
     def decode_pairs(self, video: Tensor, queries: Tensor) -> DRNOutput:
         """The pair side: row b of the encoded ``video`` with row b of the encoded ``queries``."""
         pyramid = self.pyramid(self.fusion(video, queries))
-        match_logits, distances, iou_logits, relevance = [], [], [], []
+        match_logits, distances, iou_logits = [], [], []
         for level, x in enumerate(pyramid):
-            m, d, u, r = self.head(x, level)
+            m, d, u = self.head(x, level)
             match_logits.append(m)
             distances.append(d)
             iou_logits.append(u)
-            relevance.append(r)
         points = level_points(self.num_segments, video.device)
-        return DRNOutput(match_logits, distances, None if self.head.iou is None else iou_logits, points,
-                         None if self.head.relevance_out is None else relevance)
+        return DRNOutput(match_logits, distances, None if self.head.iou is None else iou_logits, points)
 
     def forward(self, video: Tensor, words: Tensor, word_mask: Tensor, video_index: Tensor | None = None,
                 query_index: Tensor | None = None) -> DRNOutput:

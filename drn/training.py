@@ -54,13 +54,12 @@ class Stage:
 def stages_from_config(config: DRNConfig, numbers: Iterable[int] = (1, 2, 3)) -> list[Stage]:
     """The stages to run, in order. Without a quality head (``model.quality: none``) stage 2 is skipped."""
     has_quality = config.model.quality != "none"
-    relevance = ("relevance",) if config.model.video_relevance else ()
     t = config.train
     all_stages = {
-        1: Stage(1, "all_but_quality", ("location", "matching", *relevance), t.stage1.lr, t.stage1.epochs),
+        1: Stage(1, "all_but_quality", ("location", "matching"), t.stage1.lr, t.stage1.epochs),
         2: Stage(2, "quality_only", ("quality",), t.stage2.lr, t.stage2.epochs),
-        3: Stage(3, "all", ("location", "matching", "quality", *relevance) if has_quality
-                 else ("location", "matching", *relevance), t.stage3.lr, t.stage3.epochs),
+        3: Stage(3, "all", ("location", "matching", "quality") if has_quality else ("location", "matching"),
+                 t.stage3.lr, t.stage3.epochs),
     }
     out = []
     for n in sorted(set(numbers)):

@@ -116,8 +116,7 @@ def global_loss_weights(losses: dict[str, torch.Tensor], num_positive: int, batc
     npos, npos_clamped, nbatch = counts.tolist()
     tpos, _, tbatch = totals.tolist()
     normaliser = {"location": (npos, tpos), "matching": (npos_clamped, max(tpos, 1.0)),
-                  "quality": (nbatch, tbatch),  # quality: mean over locations; approximate with a min-target
-                  "relevance": (nbatch, tbatch)}  # per positive row
+                  "quality": (nbatch, tbatch)}  # quality: mean over locations; approximate with a min-target
     return {name: (size * normaliser[name][0] / normaliser[name][1] if normaliser[name][1] > 0 else 0.0)
             for name in losses if name != "total"}
 

@@ -36,3 +36,15 @@ def test_override_numbers_given_as_text_are_converted() -> None:
 def test_wrong_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(InputError, match=message):
         load_config(CONFIGS / "synthetic.yaml", [override])
+
+
+def test_retired_key_with_its_inert_value_loads_and_any_other_is_refused() -> None:
+    """Checkpoints written while ``model.video_relevance`` existed (always false by default) still load."""
+    from drn.config import DRNConfig
+
+    data = load_config(CONFIGS / "synthetic.yaml").to_dict()
+    data["model"]["video_relevance"] = False
+    assert DRNConfig.from_dict(data).model == load_config(CONFIGS / "synthetic.yaml").model
+    data["model"]["video_relevance"] = True
+    with pytest.raises(InputError, match="model.video_relevance is no longer supported"):
+        DRNConfig.from_dict(data, source="old.pt")
