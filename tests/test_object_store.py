@@ -33,6 +33,7 @@ from jobs.ground import main as ground_main
 from jobs.search import main as search_main
 from jobs.train import main as train_main
 from moments.queries import read_queries
+from moments.search_backend import SearchBackend, ServiceSettings
 from pipeline.decode import VideoDecoder
 from pipeline.extract import decode_segments
 from pipeline.sources import list_videos
@@ -162,6 +163,13 @@ def test_checkpoint_queries_evaluation_live_grounding_and_search_on_s3(s3_env, b
     found = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     key = [(r["video_id"], r["start_s"], r["end_s"]) for r in found]
     assert key == [(r["video_id"], r["start_s"], r["end_s"]) for r in live]
+
+    # the search service's backend (what each Serve replica loads) on the same index and store on s3
+    backend = SearchBackend(ServiceSettings(db=db, features=features))
+    assert backend.try_ready(), backend.health()
+    answer = backend.search({"q": text, "k": "3"})
+    assert [(r["video_id"], r["start_s"], r["end_s"]) for r in answer["results"]] == key
+    assert backend.videos()["count"] == len(FeatureStore(bench["features"]).ok_video_ids()) > 0  # manifest read on s3
 
 
 # ---- bad input: one line naming the URI ------------------------------------------------------------------------
