@@ -295,6 +295,32 @@ class GroundingActor:
         return self.scorer.score(videos, failures)
 
 
+def start_ray() -> None:
+    """Join RAY_ADDRESS or the job's cluster under `ray job submit`; start a local Ray otherwise."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+
+
+def videos_through_actors(actor: type, video_ids: list[str], resources: Resources, constructor_args: tuple) -> Any:
+    """A Ray Data dataset that sends ``video_ids`` in batches of ``resources.videos_per_batch`` through a pool of
+    ``resources.num_actors`` ``actor``s (built with ``constructor_args``), each with the resources' CPUs and GPUs."""
+    import ray
+
+    blocks = max(1, min(MAX_BLOCKS, -(-len(video_ids) // resources.videos_per_batch)))
+    dataset = ray.data.from_items([{"video_id": vid} for vid in video_ids], override_num_blocks=blocks)
+    return dataset.map_batches(
+        actor,
+        batch_size=int(resources.videos_per_batch),
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=resources.num_actors),
+        num_cpus=resources.cpus_per_actor,
+        num_gpus=resources.num_gpus_per_actor if resources.num_gpus_per_actor > 0 else None,
+        fn_constructor_args=constructor_args,
+    )
+
+
 def scored_batches_ray(
     model: LoadedModel, side: QuerySide, features: str, video_ids: list[str], rule: WindowRule, labels: RunLabels,
     top_k: int, resources: Resources,
@@ -302,23 +328,12 @@ def scored_batches_ray(
     """Actor outputs (rows plus failure rows) of a Ray Data job over ``video_ids``, as they finish."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS or the job's cluster under `ray job submit`; a local Ray otherwise
+    start_ray()
     queries = {"ids": side.ids, "texts": side.texts, "embeddings": side.embeddings,
                "encoded": side.encoded.features.detach().cpu()}
-    blocks = max(1, min(MAX_BLOCKS, -(-len(video_ids) // resources.videos_per_batch)))
-    dataset = ray.data.from_items([{"video_id": vid} for vid in video_ids], override_num_blocks=blocks)
-    dataset = dataset.map_batches(
-        GroundingActor,
-        batch_size=int(resources.videos_per_batch),
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=resources.num_actors),
-        num_cpus=resources.cpus_per_actor,
-        num_gpus=resources.num_gpus_per_actor if resources.num_gpus_per_actor > 0 else None,
-        fn_constructor_args=(ray.put(model_payload(model.grounder)), ray.put(queries), features, rule, labels,
-                             top_k, resources.pair_batch_size, resources.device,
-                             max(1, int(resources.cpus_per_actor))),
-    )
+    dataset = videos_through_actors(GroundingActor, video_ids, resources, (
+        ray.put(model_payload(model.grounder)), ray.put(queries), features, rule, labels, top_k,
+        resources.pair_batch_size, resources.device, max(1, int(resources.cpus_per_actor))))
     needs = PipelineNeeds("grounding", "grounding actor", resources.num_actors, resources.cpus_per_actor,
                           resources.num_gpus_per_actor)
     yield from watch(dataset.iter_batches(batch_size=None, batch_format="pyarrow"), needs,

@@ -41,11 +41,11 @@ from moments.grounding import (
     load_model,
     load_videos,
     select_videos,
+    start_ray,
+    videos_through_actors,
 )
 from moments.result_batches import ERROR_COLUMN, write_in_batches
 from moments.windows import WindowRule, cut_windows, window_rule
-
-MAX_BLOCKS = 2000
 
 
 @dataclass
@@ -151,30 +151,13 @@ class CellActor:
         return self.encoder.rows(videos, failures)
 
 
-def _start_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS or the job's cluster under `ray job submit`; a local Ray otherwise
-
-
 def encoded_batches_ray(model: LoadedModel, features: str, video_ids: list[str], rule: WindowRule, info: CellsInfo,
                         resources: Resources) -> Iterator[pa.Table]:
     import ray
 
-    _start_ray()
-    blocks = max(1, min(MAX_BLOCKS, -(-len(video_ids) // resources.videos_per_batch)))
-    dataset = ray.data.from_items([{"video_id": vid} for vid in video_ids], override_num_blocks=blocks)
-    dataset = dataset.map_batches(
-        CellActor,
-        batch_size=int(resources.videos_per_batch),
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=resources.num_actors),
-        num_cpus=resources.cpus_per_actor,
-        num_gpus=resources.num_gpus_per_actor if resources.num_gpus_per_actor > 0 else None,
-        fn_constructor_args=(ray.put(head_payload(model)), features, rule, info, resources.device,
-                             max(1, int(resources.cpus_per_actor))),
-    )
+    start_ray()
+    dataset = videos_through_actors(CellActor, video_ids, resources, (
+        ray.put(head_payload(model)), features, rule, info, resources.device, max(1, int(resources.cpus_per_actor))))
     yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
@@ -223,7 +206,7 @@ class IndexLibraryJob:
         info = cells_info(model, self.checkpoint, self.features, rule)
         video_ids = select_videos(store, self.videos)
         check_db_writable(self.db)
-        _start_ray()  # before LanceDB opens anything: Ray's processes are forked
+        start_ray()  # before LanceDB opens anything: Ray's processes are forked
         table = CellsTable(self.db, self.table, vector_index_min_rows=self.vector_index_min_rows)
         if table.exists and not self.overwrite:
             check_same_build(table.info, info, self.db)
