@@ -43,7 +43,7 @@ from drn.store import FeatureStore, VideoFeatures, absolute_uri, open_filesystem
 from moments.embedding import embed_texts
 from moments.index import RESULT_COLUMNS, SEGMENTS_TABLE, Index, default_db_uri, with_match_columns
 from moments.queries import Query, QueryCollection, normalise_text, read_queries
-from moments.result_batches import split_output, write_in_batches
+from moments.result_batches import LibraryProgress, split_output, write_in_batches
 from moments.runs import RunRecord, record_run
 from moments.scoring import LibraryScorer, QuerySide, RunLabels
 from moments.windows import WindowRule, window_rule
@@ -100,18 +100,11 @@ class LoadedModel:
 
 
 @dataclass
-class GroundingSummary:
+class GroundingSummary(LibraryProgress):
     run_id: str
     checkpoint_id: str
     window: str
     queries: int
-    videos_total: int = 0
-    videos_skipped: int = 0
-    videos_done: int = 0
-    videos_failed: int = 0
-    rows_written: int = 0
-    seconds: float = 0.0
-    failures: list[tuple[str, str]] = field(default_factory=list)
     dropped_queries: list[tuple[int, str]] = field(default_factory=list)
 
     @property

@@ -44,23 +44,16 @@ from moments.grounding import (
     start_ray,
     videos_through_actors,
 )
-from moments.result_batches import ERROR_COLUMN, write_in_batches
+from moments.result_batches import ERROR_COLUMN, LibraryProgress, write_in_batches
 from moments.windows import WindowRule, cut_windows, window_rule
 
 
 @dataclass
-class IndexSummary:
+class IndexSummary(LibraryProgress):
     checkpoint_id: str
     window: str
-    videos_total: int = 0
-    videos_skipped: int = 0
-    videos_done: int = 0
-    videos_failed: int = 0
-    rows_written: int = 0
     rows_in_table: int = 0
     indices_created: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    failures: list[tuple[str, str]] = field(default_factory=list)
 
     def throughput_line(self) -> str:
         rate = self.videos_done / self.seconds if self.seconds > 0 else 0.0

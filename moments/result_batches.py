@@ -8,7 +8,7 @@ records the failures and writes the rows in large batches (every LanceDB write i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,13 +16,17 @@ import pyarrow.compute as pc
 ERROR_COLUMN = "error"
 
 
-class WriteProgress(Protocol):
-    """The counters of a job summary that ``write_in_batches`` keeps."""
+@dataclass(kw_only=True)
+class LibraryProgress:
+    """The counters every job over a library's videos reports; ``write_in_batches`` keeps the write side."""
 
-    videos_done: int
-    videos_failed: int
-    rows_written: int
-    failures: list[tuple[str, str]]
+    videos_total: int = 0
+    videos_skipped: int = 0  # done by an earlier run (resume)
+    videos_done: int = 0
+    videos_failed: int = 0
+    rows_written: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (video_id, error)
 
 
 def split_output(table: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
@@ -36,7 +40,7 @@ def split_output(table: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
     return good, list(zip(bad.column("video_id").to_pylist(), bad.column(ERROR_COLUMN).to_pylist(), strict=True))
 
 
-def write_in_batches(batches: Iterable[pa.Table], write: Callable[[pa.Table], int], progress: WriteProgress,
+def write_in_batches(batches: Iterable[pa.Table], write: Callable[[pa.Table], int], progress: LibraryProgress,
                      batch_rows: int, on_write: Callable[[int, int], None] | None = None,
                      fail_after_writes: int | None = None) -> None:
     """Write the rows of ``batches`` with ``write`` once ``batch_rows`` are pending, and at the end.
