@@ -33,7 +33,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -41,6 +40,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from rss_sampler import RssSampler  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def cpu_model() -> str:
@@ -178,32 +179,6 @@ def bench_memory(video: Path, store: Path, chunk_bytes: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--memory-child", str(video), str(store), str(chunk_bytes)],
                          check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-class RssSampler(threading.Thread):
-    """Peak RSS of this process and peak summed RSS of its Ray worker processes (``ray::*`` descendants)."""
-
-    def __init__(self, every_s: float = 0.5) -> None:
-        super().__init__(daemon=True)
-        self.every_s = every_s
-        self.driver_peak = self.workers_peak = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self.stop.is_set():
-            self.driver_peak = max(self.driver_peak, me.memory_info().rss)
-            total = 0
-            for proc in me.children(recursive=True):
-                try:
-                    if proc.name().startswith("ray::"):
-                        total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.workers_peak = max(self.workers_peak, total)
-            time.sleep(self.every_s)
 
 
 def memory_pipeline_child(video: str, store: str) -> None:

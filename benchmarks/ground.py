@@ -28,7 +28,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -37,6 +36,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from rss_sampler import RssSampler  # noqa: E402  (benchmarks/ is the script's folder)
 
 from drn.config import load_config  # noqa: E402
 from drn.decoding import decode_segments  # noqa: E402
@@ -125,32 +126,6 @@ def write_library(path: Path, num_videos: int, dim: int, rng: np.random.Generato
             writer.finish_video(VideoRecord(f"vid{n:06d}", "synthetic://", duration_s=duration, num_clips=24))
 
 
-class RssSampler(threading.Thread):
-    """Peak RSS of this process and peak summed RSS of its Ray worker processes (``ray::*`` descendants)."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.driver_peak = 0
-        self.workers_peak = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self.stop.is_set():
-            self.driver_peak = max(self.driver_peak, me.memory_info().rss)
-            total = 0
-            for proc in me.children(recursive=True):  # this driver's own local Ray: raylet -> workers
-                try:
-                    if proc.name().startswith("ray::"):
-                        total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.workers_peak = max(self.workers_peak, total)
-            time.sleep(0.2)
-
-
 def memory_run(num_videos: int, num_queries: int) -> dict:
     """One library size, in this (fresh) process: write the store, run the whole job, report peaks."""
     import ray
@@ -168,7 +143,7 @@ def memory_run(num_videos: int, num_queries: int) -> dict:
     (root / "queries.txt").write_text("\n".join(make_queries(num_queries, rng)) + "\n")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    sampler = RssSampler()
+    sampler = RssSampler(every_s=0.2)
     sampler.start()
     grounding_peak = {"driver": 0, "workers": 0}
 
