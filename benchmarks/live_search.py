@@ -418,13 +418,19 @@ def evaluate_corpus(checkpoint: str, bench, work: Path, weights: Sequence[float]
     return results
 
 
-def run_recall(args: argparse.Namespace) -> None:
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="live-recall-bench-"))
+def prepare_training_bench(args: argparse.Namespace, prefix: str) -> tuple:
+    """(work folder, the benchmark, its maker's name, config overrides) for ``recall`` and ``training``."""
+    work = Path(args.workdir or tempfile.mkdtemp(prefix=prefix))
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}; load before {load_average()}", flush=True)
     bench, maker = make_benchmark(work / "bench", args.videos, args.dim, args.seed)
     overrides = [f"model.feature_dim={args.dim}", f"model.retrieval_dim={args.retrieval_dim}",
                  f"retrieval.epochs={args.retrieval_epochs}", f"retrieval.lr={args.retrieval_lr}", *args.set]
+    return work, bench, maker, overrides
+
+
+def run_recall(args: argparse.Namespace) -> None:
+    work, bench, maker, overrides = prepare_training_bench(args, "live-recall-bench-")
     checkpoint, facts = train_small(bench, work, overrides)
     print(f"  trained in {facts['train_s']:.0f} s; test R@1,IoU=0.5 {facts['test']['R@1,IoU=0.5']:.1f}; "
           f"retrieval {facts['video_recall_test']}", flush=True)
@@ -443,12 +449,7 @@ def run_recall(args: argparse.Namespace) -> None:
 
 
 def run_training(args: argparse.Namespace) -> None:
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="live-training-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {machine()}; load before {load_average()}", flush=True)
-    bench, maker = make_benchmark(work / "bench", args.videos, args.dim, args.seed)
-    overrides = [f"model.feature_dim={args.dim}", f"model.retrieval_dim={args.retrieval_dim}",
-                 f"retrieval.epochs={args.retrieval_epochs}", f"retrieval.lr={args.retrieval_lr}", *args.set]
+    work, bench, maker, overrides = prepare_training_bench(args, "live-training-bench-")
     table = []
     for joint in (False, True):
         checkpoint, facts = train_small(bench, work, overrides, "joint" if joint else "stage")

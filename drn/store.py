@@ -17,7 +17,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -349,6 +349,19 @@ def existing_metadata(uri: str | os.PathLike) -> StoreMetadata | None:
                 path=os.fspath(uri),
             )
     return None if found is None else found[0]
+
+
+def load_each(load: Callable[[str], VideoFeatures], video_ids: Iterable[str]
+              ) -> tuple[list[VideoFeatures], list[tuple[str, str]]]:
+    """The videos that ``load`` returns, and ``(video_id, error)`` for those it fails on: a broken shard fails its
+    own videos, not the job or the search."""
+    videos, failures = [], []
+    for vid in video_ids:
+        try:
+            videos.append(load(vid))
+        except Exception as error:
+            failures.append((vid, f"{type(error).__name__}: {error}"))
+    return videos, failures
 
 
 class FeatureStore:

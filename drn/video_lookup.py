@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from drn.errors import InputError
-from drn.store import FeatureStore, VideoFeatures
+from drn.store import FeatureStore, VideoFeatures, load_each
 
 
 class VideoLookup:
@@ -64,13 +64,7 @@ class VideoLookup:
 
     def load(self, video_ids: Iterable[str]) -> tuple[list[VideoFeatures], list[tuple[str, str]]]:
         """The videos that load, and ``(video_id, error)`` for those that do not."""
-        videos, failures = [], []
-        for vid in video_ids:
-            try:
-                videos.append(self.load_one(vid))
-            except Exception as error:  # a broken shard fails its videos, not the search
-                failures.append((vid, f"{type(error).__name__}: {error}"))
-        return videos, failures
+        return load_each(self.load_one, video_ids)
 
 
 def _assemble(video_id: str, rows: pa.Table, duration_s: float | None, dim: int) -> VideoFeatures:

@@ -39,7 +39,7 @@ from drn.checkpoint import model_from_payload, negatives_per_positive, read_chec
 from drn.config import DRNConfig
 from drn.errors import InputError
 from drn.inference import EncodedQueries, Grounder
-from drn.store import FeatureStore, VideoFeatures, absolute_uri, open_filesystem
+from drn.store import FeatureStore, VideoFeatures, absolute_uri, load_each, open_filesystem
 from moments.embedding import embed_texts
 from moments.index import RESULT_COLUMNS, SEGMENTS_TABLE, Index, default_db_uri, with_match_columns
 from moments.queries import Query, QueryCollection, normalise_text, read_queries
@@ -243,13 +243,7 @@ def completed_videos(index: Index, run_id: str, query_ids: Sequence[str]) -> set
 # ---------------------------------------------------------------------------------------------------- scoring
 def load_videos(store: FeatureStore, video_ids: Iterable[str]) -> tuple[list[VideoFeatures], list[tuple[str, str]]]:
     """The videos that load, and ``(video_id, error)`` for those that do not."""
-    videos, failures = [], []
-    for vid in video_ids:
-        try:
-            videos.append(store.load(vid))
-        except Exception as error:  # a broken shard fails its videos, not the job
-            failures.append((vid, f"{type(error).__name__}: {error}"))
-    return videos, failures
+    return load_each(store.load, video_ids)
 
 
 def model_payload(grounder: Grounder) -> dict[str, Any]:
@@ -391,11 +385,7 @@ class GroundingJob:
                                    videos_total=len(video_ids), dropped_queries=list(collection.dropped))
         if self.overwrite and index.count(run_id=run_id):
             index.table.delete(f"run_id = {_sql_text(run_id)}")
-        done = completed_videos(index, run_id, collection.ids)
-        todo = [vid for vid in video_ids if vid not in done]
-        summary.videos_skipped = len(video_ids) - len(todo)
-        if self.max_videos is not None:
-            todo = todo[: max(0, self.max_videos)]
+        todo = summary.to_do(video_ids, completed_videos(index, run_id, collection.ids), self.max_videos)
         started = time.perf_counter()
         if todo:
             side = encode_query_side(model.grounder, collection.queries)

@@ -206,11 +206,7 @@ class IndexLibraryJob:
         if not table.exists or self.overwrite:
             table.create(info, overwrite=self.overwrite)
         summary = IndexSummary(model.checkpoint_id, rule.describe(), videos_total=len(video_ids))
-        done = table.video_ids()
-        todo = [vid for vid in video_ids if vid not in done]
-        summary.videos_skipped = len(video_ids) - len(todo)
-        if self.max_videos is not None:
-            todo = todo[: max(0, self.max_videos)]
+        todo = summary.to_do(video_ids, table.video_ids(), self.max_videos)
         started = time.perf_counter()
         if todo:
             self._write_all(table, encoded_batches_ray(model, self.features, todo, rule, info, self.resources),

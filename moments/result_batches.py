@@ -28,6 +28,12 @@ class LibraryProgress:
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (video_id, error)
 
+    def to_do(self, video_ids: list[str], done: set[str], max_videos: int | None) -> list[str]:
+        """The videos of ``video_ids`` not in ``done`` (counted as skipped), at most ``max_videos`` of them."""
+        todo = [vid for vid in video_ids if vid not in done]
+        self.videos_skipped = len(video_ids) - len(todo)
+        return todo if max_videos is None else todo[: max(0, max_videos)]
+
 
 def split_output(table: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
     """An actor's output as (rows ready to write, failures as ``(video_id, error)``)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from drn.checkpoint import load_checkpoint, save_checkpoint
+from drn.checkpoint import load_checkpoint
 from drn.config import DRNConfig
 from drn.retrieval import RETRIEVAL_STAGE, RetrievalObjective
 from drn.retrieval_training import (
@@ -37,11 +36,11 @@ from drn.retrieval_training import (
 from drn.training import validate
 from drn.training_setup import prepare_training_data
 from moments.train_worker import (
-    MODEL_FILE,
     STATE_FILE,
     FailureInjection,
     _epoch_loader,
     local_model_file,
+    report_checkpoint,
     to_device,
     unwrap,
     world,
@@ -152,15 +151,12 @@ def _report_epoch(wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, da
     record.update({f"val_{k}": v for k, v in metrics.items()})
     record["selection_score"] = key[0] + 1e-7 * key[1]
     model.retrieval.trained_epochs.fill_(epoch)
-    with tempfile.TemporaryDirectory(prefix="drn-ckpt-") as tmp:
-        retrieval = {"epoch": epoch, "val": {k: v for k, v in metrics.items() if k.startswith("video R@")},
-                     "loss": record["loss_retrieval"]}
-        save_checkpoint(os.path.join(tmp, MODEL_FILE), model, data.vocab, stage=RETRIEVAL_STAGE,
-                        metrics={"val": metrics, "epoch": epoch, "retrieval": retrieval})
-        torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "stage": RETRIEVAL_STAGE,
-                    "grounding": grounding}, os.path.join(tmp, STATE_FILE))
-        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"epoch{epoch:03d}")
+    retrieval = {"epoch": epoch, "val": {k: v for k, v in metrics.items() if k.startswith("video R@")},
+                 "loss": record["loss_retrieval"]}
+    report_checkpoint(record, model, data.vocab, RETRIEVAL_STAGE,
+                      {"val": metrics, "epoch": epoch, "retrieval": retrieval},
+                      {"optimizer": optimizer.state_dict(), "epoch": epoch, "stage": RETRIEVAL_STAGE,
+                       "grounding": grounding})
     print(f"stage 4 epoch {epoch}: retrieval loss {record['loss_retrieval']:.4f} ({record['pairs_per_s']:.0f} pairs/s "
           f"on {record['world_size']} workers) val {config.retrieval.select_metric} "
           f"{metrics[config.retrieval.select_metric]:.2f}", flush=True)

@@ -152,6 +152,16 @@ def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | No
     return torch.float16 if precision == "fp16" else torch.bfloat16
 
 
+def report_checkpoint(record: dict, model: Any, vocab: Any, stage: int, metrics: dict, state: dict) -> None:
+    """Report an epoch to Ray Train with its checkpoint: the drn model file (``MODEL_FILE``, with ``metrics``) and
+    the training ``state`` to resume from (``STATE_FILE``, holding at least ``epoch``)."""
+    with tempfile.TemporaryDirectory(prefix="drn-ckpt-") as tmp:
+        save_checkpoint(os.path.join(tmp, MODEL_FILE), model, vocab, stage=stage, metrics=metrics)
+        torch.save(state, os.path.join(tmp, STATE_FILE))
+        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"epoch{state['epoch']:03d}")
+
+
 @contextlib.contextmanager
 def local_model_file(checkpoint: ray.train.Checkpoint | None, uri: str | None) -> Iterator[str | None]:
     """A local path of the drn checkpoint file in ``checkpoint`` or at ``uri`` (a Ray checkpoint directory or a
@@ -275,13 +285,9 @@ def _report_epoch(job: dict, wrapped: torch.nn.Module, optimizer: torch.optim.Op
     key = selection_key(metrics, config.train.select_metric, (stage.number, epoch))
     record.update({f"val_{k}": v for k, v in metrics.items()})
     record["selection_score"] = key[0] + 1e-7 * key[1]  # select metric, ties broken by mIoU (or the epoch: "last")
-    with tempfile.TemporaryDirectory(prefix="drn-ckpt-") as tmp:
-        save_checkpoint(os.path.join(tmp, MODEL_FILE), model, data.vocab, stage=stage.number,
-                        metrics={"val": metrics, "epoch": epoch})
-        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                    "stage": stage.number}, os.path.join(tmp, STATE_FILE))
-        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"epoch{epoch:03d}")
+    report_checkpoint(record, model, data.vocab, stage.number, {"val": metrics, "epoch": epoch},
+                      {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                       "stage": stage.number})
     print(f"stage {stage.number} epoch {epoch}: loss {record['loss_total']:.4f} "
           f"({record['pairs_per_s']:.0f} pairs/s on {record['world_size']} workers) "
           f"val R@1,IoU=0.5 {metrics['R@1,IoU=0.5']:.2f}", flush=True)
