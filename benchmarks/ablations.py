@@ -1,4 +1,4 @@
-"""The DRN paper's ablations (Tables 4 to 6) rerun on the synthetic benchmark (drn.synthetic), several seeds.
+"""The DRN paper's ablations (Tables 4 to 6) rerun on the synthetic benchmark (drn.datasets.synthetic), several seeds.
 
     python benchmarks/ablations.py [--quick] [--seeds 0 1 2] [--videos 250] [--noise 1.5] [--threads 1] \
         [--only full center none] [--json-out runs/ablations.json]
@@ -29,8 +29,8 @@ import torch
 
 from drn.baselines import fit_fixed_window, fixed_window_predictions
 from drn.config import load_config
+from drn.datasets.synthetic import make_synthetic_benchmark
 from drn.evaluation import evaluate
-from drn.synthetic import make_synthetic_benchmark
 from drn.training import fit, stages_from_config
 from drn.training_setup import TrainingData, prepare_training_data
 
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="benchmark and training seeds")
     parser.add_argument("--videos", type=int, default=250, help="synthetic videos per seed (70/10/20 split)")
     parser.add_argument("--dim", type=int, default=32, help="feature dimension D of the synthetic store")
-    parser.add_argument("--noise", type=float, default=1.5, help="background noise std (drn.synthetic default 0.5)")
+    parser.add_argument("--noise", type=float, default=1.5, help="background noise std (synthetic default 0.5)")
     parser.add_argument("--signal", type=float, default=1.5, help="event signature strength (default 1.5)")
     parser.add_argument("--min-event", type=float, default=0.08, help="shortest event, fraction of the video")
     parser.add_argument("--max-event", type=float, default=0.35, help="longest event, fraction of the video")

@@ -3,7 +3,7 @@
     python benchmarks/corpus.py [--seeds 0 1 2] [--negatives 0 1 2 4] [--videos 400] [--dim 64] [--noise 0.5]
         [--motion-share 0.3] [--threads 2]
 
-For each seed: the benchmark of ``drn.synthetic.make_recurring_benchmark`` (event descriptions such as "the red
+For each seed: the benchmark of ``drn.datasets.synthetic.make_recurring_benchmark`` (event descriptions such as "the red
 ball rises" recur across videos), DRN trained in its three stages on ``configs/synthetic.yaml`` with
 ``train.negatives.per_positive = K`` for each K of ``--negatives``, then evaluated on the test split both ways:
 corpus R@1 and R@10 at IoU 0.5 and video R@1 (every distinct text against every test video, ``drn.corpus``) and
@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from drn.config import load_config  # noqa: E402
 from drn.corpus import CorpusConfig, evaluate_corpus, ground_corpus, within_video_result  # noqa: E402
+from drn.datasets.synthetic import make_recurring_benchmark  # noqa: E402
 from drn.inference import Grounder  # noqa: E402
-from drn.store import FeatureStore  # noqa: E402
-from drn.synthetic import make_recurring_benchmark  # noqa: E402
+from drn.store.features import FeatureStore  # noqa: E402
 from drn.training import fit, stages_from_config  # noqa: E402
 from drn.training_setup import prepare_training_data  # noqa: E402
 

@@ -11,7 +11,7 @@ depend on the values):
   ``jobs.extract --dtype auto`` picks, and each low-precision dtype's agreement with float32 (cosine per clip).
 - ``train``: DRN at the paper's size (D 4096, T 32, batch 32, about 39 M parameters) on one GPU:
   ``drn.training.train_step`` pairs/s per stage in float32 and under bfloat16 autocast.
-- ``ray_train``: the same model on Ray Train, 1 GPU worker, NCCL (``moments.train.fit_distributed``, stage 1, 2
+- ``ray_train``: the same model on Ray Train, 1 GPU worker, NCCL (``moments.train.driver.fit_distributed``, stage 1, 2
   epochs of a synthetic 4096-d store, bf16 autocast): pairs/s as the worker measures it over its steps.
 - ``ground``: grounding pairs/s at D 4096, T 32 (``Grounder``: queries and videos encoded once, pairs in batches
   of 4096), the network alone and with decoding to seconds, in float32 and bf16 autocast; FLOPs per pair from
@@ -206,7 +206,7 @@ def glove_file(annotations: Path, out: Path) -> Path:
     without the MiniLM package (a machine may lack it; speed does not depend on the vectors)."""
     import numpy as np
 
-    from drn.text import tokenize
+    from drn.text.vocabulary import tokenize
 
     words = set()
     for path in annotations.glob("*.jsonl"):
@@ -222,8 +222,8 @@ def part_ray_train(report: Report, device, tiny: bool, facts: dict) -> None:
     import ray
 
     from drn.config import load_config
-    from drn.synthetic import make_synthetic_benchmark
-    from moments.train import fit_distributed
+    from drn.datasets.synthetic import make_synthetic_benchmark
+    from moments.train.driver import fit_distributed
 
     use_gpu = torch_device_type(device) == "cuda"
     work = Path(tempfile.mkdtemp(prefix="gpu_check_train_"))
@@ -271,7 +271,7 @@ def part_ground(report: Report, device, tiny: bool, facts: dict) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from drn.inference import EncodedQueries, Grounder
-    from drn.text import Vocabulary
+    from drn.text.vocabulary import Vocabulary
 
     model, config = paper_model(device, tiny)
     model.eval().requires_grad_(False)

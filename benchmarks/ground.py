@@ -10,7 +10,7 @@
 2. FLOPs per pair with ``torch.utils.flop_counter`` (multiply-adds count 2): the pair side (fusion, pyramid,
    heads), the video side (per video, shared by all queries) and the query side (per query), to compare with a
    GPU's peak. No GPU is lent to this machine: GPU pairs/s are NOT measured, only bounded.
-3. Memory as the library grows: the whole job (``moments.grounding.run_grounding``: feature store -> Ray Data
+3. Memory as the library grows: the whole job (``moments.library.grounding.run_grounding``: feature store -> Ray Data
    actor -> LanceDB) on 1,000 and 10,000 synthetic videos, each size in a fresh process with its own local Ray.
    A sampler thread reads, every 0.2 s, the RSS of the driver and the summed RSS of the Ray worker processes
    this driver's local Ray started (descendants named ``ray::*``: the grounding actor, Ray Data's own
@@ -43,7 +43,7 @@ from drn.config import load_config  # noqa: E402
 from drn.decoding import decode_segments  # noqa: E402
 from drn.inference import Grounder  # noqa: E402
 from drn.model import DRN, count_parameters  # noqa: E402
-from drn.text import Vocabulary  # noqa: E402
+from drn.text.vocabulary import Vocabulary  # noqa: E402
 
 WORDS = ("a person opens the fridge door someone sits down on chair man cuts onion in kitchen woman reads book "
          "then walks out of room").split()
@@ -115,7 +115,7 @@ def flops() -> dict:
 
 # ---------------------------------------------------------------------------------------------------- memory
 def write_library(path: Path, num_videos: int, dim: int, rng: np.random.Generator) -> None:
-    from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
+    from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
 
     meta = StoreMetadata("synthetic", "random", "none", clip_len=2, clip_stride=1, fps="2", feature_dim=dim)
     with FeatureStoreWriter(path, meta, videos_per_shard=64) as writer:
@@ -131,7 +131,7 @@ def memory_run(num_videos: int, num_queries: int) -> dict:
     import ray
 
     from drn.checkpoint import save_checkpoint
-    from moments.grounding import Resources, run_grounding
+    from moments.library.grounding import Resources, run_grounding
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(num_videos)

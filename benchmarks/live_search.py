@@ -21,7 +21,7 @@ score, rank), with the peak resident memory of each phase (Linux VmHWM, reset be
 (said in the table). Disk: the store takes N x T x 4096 x 2 bytes (26 GB at 100k videos, paper size); the script
 checks the free space first and deletes each store after its size unless ``--keep``.
 
-**recall**: the recurring-descriptions benchmark (``drn.synthetic.make_recurring_benchmark`` when it exists, else
+**recall**: the recurring-descriptions benchmark (``make_recurring_benchmark`` when it exists, else
 ``make_synthetic_benchmark``, whose colour descriptions also recur across videos), a small DRN with its retrieval
 stage trained in this process, cells of the test videos, then every distinct test text ranked against every test
 video: corpus R@1 and R@10 at IoU 0.5 and video R@1/R@10 (``drn.corpus``, the conventions of DESIGN.md section 7)
@@ -49,14 +49,14 @@ import torch
 from drn.checkpoint import save_checkpoint
 from drn.config import DRNConfig, load_config
 from drn.model import DRN, count_parameters, new_model
-from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
-from drn.text import vocabulary_and_vectors
-from moments.grounding import Resources, encode_query_side, live_query_id
-from moments.index_library import run_index_library
-from moments.live_search import LiveSearcher, LiveSearchOptions
-from moments.queries import Query
-from moments.result_batches import split_output
-from moments.scoring import LibraryScorer
+from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.text.vocabulary import vocabulary_and_vectors
+from moments.library.batches import split_output
+from moments.library.cell_indexing import run_index_library
+from moments.library.grounding import Resources, encode_query_side, live_query_id
+from moments.library.queries import Query
+from moments.library.scoring import LibraryScorer
+from moments.search.two_stage import LiveSearcher, LiveSearchOptions
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"paper": REPO / "configs" / "charades_sta.yaml", "demo": REPO / "configs" / "demo.yaml"}
@@ -284,7 +284,7 @@ def run_latency(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------------------------------- recall
 def make_benchmark(out: Path, videos: int, dim: int, seed: int):
-    import drn.synthetic as synthetic
+    import drn.datasets.synthetic as synthetic
 
     maker = getattr(synthetic, "make_recurring_benchmark", None)
     if maker is not None:

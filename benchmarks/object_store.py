@@ -131,7 +131,7 @@ def bench_decode(videos: str) -> dict:
 
 
 def bench_writes(out: str, num_videos: int, per_shard: int) -> dict:
-    from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
+    from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
 
     meta = StoreMetadata("bench", "fc6", "none", 16, 8, "native", 4096, "float16")
     rng = np.random.default_rng(0)
@@ -167,8 +167,8 @@ def write_grounding_inputs(root: Path, num_videos: int, num_queries: int) -> dic
     from drn.checkpoint import save_checkpoint
     from drn.config import load_config
     from drn.model import DRN
-    from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
-    from drn.text import Vocabulary
+    from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
+    from drn.text.vocabulary import Vocabulary
 
     words = "a person opens the fridge door someone sits down on chair man cuts onion in kitchen".split()
     rng = np.random.default_rng(0)
@@ -190,7 +190,7 @@ def write_grounding_inputs(root: Path, num_videos: int, num_queries: int) -> dic
 
 
 def bench_ground(inputs: dict, db: str, videos_per_batch: int, write_batch_rows: int) -> dict:
-    from moments.grounding import Resources, run_grounding
+    from moments.library.grounding import Resources, run_grounding
 
     seconds, summary = timed(lambda: run_grounding(
         inputs["checkpoint"], inputs["features"], inputs["queries"], db, top_k=3, write_batch_rows=write_batch_rows,
@@ -204,7 +204,7 @@ def bench_ground(inputs: dict, db: str, videos_per_batch: int, write_batch_rows:
 def upload(local: str, uri: str) -> str:
     import pyarrow.fs as pafs
 
-    from drn.store import open_filesystem
+    from drn.store.features import open_filesystem
 
     fs, path = open_filesystem(uri)
     pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/serve_load.py --db /tmp/serve-bench     # keep the table and reuse it next time
 
 The table is the one `benchmarks/search.py` builds (template queries, 10 videos x 5 segments each, all indices:
-scalar, full text and IVF-PQ). The service (`moments.service`, one replica unless --replicas) is started on
+scalar, full text and IVF-PQ). The service (`moments.serve.app`, one replica unless --replicas) is started on
 127.0.0.1 at a free port; each client is a thread with its own keep-alive HTTP connection that sends
 `GET /api/search?q=...&k=10` back to back, cycling through the 40 paraphrased searches of benchmarks/search.py.
 Latency is measured per request at the client (send to last byte). Errors (non-200 answers, failed connections)
@@ -49,7 +49,7 @@ def build_table(db: Path, queries: int, chunk_queries: int) -> int:
     """The 1M-segment table of benchmarks/search.py (queries x 50 rows) with every index; returns its rows."""
     from tqdm import tqdm
 
-    from moments.index import Index
+    from moments.index.table import Index
 
     bench = search_benchmark()
     index = Index(db, vector_index_min_rows=1)
@@ -147,7 +147,7 @@ def run_clients(port: int, clients: int, requests: int, searches: list[str], ext
 
 def in_process_latency(db: Path, searches: list[str], rounds: int) -> tuple[float, float]:
     """p50/p95 (ms) of `Index.search` in this process: the same work without HTTP and Serve."""
-    from moments.index import Index
+    from moments.index.table import Index
 
     index = Index(db)
     for text in searches:
@@ -198,8 +198,8 @@ def main() -> None:
         rows = build_table(db, args.queries, args.chunk_queries)
         import ray
 
-        from moments.search_backend import ServiceSettings
-        from moments.service import start_service
+        from moments.serve.app import start_service
+        from moments.serve.backend import ServiceSettings
 
         searches = search_benchmark().SEARCHES
         ray.init(address="local", include_dashboard=False, log_to_driver=False)

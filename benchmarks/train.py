@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train.py [--out runs/bench-train] [--quick]     # from the repository root
 
-Two workloads on the synthetic feature-level benchmark (``drn.synthetic``):
+Two workloads on the synthetic feature-level benchmark (``drn.datasets.synthetic``):
 
 * ``synthetic``: configs/synthetic.yaml (D=64, T=16, the small network), batch 32;
 * ``charades-size``: configs/charades_sta.yaml sizes (D=4096, T=32, the full ~39 M-parameter DRN), batch 32,
@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))  # moments/ is imported from the checkout (Ray wor
 import ray  # noqa: E402
 
 from drn.config import load_config  # noqa: E402
-from drn.synthetic import make_synthetic_benchmark  # noqa: E402
-from moments.train import fit_distributed  # noqa: E402
+from drn.datasets.synthetic import make_synthetic_benchmark  # noqa: E402
+from moments.train.driver import fit_distributed  # noqa: E402
 
 CHARADES_TRAIN_PAIRS = 12404
 ONE_EPOCH = ["train.stage1.epochs=1", "train.stage2.epochs=1", "train.stage3.epochs=1", "train.batch_size=32"]

@@ -25,8 +25,8 @@ import torch
 from drn.config import DRNConfig, model_differences
 from drn.errors import InputError
 from drn.model import DRN, new_model
-from drn.store import open_filesystem
-from drn.text import OpenVocabulary, Vocabulary, vocabulary_from_record
+from drn.store.features import open_filesystem
+from drn.text.vocabulary import OpenVocabulary, Vocabulary, vocabulary_from_record
 
 FORMAT, VERSION = "drn-checkpoint", 2
 WORD_VECTORS = "query_encoder.word_vectors"

@@ -32,7 +32,7 @@ class TextConfig:
     truncate_long_queries: bool = False  # False: a longer query is an InputError; True: keep the first max_words
     min_word_count: int = 1  # closed vocabularies: training words seen fewer times map to UNK
     lowercase: bool = True
-    open_vocabulary: bool = True  # minilm: spell every word in WordPiece pieces at encoding time (drn.text)
+    open_vocabulary: bool = True  # minilm: spell every word in WordPiece pieces at encoding time (drn.text.vocabulary)
 
 
 @dataclass

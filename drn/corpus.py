@@ -2,7 +2,7 @@
 
 Conventions (DESIGN.md section 7, as in TVR/XML and Escorcia et al. 2019), printed with every result:
 
-* a query is a distinct normalised text of the split (``drn.text.query_key``); its ground truth is every
+* a query is a distinct normalised text of the split (``drn.text.vocabulary.query_key``); its ground truth is every
   annotated moment of that text in any video of the split (Charades-STA's sentences recur across videos);
 * the results of a query are (video, segment) pairs from every video of the split (each video's top-n segments
   after NMS), ranked by score across the library (ties: video id, then start);
@@ -29,7 +29,7 @@ from drn.evaluation import EvalConfig, EvalResult, evaluate
 from drn.nms import temporal_iou
 from drn.pairs import GroundingPair
 from drn.predictions import Prediction
-from drn.text import query_key
+from drn.text.vocabulary import query_key
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from drn.durations import on_timeline
 from drn.grid import pool_to_grid
 from drn.negatives import NegativeFilter, NegativeSampler
 from drn.pairs import GroundingPair
-from drn.text import OpenVocabulary, Vocabulary, pad_word_ids
+from drn.text.vocabulary import OpenVocabulary, Vocabulary, pad_word_ids
 
 
 @dataclass

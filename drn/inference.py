@@ -24,7 +24,7 @@ from drn.durations import timeline_duration
 from drn.errors import InputError
 from drn.grid import pool_to_grid
 from drn.model import DRN
-from drn.text import OpenVocabulary, Vocabulary, is_unknown, pad_word_ids
+from drn.text.vocabulary import OpenVocabulary, Vocabulary, is_unknown, pad_word_ids
 
 
 @dataclass

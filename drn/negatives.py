@@ -14,7 +14,7 @@ hard ones teach the detail that tells two moments apart, which within a single v
 
 A video must never serve as a negative for a query it holds. Query texts recur across videos (Charades-STA:
 "person opens the door" in dozens of videos, often reworded), so :class:`NegativeFilter` blocks, for each query
-text, every video annotated with the same text (``drn.text.query_key``) or with a near paraphrase: MiniLM
+text, every video annotated with the same text (``drn.text.vocabulary.query_key``) or with a near paraphrase: MiniLM
 sentence cosine >= ``train.negatives.paraphrase_cosine`` (default 0.9). Measured on Charades-STA train: rewordings
 such as "person opened the refrigerator" / "person opens up the refrigerator" (0.92) and "person opening a window"
 / "the person opens a window" (0.97) sit above 0.9, while "person opens the door" / "person closes the door" sit
@@ -33,7 +33,7 @@ import torch
 
 from drn.errors import InputError
 from drn.pairs import GroundingPair
-from drn.text import query_key
+from drn.text.vocabulary import query_key
 
 EmbedTexts = Callable[[Sequence[str]], np.ndarray]
 _BLOCK = 2048  # texts per row block of the cosine matrix
@@ -112,7 +112,7 @@ def build_negative_filter(pairs: Sequence[GroundingPair], paraphrase_cosine: flo
     Raises InputError when some text is held (or paraphrased) by every video of the split: no negative exists.
     """
     if embed is None:
-        from drn.sentence import embed_texts as embed
+        from drn.text.sentence import embed_texts as embed
     video_ids = sorted({p.video_id for p in pairs})
     video_index = {v: i for i, v in enumerate(video_ids)}
     keys: dict[str, int] = {}

@@ -30,7 +30,7 @@ from drn.data import collate
 from drn.errors import InputError
 from drn.negatives import NegativeFilter, build_negative_filter
 from drn.retrieval import RetrievalObjective, attach_retrieval_head
-from drn.text import query_key
+from drn.text.vocabulary import query_key
 
 RECALL_AT = (1, 5, 10)
 

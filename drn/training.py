@@ -37,7 +37,7 @@ from drn.model import DRN
 from drn.pairs import GroundingPair
 from drn.predictions import Prediction
 from drn.targets import Targets, assign_targets
-from drn.text import OpenVocabulary, Vocabulary
+from drn.text.vocabulary import OpenVocabulary, Vocabulary
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def train_step(
     """One optimisation step on one batch (moved to the model's device); returns the losses as floats.
 
     ``loss_weights(losses, targets, batch)`` scales each loss before the backward pass (a data-parallel runner
-    turns per-worker normalisers into global ones with it, ``moments.train_worker``); the returned values are the
+    turns per-worker normalisers into global ones with it, ``moments.train.worker``); the returned values are the
     weighted losses. ``autocast_dtype`` and ``scaler`` are the mixed-precision settings of a GPU runner.
     """
     batch = to_device(batch, model_device(model))

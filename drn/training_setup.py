@@ -1,6 +1,6 @@
 """Everything a training run needs before its first step: splits, vocabulary, word vectors, grids, datasets.
 
-Shared by ``jobs.train`` (plain, one process) and a Ray Train runner (``moments.train``), which would build the
+Shared by ``jobs.train`` (plain, one process) and a Ray Train runner (``moments.train.driver``), which would build the
 same ``TrainingData`` and hand its datasets to its own data loaders.
 """
 
@@ -23,8 +23,8 @@ from drn.errors import InputError
 from drn.model import DRN, new_model
 from drn.negatives import NegativeFilter, build_negative_filter
 from drn.pairs import GroundingPair
-from drn.store import FeatureStore
-from drn.text import OpenVocabulary, Vocabulary, vocabulary_and_vectors
+from drn.store.features import FeatureStore
+from drn.text.vocabulary import OpenVocabulary, Vocabulary, vocabulary_and_vectors
 
 EVAL_SPLITS = {"activitynet": ("val_1", "val_2")}  # (validation, test); others: ("val", "test")
 

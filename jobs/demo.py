@@ -2,7 +2,7 @@
 
 Generates a synthetic video library, extracts C3D features (random weights) on local Ray Data, trains DRN's three
 stages on Ray Train, evaluates on held-out queries beside the no-video baselines, grounds the test queries against
-the library into a local LanceDB, searches it, and says where everything is. The steps live in `moments.demo`.
+the library into a local LanceDB, searches it, and says where everything is. The steps live in `moments.demo.run`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jobs.cli import job_main
-from moments.demo import DEFAULT_OUT, DEMO_CONFIG, DemoSettings, run_demo
+from moments.demo.run import DEFAULT_OUT, DEMO_CONFIG, DemoSettings, run_demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,13 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     if args.serve:
-        from moments.service import check_port_free
+        from moments.serve.app import check_port_free
 
         check_port_free("127.0.0.1", args.port)  # before minutes of work, not after
     report = run_demo(settings, echo=lambda line: print(line, flush=True))
     if args.serve:
         from jobs.serve import serve_and_wait
-        from moments.search_backend import ServiceSettings
+        from moments.serve.backend import ServiceSettings
 
         paths = report.paths
         print("\nServing the results (the page plays the moments it finds):", flush=True)

@@ -50,7 +50,7 @@ from drn.evaluation import EvalConfig, EvalResult, evaluate, format_result
 from drn.inference import Grounder
 from drn.pairs import GroundingPair
 from drn.predictions import Prediction, read_predictions, write_predictions
-from drn.store import FeatureStore
+from drn.store.features import FeatureStore
 from drn.training import predict
 from jobs.cli import job_main
 from jobs.dataset_args import add_dataset_arguments, load_split_from_args
@@ -166,7 +166,7 @@ def run_corpus(args: argparse.Namespace, loaded: LoadedSplit) -> CorpusResult:
     config = corpus_config_from_args(args)
     check_corpus_split(loaded.pairs, args.annotations)
     if args.db is not None:
-        from moments.corpus import corpus_from_run
+        from moments.library.corpus import corpus_from_run
 
         queries, ranked, predictions, videos = corpus_from_run(args.db, args.run_id, loaded.pairs, config)
         pairs = loaded.pairs

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moments.queries import read_queries
+    from moments.library.queries import read_queries
 
     collection = read_queries(args.queries)  # before the heavy imports: a bad collection fails at once
     if collection.dropped:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         print(collection.report())
     print(f"{len(collection)} queries from {args.queries}")
 
-    from moments.grounding import GroundingJob, Resources, WindowOptions
+    from moments.library.grounding import GroundingJob, Resources, WindowOptions
 
     apply_progress_flag(args)
     job = GroundingJob(

@@ -3,7 +3,7 @@
 Answers from the LanceDB table that `jobs.ground` wrote: the stored queries nearest to the text in meaning and
 in words, and their best segments across the library. `--live` grounds a new text now, in two stages: the
 nearest video cells in the `cells` table that `jobs.index_library` wrote, then DRN on those candidate videos
-only (`moments.live_search`). `--exhaustive` grounds it against every video (`moments.grounding.ground_live`).
+only (`moments.search.two_stage`). `--exhaustive` grounds it against every video (`ground_live`).
 With `DRN_SERVE=http://host:port` set, indexed searches go to a running search service (`python -m jobs.serve`),
 which has the index and the model loaded already. Each path imports only what it needs: indexed search needs
 neither torch nor sentence-transformers.
@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from drn.errors import InputError
 from jobs.cli import job_main
-from moments.results import format_results
+from moments.index.results import format_results
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_live(args: argparse.Namespace) -> pa.Table:
-    """Two-stage live search over the cells table of `args.db` (moments.live_search)."""
-    from moments.index import default_db_uri
-    from moments.live_search import LiveSearcher, LiveSearchOptions
+    """Two-stage live search over the cells table of `args.db` (moments.search.two_stage)."""
+    from moments.index.table import default_db_uri
+    from moments.search.two_stage import LiveSearcher, LiveSearchOptions
 
     options = LiveSearchOptions(cells=args.cells, candidates=args.candidates, fusion_weight=args.fusion_weight)
     searcher = LiveSearcher(args.db or default_db_uri(), args.checkpoint, args.features, table=args.cells_table,
@@ -73,15 +73,15 @@ def run_live(args: argparse.Namespace) -> pa.Table:
 
 
 def run_exhaustive(args: argparse.Namespace) -> pa.Table:
-    """Ground `args.text` against every video with `args.checkpoint` (moments.grounding.ground_live)."""
-    from drn.sentence import check_spellable
-    from moments.grounding import ground_live
-    from moments.index import default_db_uri
+    """Ground `args.text` against every video with `args.checkpoint` (moments.library.grounding.ground_live)."""
+    from drn.text.sentence import check_spellable
+    from moments.index.table import default_db_uri
+    from moments.library.grounding import ground_live
 
     check_spellable(args.text)
     checkpoint, features = args.checkpoint, args.features
     if checkpoint is None or features is None:  # the cells table of --db names them
-        from moments.cells import CellsTable
+        from moments.index.cells import CellsTable
 
         cells = CellsTable(args.db or default_db_uri(), args.cells_table)
         if not cells.exists:
@@ -96,7 +96,7 @@ def run_exhaustive(args: argparse.Namespace) -> pa.Table:
 
 def run_search(args: argparse.Namespace) -> tuple[pa.Table, list[str]]:
     """Answer from the index: the rows and the notices to show beside them."""
-    from moments.index import Index, default_db_uri
+    from moments.index.table import Index, default_db_uri
 
     index = Index(args.db or default_db_uri(), table=args.table)
     answer = index.answer(args.text, k=args.k, video_id=args.video, min_score=args.min_score, run_id=args.run_id)
@@ -106,7 +106,7 @@ def run_search(args: argparse.Namespace) -> tuple[pa.Table, list[str]]:
 def run_remote(args: argparse.Namespace, address: str) -> tuple[pa.Table, list[str]]:
     """Ask the search service at `address` ($DRN_SERVE), which has the index and the model loaded already."""
     from drn.errors import InputError
-    from moments.service_client import SERVE_ENV, remote_search
+    from moments.serve.client import SERVE_ENV, remote_search
 
     if args.db is not None or args.table != "segments":
         raise InputError(f"--db/--table name a local index, but {SERVE_ENV} sends searches to the service at "
@@ -131,11 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     live = args.live or args.exhaustive
     if live and not args.text.strip():
         raise InputError("the query text is empty; give some words to search for")
-    from moments.service_client import service_address
+    from moments.serve.client import service_address
 
     remote = None if live else service_address()  # DRN_SERVE: a running service answers, fast
     if live:
-        from moments.index import SearchAnswer
+        from moments.index.table import SearchAnswer
 
         results = run_live(args) if args.live else run_exhaustive(args)
         notices = SearchAnswer(args.text, results, args.text, 1.0, grounded=True).notices()

@@ -1,6 +1,6 @@
 """The search service: `python -m jobs.serve --db D [--features S --videos ROOT] [--host 127.0.0.1 --port 8000]`.
 
-Starts a Ray Serve application (moments.service) that loads the index and the sentence model once and serves a
+Starts a Ray Serve application (moments.serve.app) that loads the index and the sentence model once and serves a
 JSON API and a web page that plays the moments it finds. It binds to 127.0.0.1 unless --host says otherwise, and
 runs until Ctrl-C (or SIGTERM). On a cluster, `serve deploy configs/serve/moments.yaml` deploys the same application
 (docs/serve.md, docs/cluster.md).
@@ -75,7 +75,7 @@ def serve_and_wait(settings, host: str, port: int, *, replicas: int = 1, num_cpu
                    detach: bool = False) -> str:
     """Start the service (Ray is started when not running), print its URL and state, and wait for Ctrl-C
     (or return at once with `detach`). Returns the URL."""
-    from moments.service import LOOPBACK, check_port_free, start_service
+    from moments.serve.app import LOOPBACK, check_port_free, start_service
 
     check_port_free(host, port)
     import ray
@@ -114,7 +114,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_paths(args)
-    from moments.search_backend import ServiceSettings
+    from moments.serve.backend import ServiceSettings
 
     settings = ServiceSettings(db=args.db, table=args.table, features=args.features, videos=args.videos,
                                checkpoint=args.checkpoint)

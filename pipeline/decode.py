@@ -8,7 +8,7 @@ that ends in a decoding error (a truncated or corrupt file), a file that is no v
 raise :class:`DecodeError`; the extraction turns that into the video's ``failed`` row.
 
 A video may be a local path or an object-store URI (``s3://...``): its bytes are read through pyarrow's
-filesystems (``drn.object_store``), never copied to a temporary file. A video up to ``max_in_memory_bytes`` is
+filesystems (``drn.store.object_store``), never copied to a temporary file. A video up to ``max_in_memory_bytes`` is
 read once into memory and decoded from there (decord reads from bytes); a larger one is decoded by PyAV straight
 from a seekable pyarrow file, so memory stays bounded whatever the file's size.
 
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
-from drn.object_store import is_object_store_uri
-from drn.store import open_filesystem
+from drn.store.features import open_filesystem
+from drn.store.object_store import is_object_store_uri
 
 DECODE_HEIGHT = 128
 DECODE_WIDTH = 171

@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from drn.errors import InputError
-from drn.store import open_filesystem
+from drn.store.features import open_filesystem
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
 TEXT_MANIFEST_EXTENSIONS = (".txt", ".list", ".lst")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
-from moments.embedding import embed_texts
-from moments.index import Index, segment_rows
+from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.text.sentence import embed_texts
+from moments.index.table import Index, segment_rows
 from pipeline.synthetic import COLORS, make_library
 
 RUN_ID = "served-run"

@@ -10,13 +10,13 @@ import torch
 
 from drn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from drn.config import load_config
+from drn.datasets.synthetic import make_synthetic_benchmark
 from drn.decoding import decode_segments
 from drn.errors import InputError
 from drn.inference import Grounder
 from drn.model import DRN, new_model
-from drn.store import FeatureStore, StoreMetadata, VideoFeatures
-from drn.synthetic import make_synthetic_benchmark
-from drn.text import OpenVocabulary, Vocabulary, is_unknown
+from drn.store.features import FeatureStore, StoreMetadata, VideoFeatures
+from drn.text.vocabulary import OpenVocabulary, Vocabulary, is_unknown
 
 SMALL = [
     "model.feature_dim=16", "model.num_segments=8", "model.lstm_hidden=8", "model.attention_dim=8",

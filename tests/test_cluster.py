@@ -33,10 +33,10 @@ import pytest
 from ray_cluster import LocalCluster
 
 from drn.checkpoint import read_checkpoint
-from drn.store import FeatureStore, open_filesystem
-from drn.synthetic import make_synthetic_benchmark
+from drn.datasets.synthetic import make_synthetic_benchmark
+from drn.store.features import FeatureStore, open_filesystem
 from jobs.search import main as search_main
-from moments.index import Index
+from moments.index.table import Index
 from pipeline.synthetic import make_library
 
 pytestmark = pytest.mark.slow

@@ -16,13 +16,13 @@ from drn.corpus import (
     format_corpus_result,
     ground_corpus,
 )
+from drn.datasets.synthetic import make_synthetic_benchmark
 from drn.errors import InputError
 from drn.inference import Grounder
 from drn.model import new_model
 from drn.pairs import GroundingPair
-from drn.store import FeatureStore
-from drn.synthetic import make_synthetic_benchmark
-from drn.text import OpenVocabulary
+from drn.store.features import FeatureStore
+from drn.text.vocabulary import OpenVocabulary
 
 PAIRS = [
     GroundingPair(0, "v1", "Person opens the door.", 0.0, 10.0, 40.0),

@@ -13,9 +13,9 @@ import torch
 
 from drn.config import load_config
 from drn.datasets import load_split
+from drn.datasets.synthetic import make_synthetic_benchmark
 from drn.evaluation import EvalConfig, evaluate
 from drn.predictions import read_predictions
-from drn.synthetic import make_synthetic_benchmark
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
 from jobs.evaluate import main as evaluate_main

@@ -18,12 +18,12 @@ from drn.config import load_config
 from drn.errors import InputError
 from drn.inference import Grounder
 from drn.model import DRN
-from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
-from drn.text import Vocabulary
-from moments.grounding import Resources, WindowOptions, ground_live, run_grounding
-from moments.index import ROW_KEY, Index, segments_schema
-from moments.queries import read_queries
-from moments.windows import WindowRule, cut_windows, merge_windows, window_rule
+from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
+from drn.text.vocabulary import Vocabulary
+from moments.index.table import ROW_KEY, Index, segments_schema
+from moments.library.grounding import Resources, WindowOptions, ground_live, run_grounding
+from moments.library.queries import read_queries
+from moments.library.windows import WindowRule, cut_windows, merge_windows, window_rule
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [

@@ -21,8 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from drn.store import FeatureStore
-from moments.index import Index
+from drn.store.features import FeatureStore
+from moments.index.table import Index
 from pipeline.synthetic import make_library
 
 REPO = Path(__file__).resolve().parents[1]

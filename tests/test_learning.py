@@ -6,8 +6,8 @@ import torch
 
 from drn.baselines import fit_fixed_window, fixed_window_predictions
 from drn.config import load_config
+from drn.datasets.synthetic import make_synthetic_benchmark
 from drn.evaluation import evaluate
-from drn.synthetic import make_synthetic_benchmark
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
 

@@ -19,19 +19,19 @@ from drn.checkpoint import save_checkpoint
 from drn.config import load_config
 from drn.model import DRN
 from drn.retrieval_training import train_retrieval
-from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
-from drn.text import Vocabulary
+from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.store.lookup import VideoLookup
+from drn.text.sentence import embed_text
+from drn.text.vocabulary import Vocabulary
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
-from drn.video_lookup import VideoLookup
 from jobs import index_library as index_job
 from jobs import search as search_job
-from moments.cells import CellsTable
-from moments.embedding import embed_text
-from moments.grounding import Resources, ground_live
-from moments.index import RESULT_COLUMNS, Index, segment_rows
-from moments.index_library import run_index_library
-from moments.live_search import LiveSearcher, LiveSearchOptions, fuse
+from moments.index.cells import CellsTable
+from moments.index.table import RESULT_COLUMNS, Index, segment_rows
+from moments.library.cell_indexing import run_index_library
+from moments.library.grounding import Resources, ground_live
+from moments.search.two_stage import LiveSearcher, LiveSearchOptions, fuse
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima",
@@ -295,7 +295,7 @@ def test_indexed_search_imports_neither_torch_nor_sentence_transformers(tmp_path
 
 @pytest.mark.slow
 def test_the_demo_step_builds_the_cells_and_searches_in_two_stages(library, trained, tmp_path) -> None:
-    from moments import demo
+    from moments.demo import run as demo
 
     lines: list[str] = []
     found = demo.two_stage_search(library["features"], tmp_path / "db", trained, "the lima event", echo=lines.append)

@@ -16,11 +16,11 @@ from drn.config import load_config
 from drn.grid import pool_to_grid
 from drn.model import DRN
 from drn.nms import temporal_iou
-from drn.store import FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
-from drn.text import Vocabulary
+from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
+from drn.text.vocabulary import Vocabulary
 from drn.training import Stage, configure_stage, make_optimizer, run_epoch
-from moments.grounding import WindowOptions, ground_live
-from moments.windows import window_rule
+from moments.library.grounding import WindowOptions, ground_live
+from moments.library.windows import window_rule
 
 TINY = ["name=long-video-test", "model.feature_dim=16", "model.num_segments=16", "model.lstm_hidden=8",
         "model.attention_dim=8", "model.location_dim=4", "model.level_channels=[16,16,32]", "model.fpn_channels=16",

@@ -10,9 +10,9 @@ import nbformat
 import numpy as np
 import pytest
 
-from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
-from moments.embedding import embed_texts
-from moments.index import Index, segment_rows
+from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.text.sentence import embed_texts
+from moments.index.table import Index, segment_rows
 from pipeline.synthetic import make_library
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_results.ipynb"
@@ -112,7 +112,7 @@ def test_notebook_reads_the_index_the_store_and_the_frames_from_object_storage(t
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from drn.store import FeatureStore, open_filesystem
+    from drn.store.features import FeatureStore, open_filesystem
 
     local = build_small_index(tmp_path)
     bucket = s3_env.new_bucket()

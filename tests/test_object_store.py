@@ -22,18 +22,18 @@ import torch
 
 from drn.checkpoint import read_checkpoint, save_checkpoint
 from drn.config import load_config
+from drn.datasets.synthetic import make_synthetic_benchmark
 from drn.errors import InputError
-from drn.object_store import S3Settings
-from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
-from drn.synthetic import make_synthetic_benchmark
+from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.store.object_store import S3Settings
 from drn.training_setup import prepare_training_data
 from jobs.evaluate import main as evaluate_main
 from jobs.extract import main as extract_main
 from jobs.ground import main as ground_main
 from jobs.search import main as search_main
 from jobs.train import main as train_main
-from moments.queries import read_queries
-from moments.search_backend import SearchBackend, ServiceSettings
+from moments.library.queries import read_queries
+from moments.serve.backend import SearchBackend, ServiceSettings
 from pipeline.decode import VideoDecoder
 from pipeline.extract import decode_segments
 from pipeline.sources import list_videos

@@ -14,17 +14,17 @@ import torch
 from drn.checkpoint import load_checkpoint
 from drn.config import DRNConfig, load_config
 from drn.data import PairCollator, collate
+from drn.datasets.synthetic import make_synthetic_benchmark
 from drn.errors import InputError
 from drn.model import DRN
 from drn.negatives import build_negative_filter
 from drn.pairs import GroundingPair
-from drn.synthetic import make_synthetic_benchmark
 from drn.training import Stage, configure_stage, make_optimizer, train_step, validate
 from drn.training_setup import prepare_training_data
 from jobs import train as train_job
-from moments import train as ray_train
-from moments.train_storage import RunStorage
-from moments.train_worker import distributed_step, world
+from moments.train import driver as ray_train
+from moments.train.storage import RunStorage
+from moments.train.worker import distributed_step, world
 
 # Workers cannot import this test module by name: send its functions by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -1,4 +1,4 @@
-"""The retrieval stage (drn.retrieval, drn.retrieval_training, moments.train_retrieval): cells, the contrastive
+"""The retrieval stage (drn.retrieval, drn.retrieval_training, moments.train.retrieval): cells, the contrastive
 loss and its negatives, checkpoints, and stage 4 in one process and on real Ray Train."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 from drn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from drn.config import load_config
+from drn.datasets.synthetic import make_synthetic_benchmark
 from drn.errors import InputError
 from drn.model import DRN, count_parameters
 from drn.pairs import GroundingPair
@@ -26,11 +27,10 @@ from drn.retrieval import (
     require_trained_retrieval,
 )
 from drn.retrieval_training import RetrievalBatches, video_recall
-from drn.synthetic import make_synthetic_benchmark
-from drn.text import Vocabulary
+from drn.text.vocabulary import Vocabulary
 from drn.training_setup import prepare_training_data
 from jobs import train as train_job
-from moments import train as ray_train
+from moments.train import driver as ray_train
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"

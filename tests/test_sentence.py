@@ -1,4 +1,4 @@
-"""drn.sentence: the numpy MiniLM gives sentence-transformers' vectors, fast, and refuses texts it cannot spell."""
+"""drn.text.sentence: the numpy MiniLM gives sentence-transformers' vectors, fast, and refuses texts it cannot spell."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from drn.errors import InputError
-from drn.sentence import EMBEDDING_DIM, check_spellable, embed_text, embed_texts, model_path, unknown_words
+from drn.text.sentence import EMBEDDING_DIM, check_spellable, embed_text, embed_texts, model_path, unknown_words
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -57,7 +57,7 @@ def test_unspellable_and_empty_texts_are_refused() -> None:
 
 
 def test_search_path_imports_neither_torch_nor_sentence_transformers() -> None:
-    code = ("import sys; from drn.sentence import embed_text; embed_text('a door'); "
+    code = ("import sys; from drn.text.sentence import embed_text; embed_text('a door'); "
             "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

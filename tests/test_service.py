@@ -26,10 +26,10 @@ import pytest
 from PIL import Image
 from served_library import RUN_ID, ServedLibrary, build_served_library, colour_share
 
+from drn.text.sentence import embed_texts
 from jobs import search as search_job
 from jobs import serve as serve_job
-from moments.embedding import embed_texts
-from moments.index import Index, segment_rows
+from moments.index.table import Index, segment_rows
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -77,8 +77,8 @@ def library(tmp_path_factory) -> ServedLibrary:
 def service(library, ray_session, tmp_path_factory):
     from ray import serve
 
-    from moments.search_backend import ServiceSettings
-    from moments.service import start_service
+    from moments.serve.app import start_service
+    from moments.serve.backend import ServiceSettings
 
     port = free_port()
     code = serve_job.main(["--db", library.db, "--features", library.features, "--port", str(port),

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import yaml
 
-from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
 from jobs import serve as serve_job
-from moments import service_params as params
-from moments.service_params import BadRequest
-from moments.video_library import VideoLibrary
+from moments.serve import params
+from moments.serve.params import BadRequest
+from moments.serve.videos import VideoLibrary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,12 +89,12 @@ def test_serve_config_is_valid_and_builds_the_app(tmp_path, monkeypatch) -> None
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-    from moments.service import MomentsService, app_builder, settings_from_args
+    from moments.serve.app import MomentsService, app_builder, settings_from_args
 
     config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "configs" / "serve" / "moments.yaml").read_text()))
     assert config.http_options.host == "127.0.0.1"
     app = config.applications[0]
-    assert app.import_path == "moments.service:app_builder" and app.deployments[0].name == MomentsService.name
+    assert app.import_path == "moments.serve.app:app_builder" and app.deployments[0].name == MomentsService.name
     scaling = app.deployments[0].autoscaling_config
     assert scaling["min_replicas"] <= scaling["initial_replicas"] <= scaling["max_replicas"]
     assert isinstance(app_builder({**app.args, "db": str(tmp_path / "db")}), serve.Application)
@@ -129,7 +129,7 @@ def test_jobs_serve_refuses_bad_settings_before_starting_anything(tmp_path, caps
 
 def test_the_demo_says_how_to_watch_its_results_and_checks_the_port_first(tmp_path, capsys) -> None:
     from jobs import demo as demo_cli
-    from moments.demo import DemoPaths, where_things_are
+    from moments.demo.run import DemoPaths, where_things_are
 
     paths = DemoPaths(tmp_path / "demo")
     note = where_things_are(paths)

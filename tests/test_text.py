@@ -7,7 +7,7 @@ import pytest
 
 from drn.config import TextConfig
 from drn.errors import InputError
-from drn.text import (
+from drn.text.vocabulary import (
     PAD_ID,
     UNK_ID,
     GloveWordVectors,

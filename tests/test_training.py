@@ -11,9 +11,9 @@ import torch
 from drn.checkpoint import load_checkpoint, read_checkpoint
 from drn.config import load_config
 from drn.data import collate
+from drn.datasets.synthetic import make_synthetic_benchmark
 from drn.errors import InputError
 from drn.model import DRN
-from drn.synthetic import make_synthetic_benchmark
 from drn.training import configure_stage, run_epoch, stages_from_config, train_step
 from drn.training_setup import adopt_store_feature_dim
 from jobs import train as train_job

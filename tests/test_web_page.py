@@ -56,8 +56,8 @@ def page_url(tmp_path_factory, ray_session):
     browser_or_skip()
     from ray import serve
 
-    from moments.search_backend import ServiceSettings
-    from moments.service import start_service
+    from moments.serve.app import start_service
+    from moments.serve.backend import ServiceSettings
 
     library = build_served_library(tmp_path_factory.mktemp("page"))
     with socket.socket() as probe:

@@ -10,7 +10,7 @@
    only theirs.
 3. The rest flow through a Ray Data actor pool; each actor holds only the retrieval head (not DRN) and turns
    batches of videos into cell rows: long videos are cut into the grounding windows of the checkpoint
-   (``moments.windows``), each window is pooled to the grid and encoded (``RetrievalHead.encode_cells``).
+   (``moments.library.windows``), each window is pooled to the grid and encoded (``RetrievalHead.encode_cells``).
 4. The driver merges rows in batches (``CellsTable.write``: merge on (video_id, cell), so rewriting is
    harmless), then builds or updates the indices (IVF-PQ once the table is large enough).
 """
@@ -31,9 +31,10 @@ from drn.config import DRNConfig
 from drn.errors import InputError
 from drn.grid import pool_to_grid
 from drn.retrieval import RetrievalHead, cells_in_seconds, require_trained_retrieval
-from drn.store import FeatureStore, VideoFeatures, absolute_uri
-from moments.cells import CELLS_TABLE, VECTOR_INDEX_MIN_ROWS, CellsInfo, CellsTable, cell_rows, cells_schema
-from moments.grounding import (
+from drn.store.features import FeatureStore, VideoFeatures, absolute_uri
+from moments.index.cells import CELLS_TABLE, VECTOR_INDEX_MIN_ROWS, CellsInfo, CellsTable, cell_rows, cells_schema
+from moments.library.batches import ERROR_COLUMN, LibraryProgress, write_in_batches
+from moments.library.grounding import (
     LoadedModel,
     Resources,
     WindowOptions,
@@ -44,8 +45,7 @@ from moments.grounding import (
     start_ray,
     videos_through_actors,
 )
-from moments.result_batches import ERROR_COLUMN, LibraryProgress, write_in_batches
-from moments.windows import WindowRule, cut_windows, window_rule
+from moments.library.windows import WindowRule, cut_windows, window_rule
 
 
 @dataclass

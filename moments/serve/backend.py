@@ -3,7 +3,7 @@
 `SearchBackend(settings)` opens the index, the sentence model and the video manifest once. Until they are all
 there (a db with no `segments` table yet, say) it is not ready and says why; it tries again at most every
 `RETRY_S` seconds, so a service started before the grounding job becomes ready once the table exists. Every
-bad parameter is a `BadRequest` (moments.service_params) that the service answers with a 4xx JSON message.
+bad parameter is a `BadRequest` (moments.serve.params) that the service answers with a 4xx JSON message.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from drn.errors import InputError
-from moments import service_params as params
-from moments.embedding import embed_text
-from moments.index import SEGMENTS_TABLE, Index, SearchAnswer
-from moments.media import Clip, frame_jpeg, moment_clip
-from moments.service_params import BadRequest
-from moments.video_library import LibraryVideo, VideoLibrary
+from drn.text.sentence import embed_text
+from moments.index.table import SEGMENTS_TABLE, Index, SearchAnswer
+from moments.serve import params
+from moments.serve.media import Clip, frame_jpeg, moment_clip
+from moments.serve.params import BadRequest
+from moments.serve.videos import LibraryVideo, VideoLibrary
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Stage 4 on Ray Train: the retrieval head (``drn.retrieval``) of a trained DRN, data-parallel, resumable.
 
-``moments.train.fit_distributed`` runs it after DRN's stages when ``model.retrieval_dim > 0`` (or alone, with
+``moments.train.driver.fit_distributed`` runs it after DRN's stages when ``model.retrieval_dim > 0`` (or alone, with
 ``--stages 4`` on a trained checkpoint), as one more TorchTrainer run ``<name>-stage4`` that starts from the best
 DRN checkpoint. DRN is frozen (``drn.retrieval_training.freeze_for_retrieval``); DDP wraps only the loss module
 (``drn.retrieval.RetrievalObjective``), so only the head's gradients are synchronised. Each worker draws its own
@@ -35,7 +35,7 @@ from drn.retrieval_training import (
 )
 from drn.training import validate
 from drn.training_setup import prepare_training_data
-from moments.train_worker import (
+from moments.train.worker import (
     STATE_FILE,
     FailureInjection,
     _epoch_loader,
@@ -56,7 +56,7 @@ def wants_retrieval_stage(config: DRNConfig, stages) -> bool:
 
 def retrieval_stage_skip_reason(config: DRNConfig, features: str, annotations: str, dataset: str | None) -> str | None:
     """Why stage 4 cannot learn from the training split (``drn.retrieval_training.retrieval_skip_reason``)."""
-    from drn.store import FeatureStore
+    from drn.store.features import FeatureStore
     from drn.training_setup import load_pairs
 
     pairs = load_pairs(config, annotations, "train", FeatureStore(features).durations(), dataset)
@@ -66,7 +66,7 @@ def retrieval_stage_skip_reason(config: DRNConfig, features: str, annotations: s
 def retrieval_stage_job(config: DRNConfig, features: str, annotations: str, dataset: str | None,
                         init_checkpoint: str | None, *, failure: FailureInjection | None = None,
                         threads: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """The train_loop_config of stage 4 (plain values, like ``moments.train.stage_job``)."""
+    """The train_loop_config of stage 4 (plain values, like ``moments.train.driver.stage_job``)."""
     r = config.retrieval
     stage = {"number": RETRIEVAL_STAGE, "trains": "retrieval_only", "losses": ["retrieval"], "lr": r.lr,
              "epochs": r.epochs}

@@ -23,7 +23,7 @@ from drn.config import DRNConfig
 from drn.decoding import nms_order
 from drn.durations import timeline_duration
 from drn.errors import InputError
-from drn.store import VideoFeatures
+from drn.store.features import VideoFeatures
 
 # Training-split durations in seconds (median, 95th percentile), measured on the annotation files in
 # ../shared/data (Charades-STA: the Charades CSV `length` of the videos in charades_sta_train.txt).
@@ -31,7 +31,7 @@ TRAINING_DURATIONS_S: dict[str, tuple[float, float]] = {
     "charades_sta": (30.6, 42.9),
     "activitynet": (113.9, 224.1),
     "tacos": (158.7, 552.1),
-    "synthetic": (40.0, 58.0),  # drn.synthetic: videos of 20 to 60 s, uniform
+    "synthetic": (40.0, 58.0),  # drn.datasets.synthetic: videos of 20 to 60 s, uniform
 }
 FALLBACK_DURATIONS_S = (60.0, 90.0)
 

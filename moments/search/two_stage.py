@@ -1,10 +1,10 @@
 """Two-stage live search: a sentence nobody grounded before, answered across the library in a fraction of a second.
 
 1. Encode the sentence once: DRN's query side, then the retrieval stage's query projection (one unit vector).
-2. Stage one, retrieval: the ``cells`` nearest cells by ANN in the LanceDB `cells` table (``moments.cells``),
+2. Stage one, retrieval: the ``cells`` nearest cells by ANN in the LanceDB `cells` table (``moments.index.cells``),
    grouped by video; a video's retrieval score is its best cell's cosine; the ``candidates`` best videos go on.
-3. Stage two, DRN on the candidates only: their clip features are read by row group (``drn.video_lookup``), cut
-   into the checkpoint's windows and grounded (``moments.scoring.LibraryScorer``, as the batch job does).
+3. Stage two, DRN on the candidates only: their clip features are read by row group (``drn.store.lookup``), cut
+   into the checkpoint's windows and grounded (``moments.library.scoring.LibraryScorer``, as the batch job does).
 4. Fuse: ``score = (1 - w) * drn_score + w * (1 + retrieval_score) / 2`` with ``w = fusion_weight``. The retrieval
    score is the video's, so within a video DRN's order is kept and only the order across videos changes.
    Moments are ranked across the library by that score (ties: video id, then rank).
@@ -27,16 +27,16 @@ import torch
 
 from drn.errors import InputError
 from drn.retrieval import require_trained_retrieval
-from drn.sentence import check_spellable
-from drn.store import FeatureStore
-from drn.video_lookup import VideoLookup
-from moments.cells import CELLS_TABLE, CellsTable
-from moments.grounding import check_queries_encodable, encode_query_side, file_sha256, live_query_id, load_model
-from moments.index import RESULT_COLUMNS, with_match_columns
-from moments.queries import Query, QueryCollection
-from moments.result_batches import split_output
-from moments.scoring import LibraryScorer, RunLabels
-from moments.windows import WindowRule
+from drn.store.features import FeatureStore
+from drn.store.lookup import VideoLookup
+from drn.text.sentence import check_spellable
+from moments.index.cells import CELLS_TABLE, CellsTable
+from moments.index.table import RESULT_COLUMNS, with_match_columns
+from moments.library.batches import split_output
+from moments.library.grounding import check_queries_encodable, encode_query_side, file_sha256, live_query_id, load_model
+from moments.library.queries import Query, QueryCollection
+from moments.library.scoring import LibraryScorer, RunLabels
+from moments.library.windows import WindowRule
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def _sha_of(checkpoint: str) -> str:
 
 
 def _empty() -> pa.Table:
-    from moments.index import _result_schema
+    from moments.index.table import _result_schema
 
     schema = _result_schema()
     return schema.append(pa.field("drn_score", pa.float32())).append(

@@ -9,7 +9,7 @@ feature store and writes the top-k segments of every (query, video) to the index
 2. Videos whose rows for every query already exist in the run are skipped (a killed job resumes there).
 3. The rest flow through a Ray Data actor pool (``ActorPoolStrategy``); each actor holds the model and the
    encoded queries (put once in the object store) and scores batches of videos against all queries
-   (``moments.scoring.LibraryScorer``: pooling and the video projection once per video, pairs in batches).
+   (``moments.library.scoring.LibraryScorer``: pooling and the video projection once per video, pairs in batches).
 4. The driver merges the rows into LanceDB in batches of ``write_batch_rows`` (``Index.write_segments``: merge on
    (run, query, video, rank), so rewriting is harmless), then computes each segment's library-wide rank per
    query and brings the indices up to date.
@@ -39,14 +39,14 @@ from drn.checkpoint import model_from_payload, negatives_per_positive, read_chec
 from drn.config import DRNConfig
 from drn.errors import InputError
 from drn.inference import EncodedQueries, Grounder
-from drn.store import FeatureStore, VideoFeatures, absolute_uri, load_each, open_filesystem
-from moments.embedding import embed_texts
-from moments.index import RESULT_COLUMNS, SEGMENTS_TABLE, Index, default_db_uri, with_match_columns
-from moments.queries import Query, QueryCollection, normalise_text, read_queries
-from moments.result_batches import LibraryProgress, split_output, write_in_batches
-from moments.runs import RunRecord, record_run
-from moments.scoring import LibraryScorer, QuerySide, RunLabels
-from moments.windows import WindowRule, window_rule
+from drn.store.features import FeatureStore, VideoFeatures, absolute_uri, load_each, open_filesystem
+from drn.text.sentence import embed_texts
+from moments.index.runs import RunRecord, record_run
+from moments.index.table import RESULT_COLUMNS, SEGMENTS_TABLE, Index, default_db_uri, with_match_columns
+from moments.library.batches import LibraryProgress, split_output, write_in_batches
+from moments.library.queries import Query, QueryCollection, normalise_text, read_queries
+from moments.library.scoring import LibraryScorer, QuerySide, RunLabels
+from moments.library.windows import WindowRule, window_rule
 from pipeline.capacity import DEFAULT_WAIT_S, PipelineNeeds, watch
 
 IN_PROCESS_MAX_VIDEOS = 256
@@ -77,7 +77,7 @@ class Resources:
 
 @dataclass
 class WindowOptions:
-    """Explicit window settings in seconds; None takes the checkpoint's or the dataset's (moments.windows)."""
+    """Explicit window settings in seconds; None takes the checkpoint's or the dataset's (moments.library.windows)."""
 
     window_s: float | None = None
     stride_s: float | None = None
@@ -436,7 +436,7 @@ def ground_live(
     """Ground one new ``text`` against every ``ok`` video (or ``videos``) now; the ``k`` best segments of the library.
 
     Each video contributes its ``top_k`` segments (as in the batch job); the result holds the ``k`` best of them
-    by score (ties: video id, then rank), with ``result_rank`` and the columns of ``moments.index.RESULT_COLUMNS``
+    by score (ties: video id, then rank), with ``result_rank`` and the columns of ``moments.index.table.RESULT_COLUMNS``
     (``library_rank`` = ``result_rank`` before the ``min_score`` filter). Up to ``in_process_max_videos`` videos
     are scored in this process; more run on Ray Data. With ``save`` every row (all videos, ``top_k`` each) is
     merged into the index at ``db`` under ``run_id`` (default ``live-<checkpoint id>``), with library ranks.

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from drn.errors import InputError
-from drn.object_store import describe_error, filesystem_for
+from drn.store.object_store import describe_error, filesystem_for
 
 DONE_FILE, BEST_FILE = "DONE.json", "best.json"
 
@@ -47,7 +47,7 @@ class RunStorage:
         if not name or "/" in name or name.strip() != name:
             raise InputError(f"run name {name!r} must be a non-empty word without '/' or surrounding spaces")
         if is_uri(text) and not text.startswith("file://"):
-            try:  # s3:// from the AWS environment variables (drn.object_store); the bucket is checked here
+            try:  # s3:// from the AWS environment variables (drn.store.object_store); the bucket is checked here
                 filesystem, root = filesystem_for(text)
             except InputError as err:
                 raise InputError(f"storage cannot be opened: {err}".splitlines()[0]) from err

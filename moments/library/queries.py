@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 
 from drn.datasets.reading import parse_json_line
 from drn.errors import InputError
-from drn.store import open_filesystem
+from drn.store.features import open_filesystem
 
 
 @dataclass(frozen=True)

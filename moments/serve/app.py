@@ -1,11 +1,11 @@
 """The search service on Ray Serve: a JSON API and a web page that plays the moments it finds.
 
 One deployment, `MomentsService`, with a FastAPI ingress. Its constructor loads the index, the sentence model
-and the video manifest once (`moments.search_backend.SearchBackend`); its replicas then answer:
+and the video manifest once (`moments.serve.backend.SearchBackend`); its replicas then answer:
 
 | route | answer |
 |---|---|
-| `GET /` and `/static/{app.js,style.css}` | the web page (moments/web, no build step) |
+| `GET /` and `/static/{app.js,style.css}` | the web page (moments/serve/web, no build step) |
 | `GET /api/health` | 200 `{"ready": true, ...}` once loaded; 503 `{"ready": false, "reason": ...}` before |
 | `GET /api/search?q=&k=&video=&min_score=&run=&live=` | rows with the fields of `jobs.search --json` |
 | `GET /api/videos`, `GET /api/videos/{id}` | the playable videos; one video's duration and moments |
@@ -34,8 +34,8 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from drn.errors import InputError
-from moments.search_backend import NotReady, SearchBackend, ServiceSettings
-from moments.service_params import BadRequest
+from moments.serve.backend import NotReady, SearchBackend, ServiceSettings
+from moments.serve.params import BadRequest
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def build_app(settings: ServiceSettings, *, num_replicas: int = 1, num_cpus: flo
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
-    """`import_path: moments.service:app_builder` for `serve run` / `serve deploy`; `args` are ServiceSettings
+    """`import_path: moments.serve.app:app_builder` for `serve run` / `serve deploy`; `args` are ServiceSettings
     fields (db required; table, features, videos, checkpoint, refresh_s optional). Replicas, autoscaling and
     CPUs come from the config's `deployments:` section."""
     return MomentsService.bind(settings_from_args(args))

@@ -15,8 +15,8 @@ from drn.corpus import CorpusConfig, CorpusQuery, RankedMoments, corpus_queries
 from drn.errors import InputError
 from drn.pairs import GroundingPair
 from drn.predictions import Prediction
-from drn.text import query_key
-from moments.index import Index
+from drn.text.vocabulary import query_key
+from moments.index.table import Index
 
 
 def pick_run(index: Index, run_id: str | None) -> str:

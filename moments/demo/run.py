@@ -25,7 +25,7 @@ from typing import Any
 
 from drn.errors import InputError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 DEFAULT_OUT = Path("demo_output")
 MARKER = "demo.json"
@@ -269,8 +269,8 @@ def demo_config(settings: DemoSettings):
 
 
 def train_model(settings: DemoSettings, paths: DemoPaths, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Step 3: DRN's three stages on Ray Train (``moments.train.fit_distributed``); the best checkpoint's summary."""
-    from moments.train import fit_distributed
+    """Step 3: DRN's three stages on Ray Train (``fit_distributed``); the best checkpoint's summary."""
+    from moments.train.driver import fit_distributed
 
     config = demo_config(settings)
     stages = config.train
@@ -338,7 +338,7 @@ def model_predictions(checkpoint: str, features: str | os.PathLike, pairs: Seque
     """The model's ranked segments for each pair, grounded in the pair's own video."""
     from drn.inference import Grounder
     from drn.predictions import Prediction
-    from drn.store import FeatureStore
+    from drn.store.features import FeatureStore
 
     grounder = Grounder.from_checkpoint(local_path(checkpoint))
     store = FeatureStore(features)
@@ -360,7 +360,7 @@ def evaluate_on_test(paths: DemoPaths, checkpoint: str) -> dict[str, dict[str, A
     from drn.datasets import load_split
     from drn.evaluation import EvalConfig, evaluate
     from drn.predictions import write_predictions
-    from drn.store import FeatureStore
+    from drn.store.features import FeatureStore
 
     durations = FeatureStore(paths.features).durations()
     train = load_split("jsonl", paths.annotations, "train", durations=durations).pairs
@@ -409,8 +409,8 @@ def query_collection(paths: DemoPaths) -> list[str]:
 def ground_collection(paths: DemoPaths, checkpoint: str, run_id: str, use_gpu: bool = False,
                       echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Step 5: every query of ``queries.txt`` against every video, the top segments merged into LanceDB
-    (``moments.grounding.run_grounding``, the Ray Data program behind ``jobs.ground``)."""
-    from moments.grounding import Resources, run_grounding
+    (``moments.library.grounding.run_grounding``, the Ray Data program behind ``jobs.ground``)."""
+    from moments.library.grounding import Resources, run_grounding
 
     resources = Resources(num_gpus_per_actor=1.0 if use_gpu else 0.0)
     summary = run_grounding(local_path(checkpoint), str(paths.features), str(paths.queries), str(paths.db),
@@ -454,8 +454,8 @@ def search_texts(texts: Sequence[str], vocabulary: set[str]) -> list[tuple[str, 
 def run_searches(paths: DemoPaths, searches: Sequence[tuple[str, str]], k: int = 3,
                  echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Step 6: search the index for each text and print the results."""
-    from moments.index import Index
-    from moments.results import format_results
+    from moments.index.results import format_results
+    from moments.index.table import Index
 
     index = Index(paths.db)
     found = []
@@ -471,11 +471,11 @@ def run_searches(paths: DemoPaths, searches: Sequence[tuple[str, str]], k: int =
 def two_stage_search(features: str | os.PathLike, db: str | os.PathLike, checkpoint: str, text: str, k: int = 3,
                      echo: Callable[[str], None] = print) -> dict[str, Any] | None:
     """Index the library's cells (``jobs.index_library``) and answer ``text`` live in two stages: the nearest
-    cells, then DRN on the candidate videos only (``moments.live_search``). None for a checkpoint without a
+    cells, then DRN on the candidate videos only (``moments.search.two_stage``). None for a checkpoint without a
     trained retrieval stage."""
     from drn.checkpoint import read_checkpoint
-    from moments.index_library import run_index_library
-    from moments.live_search import LiveSearcher
+    from moments.library.cell_indexing import run_index_library
+    from moments.search.two_stage import LiveSearcher
 
     if not read_checkpoint(checkpoint)["state_dict"].get("retrieval.trained_epochs", 0):
         return None
@@ -493,7 +493,7 @@ def two_stage_search(features: str | os.PathLike, db: str | os.PathLike, checkpo
 def library_video_hits(paths: DemoPaths, run_id: str) -> dict[str, int]:
     """How often a video that holds the query's moment (any split) is the query's best, or among its 5 best,
     videos across the library: the index ranks videos by their best segment's score."""
-    from moments.index import Index
+    from moments.index.table import Index
 
     holders: dict[str, set[str]] = {}
     for split in ("train", "val", "test"):

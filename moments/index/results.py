@@ -25,7 +25,7 @@ def format_results(results: pa.Table) -> str:
 
 def match_label(row: dict) -> str:
     """``same``, ``paraphrase 0.98`` or ``OTHER 0.81``: whether a row answers the searched text
-    (``moments.index.Index.answer``); rows without the column (older callers) read as ``same``."""
+    (``moments.index.table.Index.answer``); rows without the column (older callers) read as ``same``."""
     match = row.get("query_match") or "same"
     if match == "same":
         return "same"

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from drn.errors import InputError
-from drn.store import FeatureStore, VideoFeatures, load_each
+from drn.store.features import FeatureStore, VideoFeatures, load_each
 
 
 class VideoLookup:

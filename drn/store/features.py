@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from drn.durations import timeline_duration
 from drn.errors import InputError
-from drn.object_store import filesystem_for
+from drn.store.object_store import filesystem_for
 
 METADATA_PREFIX = "drn."
 # A chunk is one Parquet row; the Parquet writer holds some 30 to 45 bytes per feature value while it encodes one
@@ -155,7 +155,7 @@ class VideoFeatures:
 
 def open_filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path inside it, for a local path or an object-store URI (``s3://`` configured
-    by the AWS environment variables, see ``drn.object_store``)."""
+    by the AWS environment variables, see ``drn.store.object_store``)."""
     return filesystem_for(uri)
 
 

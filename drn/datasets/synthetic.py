@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
 
 COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black")
 CLIP_LEN_S, CLIP_STRIDE_S = 1.0, 0.5
@@ -228,7 +228,7 @@ def make_recurring_benchmark(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m drn.synthetic OUT [--videos N] [--dim D] [--seed S] [--recurring]``"""
+    """``python -m drn.datasets.synthetic OUT [--videos N] [--dim D] [--seed S] [--recurring]``"""
     import argparse
 
     parser = argparse.ArgumentParser(description="Write the synthetic grounding benchmark (features + JSONL).")

@@ -24,10 +24,10 @@ import pyarrow.compute as pc
 from lancedb.index import FTS, Bitmap, BTree, IvfPq
 
 from drn.errors import InputError
-from drn.object_store import lancedb_storage_options
-from drn.text import query_key
-from moments.embedding import EMBEDDING_DIM, embed_text
-from moments.runs import RunRecord, read_runs
+from drn.store.object_store import lancedb_storage_options
+from drn.text.sentence import EMBEDDING_DIM, embed_text
+from drn.text.vocabulary import query_key
+from moments.index.runs import RunRecord, read_runs
 
 SEGMENTS_TABLE = "segments"
 ROW_KEY = ("run_id", "query_id", "video_id", "rank")
@@ -194,7 +194,7 @@ def _is_local(uri: str) -> bool:
 
 class Index:
     """The segments index at a LanceDB URI (a local folder or an object-store URI such as `s3://bucket/db`;
-    `s3://` is configured by the AWS environment variables, see `drn.object_store` and docs/cluster.md).
+    `s3://` is configured by the AWS environment variables, see `drn.store.object_store` and docs/cluster.md).
 
     `overwrite=True` replaces an existing table whose schema differs; otherwise that is an InputError and the
     table is left untouched. Readers see the table version that was current when they opened it (or last
@@ -534,10 +534,10 @@ class Index:
 
     def search_live(self, text: str, k: int = 10, *, min_score: float | None = None, **options: Any) -> pa.Table:
         """Two-stage live search of a sentence nobody grounded: ANN over the `cells` table of this database, then
-        DRN on the candidate videos only (``moments.live_search``). ``options``: ``checkpoint``, ``features``,
+        DRN on the candidate videos only (``moments.search.two_stage``). ``options``: ``checkpoint``, ``features``,
         ``cells_table`` and the fields of ``LiveSearchOptions`` (``cells``, ``candidates``, ``fusion_weight``...).
         The model and the store are loaded on the first call and kept."""
-        from moments.live_search import LiveSearcher, LiveSearchOptions
+        from moments.search.two_stage import LiveSearcher, LiveSearchOptions
 
         setup = {name: options.pop(name, None) for name in ("checkpoint", "features", "cells_table")}
         searcher = getattr(self, "_live_searcher", None)
@@ -574,7 +574,7 @@ def with_match_columns(rows: pa.Table, matched_query: str, similarity: float, ma
 
 
 def match_kind(searched_key: str, stored_text: str, similarity: float) -> str:
-    """How a stored query relates to the searched text: "same" words (``drn.text.query_key``), a "paraphrase"
+    """How a stored query relates to the searched text: "same" words (``drn.text.vocabulary.query_key``), a "paraphrase"
     (MiniLM cosine >= SAME_QUERY_COSINE) or an "other" query whose moments answer a different sentence."""
     if query_key(stored_text) == searched_key:
         return "same"

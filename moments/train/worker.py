@@ -35,7 +35,7 @@ from tqdm import tqdm
 from drn.checkpoint import load_checkpoint, save_checkpoint
 from drn.config import DRNConfig
 from drn.model import DRN
-from drn.store import open_filesystem
+from drn.store.features import open_filesystem
 from drn.targets import Targets
 from drn.training import (
     Stage,
@@ -174,7 +174,7 @@ def local_model_file(checkpoint: ray.train.Checkpoint | None, uri: str | None) -
 
         with tempfile.TemporaryDirectory(prefix="drn-init-") as tmp:
             local = os.path.join(tmp, MODEL_FILE)
-            source, path = open_filesystem(uri)  # s3:// configured by the AWS environment (drn.object_store)
+            source, path = open_filesystem(uri)  # s3:// configured by the AWS environment (drn.store.object_store)
             pafs.copy_files(path, local, source_filesystem=source, destination_filesystem=pafs.LocalFileSystem())
             yield local
         return
@@ -196,7 +196,7 @@ def _epoch_loader(data, batch_size: int, rank: int, size: int, seed: int, num_wo
 
 
 def train_stage_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train loop of one stage. ``job`` is built by ``moments.train.stage_job`` (plain, picklable values)."""
+    """Ray Train loop of one stage. ``job`` is built by ``moments.train.driver.stage_job`` (plain, picklable values)."""
     config = DRNConfig.from_dict(job["config"])
     stage = Stage(**job["stage"])
     rank, size = world()

@@ -16,11 +16,11 @@ import pyarrow as pa
 
 from drn.durations import timeline_duration
 from drn.inference import EncodedQueries, Grounder
-from drn.store import VideoFeatures
-from moments.embedding import EMBEDDING_DIM
-from moments.index import segments_schema, segments_table
-from moments.result_batches import ERROR_COLUMN
-from moments.windows import Window, WindowRule, cut_windows, merge_windows
+from drn.store.features import VideoFeatures
+from drn.text.sentence import EMBEDDING_DIM
+from moments.index.table import segments_schema, segments_table
+from moments.library.batches import ERROR_COLUMN
+from moments.library.windows import Window, WindowRule, cut_windows, merge_windows
 
 
 @dataclass

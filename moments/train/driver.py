@@ -1,14 +1,14 @@
 """DRN's three training stages on Ray Train: one TorchTrainer per stage, checkpoints in the run's storage, resumable.
 
-    python -m moments.train --config configs/synthetic.yaml --features runs/syn/features \\
+    python -m moments.train.driver --config configs/synthetic.yaml --features runs/syn/features \\
         --annotations runs/syn/annotations --num-workers 2 --storage runs/ray --name syn
 
 Stage k is a TorchTrainer whose RunConfig name is ``<name>-stage<k>`` under ``--storage``; it starts from the best
 validation checkpoint of stage k-1. A worker that dies is replaced and its stage goes on from the latest epoch
 checkpoint (``--max-failures``); a job that is killed and started again with the same ``--storage`` and ``--name``
 skips the stages with a ``DONE.json`` and resumes the others from their latest checkpoint (Ray Train V2 restores a
-run built again under the same storage path and name). The per-worker loop is ``moments.train_worker``; the
-storage layout is described in ``moments.train_storage``. The last stdout line is ONE line of JSON: the best
+run built again under the same storage path and name). The per-worker loop is ``moments.train.worker``; the
+storage layout is described in ``moments.train.storage``. The last stdout line is ONE line of JSON: the best
 checkpoint with its validation and test metrics.
 """
 
@@ -34,17 +34,17 @@ from drn.config import DRNConfig, load_config
 from drn.data import usable_pairs
 from drn.errors import InputError
 from drn.retrieval import RETRIEVAL_STAGE
-from drn.store import FeatureStore, absolute_uri
+from drn.store.features import FeatureStore, absolute_uri
 from drn.training import selection_key, stages_from_config, validate
 from drn.training_setup import adopt_store_feature_dim, eval_splits, load_pairs, prepare_training_data
-from moments.train_retrieval import (
+from moments.train.retrieval import (
     retrieval_stage_job,
     retrieval_stage_skip_reason,
     retrieval_stage_worker,
     wants_retrieval_stage,
 )
-from moments.train_storage import BEST_FILE, DONE_FILE, RunStorage
-from moments.train_worker import MODEL_FILE, FailureInjection, local_model_file, train_stage_worker
+from moments.train.storage import BEST_FILE, DONE_FILE, RunStorage
+from moments.train.worker import MODEL_FILE, FailureInjection, local_model_file, train_stage_worker
 from pipeline.capacity import DEFAULT_WAIT_S, PipelineNeeds, alive_node_resources, require
 
 FAIL_AT_ENV, FAIL_MARKER_ENV = "MOMENTS_TRAIN_FAIL_AT", "MOMENTS_TRAIN_FAIL_MARKER"
