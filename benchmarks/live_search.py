@@ -15,7 +15,7 @@ configs/demo.yaml, D 4096, T 16) and library size, a feature store of N videos o
 needs no more; float16) is written directly, then a checkpoint with random weights and a retrieval head
 (``--retrieval-dim``; the weights do not change the time), the `cells` table (``run_index_library`` on local Ray
 Data: build time, rows, size on disk), and in one process with the model loaded: per-query latency of two-stage
-search (``LiveSearcher.search``) and of DRN on every video (the in-process path of ``ground_live``: read, pool,
+search (``TwoStageSearcher.search``) and of DRN on every video (the in-process path of ``ground_every_video``: read, pool,
 score, rank), with the peak resident memory of each phase (Linux VmHWM, reset before each). Above
 ``--exhaustive-sample`` videos the exhaustive search runs on that many videos and its time is scaled by N / sample
 (said in the table). Disk: the store takes N x T x 4096 x 2 bytes (26 GB at 100k videos, paper size); the script
@@ -56,7 +56,7 @@ from moments.library.cell_indexing import run_index_library
 from moments.library.grounding import Resources, encode_query_side, live_query_id
 from moments.library.queries import Query
 from moments.library.scoring import LibraryScorer
-from moments.search.two_stage import LiveSearcher, LiveSearchOptions
+from moments.search.two_stage import TwoStageSearcher, TwoStageOptions
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"paper": REPO / "configs" / "charades_sta.yaml", "demo": REPO / "configs" / "demo.yaml"}
@@ -149,8 +149,8 @@ def random_checkpoint(path: Path, config_path: Path, retrieval_dim: int) -> DRNC
     return config
 
 
-def exhaustive_search(searcher: LiveSearcher, store: FeatureStore, video_ids: list[str], text: str, k: int = 10):
-    """DRN on every video of ``video_ids``, in this process with the model loaded (``ground_live``'s local path):
+def exhaustive_search(searcher: TwoStageSearcher, store: FeatureStore, video_ids: list[str], text: str, k: int = 10):
+    """DRN on every video of ``video_ids``, in this process with the model loaded (``ground_every_video``'s local path):
     read the clips shard by shard, pool, score, keep each video's top segments, rank across the library."""
     grounder = searcher.model.grounder
     side = encode_query_side(grounder, [Query(live_query_id(text), text)])
@@ -217,13 +217,13 @@ def latency_case(name: str, count: int, args: argparse.Namespace, work: Path) ->
           flush=True)
 
     started = time.perf_counter()
-    searcher = LiveSearcher(str(db), options=LiveSearchOptions(cells=args.cells))
+    searcher = TwoStageSearcher(str(db), options=TwoStageOptions(cells=args.cells))
     texts = [SEARCHES[i % len(SEARCHES)] for i in range(args.queries)]
     searcher.search(texts[0], k=10)  # warm: the first search reads shard footers and loads MiniLM
     load_s = time.perf_counter() - started
     two_stage = {}
     for candidates in args.candidates:
-        options = LiveSearchOptions(cells=args.cells, candidates=candidates)
+        options = TwoStageOptions(cells=args.cells, candidates=candidates)
         reset_peak_memory()
         times = []
         for text in texts:
@@ -384,7 +384,7 @@ def evaluate_corpus(checkpoint: str, bench, work: Path, weights: Sequence[float]
     if db.exists():
         shutil.rmtree(db)
     run_index_library(checkpoint, bench.features, str(db), videos=videos)
-    searcher = LiveSearcher(str(db))
+    searcher = TwoStageSearcher(str(db))
     echo(f"  {len(queries)} distinct test texts, {len(videos)} test videos, "
          f"{np.mean([len(q.videos) for q in queries]):.1f} videos per text")
     results = []
@@ -408,11 +408,11 @@ def evaluate_corpus(checkpoint: str, bench, work: Path, weights: Sequence[float]
     run("exhaustive: DRN alone on every video (--exhaustive)",
         lambda text: moments(exhaustive_search(searcher, store, videos, text, k=keep)))
     for weight in weights:
-        options = LiveSearchOptions(cells=cells, fusion_weight=weight)
+        options = TwoStageOptions(cells=cells, fusion_weight=weight)
         run(f"exhaustive, fused (w = {weight})",
-            lambda text, o=options: moments(searcher.search(text, k=keep, options=o, exhaustive=True)))
+            lambda text, o=options: moments(searcher.reference_search(text, k=keep, options=o)))
         for count in candidates:
-            chosen = LiveSearchOptions(cells=cells, candidates=count, fusion_weight=weight)
+            chosen = TwoStageOptions(cells=cells, candidates=count, fusion_weight=weight)
             run(f"two-stage (w = {weight}, {count} candidates)",
                 lambda text, o=chosen: moments(searcher.search(text, k=keep, options=o)))
     return results

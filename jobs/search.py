@@ -3,7 +3,7 @@
 Answers from the LanceDB table that `jobs.ground` wrote: the stored queries nearest to the text in meaning and
 in words, and their best segments across the library. `--live` grounds a new text now, in two stages: the
 nearest video cells in the `cells` table that `jobs.index_library` wrote, then DRN on those candidate videos
-only (`moments.search.two_stage`). `--exhaustive` grounds it against every video (`ground_live`).
+only (`moments.search.two_stage`). `--exhaustive` grounds it against every video (`ground_every_video`).
 With `DRN_SERVE=http://host:port` set, indexed searches go to a running search service (`python -m jobs.serve`),
 which has the index and the model loaded already. Each path imports only what it needs: indexed search needs
 neither torch nor sentence-transformers.
@@ -64,19 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
 def run_live(args: argparse.Namespace) -> pa.Table:
     """Two-stage live search over the cells table of `args.db` (moments.search.two_stage)."""
     from moments.index.table import default_db_uri
-    from moments.search.two_stage import LiveSearcher, LiveSearchOptions
+    from moments.search.two_stage import TwoStageSearcher, TwoStageOptions
 
-    options = LiveSearchOptions(cells=args.cells, candidates=args.candidates, fusion_weight=args.fusion_weight)
-    searcher = LiveSearcher(args.db or default_db_uri(), args.checkpoint, args.features, table=args.cells_table,
+    options = TwoStageOptions(cells=args.cells, candidates=args.candidates, fusion_weight=args.fusion_weight)
+    searcher = TwoStageSearcher(args.db or default_db_uri(), args.checkpoint, args.features, table=args.cells_table,
                             options=options)
     return searcher.search(args.text, k=args.k, min_score=args.min_score)
 
 
 def run_exhaustive(args: argparse.Namespace) -> pa.Table:
-    """Ground `args.text` against every video with `args.checkpoint` (moments.library.grounding.ground_live)."""
+    """Ground `args.text` against every video with `args.checkpoint` (moments.library.grounding.ground_every_video)."""
     from drn.text.sentence import check_spellable
     from moments.index.table import default_db_uri
-    from moments.library.grounding import ground_live
+    from moments.library.grounding import ground_every_video
 
     check_spellable(args.text)
     checkpoint, features = args.checkpoint, args.features
@@ -88,7 +88,7 @@ def run_exhaustive(args: argparse.Namespace) -> pa.Table:
             raise InputError("--exhaustive needs --checkpoint and --features (or a --db whose cells table names "
                              "them)")
         checkpoint, features = checkpoint or cells.info.checkpoint, features or cells.info.features
-    return ground_live(
+    return ground_every_video(
         args.text, checkpoint, features, k=args.k, videos=[args.video] if args.video else None,
         min_score=args.min_score, save=args.save, db=args.db or default_db_uri(), table=args.table,
     )

@@ -21,7 +21,7 @@ from drn.model import DRN
 from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
 from drn.text.vocabulary import Vocabulary
 from moments.index.table import ROW_KEY, Index, segments_schema
-from moments.library.grounding import Resources, WindowOptions, ground_live, run_grounding
+from moments.library.grounding import Resources, WindowOptions, ground_every_video, run_grounding
 from moments.library.queries import read_queries
 from moments.library.windows import WindowRule, cut_windows, merge_windows, window_rule
 
@@ -217,21 +217,21 @@ def test_ground_live_agrees_with_the_batch_job(grounded, library, tmp_path) -> N
     batch = grounded["frame"]
     text = "the blue event after red"
     expected = batch[batch["query_text"] == text].sort_values("library_rank")
-    live = ground_live(text, library["checkpoint"], library["features"], k=1000, top_k=3, windows=WINDOWS)
+    live = ground_every_video(text, library["checkpoint"], library["features"], k=1000, top_k=3, windows=WINDOWS)
     assert live.column_names[0] == "result_rank" and live.num_rows == len(expected)
     got = live.to_pandas()
     assert list(got["video_id"]) == list(expected["video_id"]) and list(got["rank"]) == list(expected["rank"])
     np.testing.assert_allclose(got[["start_s", "end_s", "score"]], expected[["start_s", "end_s", "score"]],
                                rtol=1e-5, atol=1e-5)
     db = str(tmp_path / "live-db")
-    on_ray = ground_live(text, library["checkpoint"], library["features"], k=5, top_k=3, windows=WINDOWS,
+    on_ray = ground_every_video(text, library["checkpoint"], library["features"], k=5, top_k=3, windows=WINDOWS,
                          resources=FAST, in_process_max_videos=0, save=True, db=db, min_score=0.0)
     np.testing.assert_allclose(on_ray.to_pandas()[["start_s", "end_s", "score"]],
                                expected[["start_s", "end_s", "score"]].head(5), rtol=1e-5, atol=1e-5)
     saved = Index(db).to_pandas()
     assert len(saved) == len(expected) and saved["run_id"].iloc[0].startswith("live-model-")
     assert sorted(saved["library_rank"]) == list(range(len(saved)))
-    only = ground_live(text, library["checkpoint"], library["features"], k=3, videos="v1,long", windows=WINDOWS)
+    only = ground_every_video(text, library["checkpoint"], library["features"], k=3, videos="v1,long", windows=WINDOWS)
     assert set(only.column("video_id").to_pylist()) <= {"v1", "long"} and only.num_rows == 3
 
 

@@ -30,8 +30,8 @@ from jobs import search as search_job
 from moments.index.cells import CellsTable
 from moments.index.table import RESULT_COLUMNS, Index, segment_rows
 from moments.library.cell_indexing import run_index_library
-from moments.library.grounding import Resources, ground_live
-from moments.search.two_stage import LiveSearcher, LiveSearchOptions, fuse
+from moments.library.grounding import Resources, ground_every_video
+from moments.search.two_stage import TwoStageSearcher, TwoStageOptions, fuse
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima",
@@ -43,7 +43,7 @@ SMALL = ["dataset=jsonl", f"model.feature_dim={DIM}", "model.num_segments=8", "m
          "train.stage1.epochs=30", "retrieval.epochs=60", "retrieval.lr=3e-3", "retrieval.sampled_negatives=8"]
 # 4 of 20 videos go to DRN. DRN here is trained without negative pairs, so its scores hardly compare across videos;
 # the retrieval score carries most of the ranking (the fusion weight is measured in benchmarks/live_search.py).
-FEW = LiveSearchOptions(cells=40, candidates=4, fusion_weight=0.8)
+FEW = TwoStageOptions(cells=40, candidates=4, fusion_weight=0.8)
 
 
 def write_library(root: Path, first: int = 0, count: int = len(WORDS), seed: int = 0) -> list[dict]:
@@ -134,17 +134,17 @@ def other_checkpoint(path: Path, retrieval_dim: int = 16, trained: bool = True) 
 def test_two_stage_top_moment_equals_the_exhaustive_one(library, trained, indexed) -> None:
     """Two stages (ANN over cells, DRN on 4 of the 20 videos) find the top moment that scoring every video the
     same way finds, for every query; and the holding video more often than DRN's score alone over every video
-    (today's --exhaustive, ground_live: DRN trained without negative pairs ranks videos poorly)."""
-    searcher = LiveSearcher(indexed, options=FEW)
+    (today's --exhaustive, ground_every_video: DRN trained without negative pairs ranks videos poorly)."""
+    searcher = TwoStageSearcher(indexed, options=FEW)
     key = ("video_id", "start_s", "end_s", "score")
     found = {"two-stage": 0, "drn alone": 0}
     for text in library["texts"]:
         two = searcher.search(text, k=3).to_pylist()
-        every = searcher.search(text, k=3, exhaustive=True).to_pylist()
+        every = searcher.reference_search(text, k=3).to_pylist()
         assert [two[0][name] for name in key] == pytest.approx([every[0][name] for name in key]), text
         assert len({row["video_id"] for row in searcher.search(text, k=50).to_pylist()}) <= FEW.candidates
         holder = f"v{WORDS.index(text.split()[1]):03d}"
-        drn_alone = ground_live(text, trained, library["features"], k=1).to_pylist()[0]
+        drn_alone = ground_every_video(text, trained, library["features"], k=1).to_pylist()[0]
         found["two-stage"] += two[0]["video_id"] == holder
         found["drn alone"] += drn_alone["video_id"] == holder
         if drn_alone["video_id"] == two[0]["video_id"]:  # same video: same segment, same DRN score
@@ -160,7 +160,7 @@ def test_rows_have_the_fields_of_indexed_search(library, indexed) -> None:
     assert rows.num_rows == 7 and len(set(rows.column("video_id").to_pylist())) <= 2
     table = rows.to_pydict()
     assert table["result_rank"] == list(range(7)) and table["library_rank"] == list(range(7))
-    weight = LiveSearchOptions().fusion_weight
+    weight = TwoStageOptions().fusion_weight
     assert np.allclose(table["score"], fuse(np.array(table["drn_score"]), np.array(table["retrieval_score"]), weight),
                        atol=1e-6)
     assert table["score"] == sorted(table["score"], reverse=True)

@@ -19,7 +19,7 @@ from drn.nms import temporal_iou
 from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
 from drn.text.vocabulary import Vocabulary
 from drn.training import Stage, configure_stage, make_optimizer, run_epoch
-from moments.library.grounding import WindowOptions, ground_live
+from moments.library.grounding import WindowOptions, ground_every_video
 from moments.library.windows import window_rule
 
 TINY = ["name=long-video-test", "model.feature_dim=16", "model.num_segments=16", "model.lstm_hidden=8",
@@ -133,13 +133,13 @@ def test_a_30_minute_video_is_grounded_as_precisely_as_a_short_one(trained) -> N
     assert rule.source == "checkpoint training durations" and 35.0 < rule.window_s < 45.0
     assert len(rule.spans(1800.0)) > 80 and rule.spans(40.0) == [(0.0, 40.0)]
 
-    results = ground_live("the green event", trained["checkpoint"], store, k=10, top_k=3)
+    results = ground_every_video("the green event", trained["checkpoint"], store, k=10, top_k=3)
     short_iou, long_iou = best_iou(results, "short", green_short), best_iou(results, "long", green_long)
     print(f"\nIoU of the best segment: 40-s video {short_iou:.2f}, 30-min video in windows {long_iou:.2f}")
     assert short_iou >= 0.5
     assert long_iou >= 0.5
 
-    whole = ground_live("the green event", trained["checkpoint"], store, k=10, top_k=3,
+    whole = ground_every_video("the green event", trained["checkpoint"], store, k=10, top_k=3,
                         windows=WindowOptions(max_whole_s=4000.0))  # no windows: one grid cell is 112 s
     whole_iou = best_iou(whole, "long", green_long)
     print(f"30-min video grounded whole: {whole_iou:.2f}")

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -51,6 +53,32 @@ def is_object_store_uri(path: str | os.PathLike) -> bool:
     """True for a URI that is not ``file://``: its bytes live in an object store, not on this machine's disk."""
     text = os.fspath(path)
     return is_uri(text) and not text.startswith("file://")
+
+
+def local_path(path: str | os.PathLike) -> str | None:
+    """The local path of a plain path or a ``file://`` URI; None for an object-store URI."""
+    text = os.fspath(path)
+    return None if is_object_store_uri(text) else text.removeprefix("file://")
+
+
+def check_writable(path: str | os.PathLike, what: str = "folder") -> None:
+    """InputError before any work when a local ``path`` cannot be created as a folder or written to; object-store
+    URIs pass (they answer on the first write). ``what`` names the folder in the message."""
+    local = local_path(path)
+    if local is None:
+        return
+    folder = Path(local)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"the {what} cannot be created: {existing} is a file, not a folder", path=path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InputError(f"the {what} is not writable: {error.strerror or error}", path=path) from None
 
 
 @dataclass(frozen=True)

@@ -475,12 +475,12 @@ def two_stage_search(features: str | os.PathLike, db: str | os.PathLike, checkpo
     trained retrieval stage."""
     from drn.checkpoint import read_checkpoint
     from moments.library.cell_indexing import run_index_library
-    from moments.search.two_stage import LiveSearcher
+    from moments.search.two_stage import TwoStageSearcher
 
     if not read_checkpoint(checkpoint)["state_dict"].get("retrieval.trained_epochs", 0):
         return None
     summary = run_index_library(checkpoint, str(features), str(db))
-    results = LiveSearcher(str(db)).search(text, k=k)
+    results = TwoStageSearcher(str(db)).search(text, k=k)
     echo(f'\n    two-stage live search "{text}"  ({summary.rows_in_table} cells in the cells table; DRN ran on the '
          "candidate videos only)")
     for row in results.to_pylist():

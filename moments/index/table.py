@@ -535,17 +535,17 @@ class Index:
     def search_live(self, text: str, k: int = 10, *, min_score: float | None = None, **options: Any) -> pa.Table:
         """Two-stage live search of a sentence nobody grounded: ANN over the `cells` table of this database, then
         DRN on the candidate videos only (``moments.search.two_stage``). ``options``: ``checkpoint``, ``features``,
-        ``cells_table`` and the fields of ``LiveSearchOptions`` (``cells``, ``candidates``, ``fusion_weight``...).
+        ``cells_table`` and the fields of ``TwoStageOptions`` (``cells``, ``candidates``, ``fusion_weight``...).
         The model and the store are loaded on the first call and kept."""
-        from moments.search.two_stage import LiveSearcher, LiveSearchOptions
+        from moments.search.two_stage import TwoStageSearcher, TwoStageOptions
 
         setup = {name: options.pop(name, None) for name in ("checkpoint", "features", "cells_table")}
         searcher = getattr(self, "_live_searcher", None)
         if searcher is None or getattr(self, "_live_setup", None) != setup:
-            searcher = LiveSearcher(self.uri, setup["checkpoint"], setup["features"],
+            searcher = TwoStageSearcher(self.uri, setup["checkpoint"], setup["features"],
                                     table=setup["cells_table"] or "cells")
             self._live_searcher, self._live_setup = searcher, setup
-        chosen = LiveSearchOptions(**{**vars(searcher.options), **options}) if options else None
+        chosen = TwoStageOptions(**{**vars(searcher.options), **options}) if options else None
         return searcher.search(text, k, min_score=min_score, options=chosen)
 
 

@@ -14,7 +14,7 @@ feature store and writes the top-k segments of every (query, video) to the index
    (run, query, video, rank), so rewriting is harmless), then computes each segment's library-wide rank per
    query and brings the indices up to date.
 
-``ground_live`` grounds one new text against the library now: in-process for small libraries, on the same Ray
+``ground_every_video`` grounds one new text against the library now: in-process for small libraries, on the same Ray
 Data pipeline above ``in_process_max_videos`` videos, optionally saving the rows to the index.
 """
 
@@ -416,7 +416,7 @@ def live_query_id(text: str) -> str:
     return "live-" + hashlib.sha256(normalise_text(text).encode()).hexdigest()[:12]
 
 
-def ground_live(
+def ground_every_video(
     text: str,
     checkpoint: str,
     features: str,

@@ -9,9 +9,9 @@
    score is the video's, so within a video DRN's order is kept and only the order across videos changes.
    Moments are ranked across the library by that score (ties: video id, then rank).
 
-The rows have the fields of indexed search and of ``ground_live`` (``result_rank``, ``moments.index.RESULT_COLUMNS``
+The rows have the fields of indexed search and of ``ground_every_video`` (``result_rank``, ``moments.index.RESULT_COLUMNS``
 and the match columns: ``matched_query`` is the text itself, ``calibrated`` whether the checkpoint was trained with
-negative pairs) plus ``drn_score`` and ``retrieval_score``. ``LiveSearcher`` loads the model, the
+negative pairs) plus ``drn_score`` and ``retrieval_score``. ``TwoStageSearcher`` loads the model, the
 table and the store once (what a service or a benchmark keeps); ``Index(db).search_live(text, k)`` uses one.
 """
 
@@ -40,7 +40,7 @@ from moments.library.windows import WindowRule
 
 
 @dataclass(frozen=True)
-class LiveSearchOptions:
+class TwoStageOptions:
     """The knobs of two-stage search (defaults measured in benchmarks/live_search.py)."""
 
     cells: int = 300  # cells taken by ANN
@@ -62,13 +62,13 @@ def fuse(drn_score: np.ndarray, retrieval_score: np.ndarray, weight: float) -> n
     return (1.0 - weight) * drn_score + weight * (1.0 + retrieval_score) / 2.0
 
 
-class LiveSearcher:
+class TwoStageSearcher:
     """The checkpoint named by (or matching) a `cells` table, that table and the feature store, loaded once."""
 
     def __init__(self, db: str | os.PathLike, checkpoint: str | None = None, features: str | None = None, *,
-                 table: str = CELLS_TABLE, options: LiveSearchOptions | None = None, device: str = "cpu") -> None:
+                 table: str = CELLS_TABLE, options: TwoStageOptions | None = None, device: str = "cpu") -> None:
         self.db = os.fspath(db)
-        self.options = options or LiveSearchOptions()
+        self.options = options or TwoStageOptions()
         sha = _sha_of(checkpoint) if checkpoint is not None else None  # a named checkpoint must exist
         self.cells = CellsTable(self.db, table)
         if not self.cells.exists:
@@ -101,7 +101,7 @@ class LiveSearcher:
         self.labels = RunLabels(f"live-{self.model.checkpoint_id}", self.model.checkpoint_id)
 
     def search(self, text: str, k: int = 10, *, min_score: float | None = None,
-               options: LiveSearchOptions | None = None, exhaustive: bool = False) -> pa.Table:
+               options: TwoStageOptions | None = None, exhaustive: bool = False) -> pa.Table:
         """The ``k`` best moments for ``text`` across the library (see the module docstring).
 
         ``exhaustive=True`` scores every video of the table the same way, without the approximation of stage one:
