@@ -131,7 +131,7 @@ def memory_run(num_videos: int, num_queries: int) -> dict:
     import ray
 
     from drn.checkpoint import save_checkpoint
-    from moments.library.grounding import Resources, run_grounding
+    from moments.library import Resources, run_grounding
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(num_videos)

@@ -15,7 +15,8 @@ configs/demo.yaml, D 4096, T 16) and library size, a feature store of N videos o
 needs no more; float16) is written directly, then a checkpoint with random weights and a retrieval head
 (``--retrieval-dim``; the weights do not change the time), the `cells` table (``run_index_library`` on local Ray
 Data: build time, rows, size on disk), and in one process with the model loaded: per-query latency of two-stage
-search (``TwoStageSearcher.search``) and of DRN on every video (the in-process path of ``ground_every_video``: read, pool,
+search (``TwoStageSearcher.search``) and of DRN on every video (the in-process path of
+``ground_every_video``: read, pool,
 score, rank), with the peak resident memory of each phase (Linux VmHWM, reset before each). Above
 ``--exhaustive-sample`` videos the exhaustive search runs on that many videos and its time is scaled by N / sample
 (said in the table). Disk: the store takes N x T x 4096 x 2 bytes (26 GB at 100k videos, paper size); the script
@@ -51,12 +52,13 @@ from drn.config import DRNConfig, load_config
 from drn.model import DRN, count_parameters, new_model
 from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.text.vocabulary import vocabulary_and_vectors
+from moments.library import Resources
 from moments.library.batches import split_output
 from moments.library.cell_indexing import run_index_library
-from moments.library.grounding import Resources, encode_query_side, live_query_id
+from moments.library.model import encode_query_side, live_query_id
 from moments.library.queries import Query
 from moments.library.scoring import LibraryScorer
-from moments.search.two_stage import TwoStageSearcher, TwoStageOptions
+from moments.search.two_stage import TwoStageOptions, TwoStageSearcher
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"paper": REPO / "configs" / "charades_sta.yaml", "demo": REPO / "configs" / "demo.yaml"}

@@ -190,7 +190,7 @@ def write_grounding_inputs(root: Path, num_videos: int, num_queries: int) -> dic
 
 
 def bench_ground(inputs: dict, db: str, videos_per_batch: int, write_batch_rows: int) -> dict:
-    from moments.library.grounding import Resources, run_grounding
+    from moments.library import Resources, run_grounding
 
     seconds, summary = timed(lambda: run_grounding(
         inputs["checkpoint"], inputs["features"], inputs["queries"], db, top_k=3, write_batch_rows=write_batch_rows,

@@ -28,7 +28,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from drn.text.sentence import embed_text, embed_texts
-from moments.index.table import Index, segments_schema
+from moments.index import Index, segments_schema
 
 SUBJECTS = ["a man", "a woman", "a person", "a child", "an old man", "a girl", "a boy", "the chef", "a teenager",
             "someone", "a nurse", "a student", "the father", "the mother", "a worker", "a dancer", "the player",

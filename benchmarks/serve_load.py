@@ -49,7 +49,7 @@ def build_table(db: Path, queries: int, chunk_queries: int) -> int:
     """The 1M-segment table of benchmarks/search.py (queries x 50 rows) with every index; returns its rows."""
     from tqdm import tqdm
 
-    from moments.index.table import Index
+    from moments.index import Index
 
     bench = search_benchmark()
     index = Index(db, vector_index_min_rows=1)
@@ -147,7 +147,7 @@ def run_clients(port: int, clients: int, requests: int, searches: list[str], ext
 
 def in_process_latency(db: Path, searches: list[str], rounds: int) -> tuple[float, float]:
     """p50/p95 (ms) of `Index.search` in this process: the same work without HTTP and Serve."""
-    from moments.index.table import Index
+    from moments.index import Index
 
     index = Index(db)
     for text in searches:

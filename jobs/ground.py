@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         print(collection.report())
     print(f"{len(collection)} queries from {args.queries}")
 
-    from moments.library.grounding import GroundingJob, Resources, WindowOptions
+    from moments.library import GroundingJob, Resources, WindowOptions
 
     apply_progress_flag(args)
     job = GroundingJob(

@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moments.index.table import default_db_uri
+    from moments.index import default_db_uri
+    from moments.library import Resources, WindowOptions
     from moments.library.cell_indexing import IndexLibraryJob
-    from moments.library.grounding import Resources, WindowOptions
 
     apply_progress_flag(args)
     job = IndexLibraryJob(

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_live(args: argparse.Namespace) -> pa.Table:
     """Two-stage live search over the cells table of `args.db` (moments.search.two_stage)."""
-    from moments.index.table import default_db_uri
-    from moments.search.two_stage import TwoStageSearcher, TwoStageOptions
+    from moments.index import default_db_uri
+    from moments.search.two_stage import TwoStageOptions, TwoStageSearcher
 
     options = TwoStageOptions(cells=args.cells, candidates=args.candidates, fusion_weight=args.fusion_weight)
     searcher = TwoStageSearcher(args.db or default_db_uri(), args.checkpoint, args.features, table=args.cells_table,
@@ -73,10 +73,10 @@ def run_live(args: argparse.Namespace) -> pa.Table:
 
 
 def run_exhaustive(args: argparse.Namespace) -> pa.Table:
-    """Ground `args.text` against every video with `args.checkpoint` (moments.library.grounding.ground_every_video)."""
+    """Ground `args.text` against every video with `args.checkpoint` (moments.library.every_video)."""
     from drn.text.sentence import check_spellable
-    from moments.index.table import default_db_uri
-    from moments.library.grounding import ground_every_video
+    from moments.index import default_db_uri
+    from moments.library import ground_every_video
 
     check_spellable(args.text)
     checkpoint, features = args.checkpoint, args.features
@@ -96,7 +96,7 @@ def run_exhaustive(args: argparse.Namespace) -> pa.Table:
 
 def run_search(args: argparse.Namespace) -> tuple[pa.Table, list[str]]:
     """Answer from the index: the rows and the notices to show beside them."""
-    from moments.index.table import Index, default_db_uri
+    from moments.index import Index, default_db_uri
 
     index = Index(args.db or default_db_uri(), table=args.table)
     answer = index.answer(args.text, k=args.k, video_id=args.video, min_score=args.min_score, run_id=args.run_id)
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     remote = None if live else service_address()  # DRN_SERVE: a running service answers, fast
     if live:
-        from moments.index.table import SearchAnswer
+        from moments.index import SearchAnswer
 
         results = run_live(args) if args.live else run_exhaustive(args)
         notices = SearchAnswer(args.text, results, args.text, 1.0, grounded=True).notices()

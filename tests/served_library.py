@@ -18,7 +18,7 @@ import numpy as np
 
 from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.text.sentence import embed_texts
-from moments.index.table import Index, segment_rows
+from moments.index import Index, segment_rows
 from pipeline.synthetic import COLORS, make_library
 
 RUN_ID = "served-run"

@@ -36,7 +36,7 @@ from drn.checkpoint import read_checkpoint
 from drn.datasets.synthetic import make_synthetic_benchmark
 from drn.store.features import FeatureStore, open_filesystem
 from jobs.search import main as search_main
-from moments.index.table import Index
+from moments.index import Index
 from pipeline.synthetic import make_library
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 from jobs import demo as demo_cli
 from jobs import train as train_cli
 from moments.demo import run as demo
-from moments.index.table import Index
+from moments.index import Index
 from pipeline.synthetic import ACTIONS, COLORS, SHAPES
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,8 +20,8 @@ from drn.inference import Grounder
 from drn.model import DRN
 from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
 from drn.text.vocabulary import Vocabulary
-from moments.index.table import ROW_KEY, Index, segments_schema
-from moments.library.grounding import Resources, WindowOptions, ground_every_video, run_grounding
+from moments.index import ROW_KEY, Index, segments_schema
+from moments.library import Resources, WindowOptions, ground_every_video, run_grounding
 from moments.library.queries import read_queries
 from moments.library.windows import WindowRule, cut_windows, merge_windows, window_rule
 

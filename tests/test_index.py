@@ -16,7 +16,7 @@ import pytest
 
 from drn.errors import InputError
 from drn.text.sentence import EMBEDDING_DIM, embed_texts
-from moments.index.table import ROW_KEY, Index, segment_rows, segments_schema, segments_table
+from moments.index import ROW_KEY, Index, segment_rows, segments_schema, segments_table
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = {
@@ -121,7 +121,7 @@ def test_a_killed_write_resumed_has_every_key_once(tmp_path) -> None:
     uri = tmp_path / "db"
     job = (
         "import os, signal, sys, pyarrow.parquet as pq\n"
-        "from moments.index.table import Index\n"
+        "from moments.index import Index\n"
         "index = Index(sys.argv[1])\n"
         "for number, path in enumerate(sys.argv[2:]):\n"
         "    index.write_segments(pq.read_table(path))\n"

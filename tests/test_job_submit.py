@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from drn.store.features import FeatureStore
-from moments.index.table import Index
+from moments.index import Index
 from pipeline.synthetic import make_library
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,11 +27,11 @@ from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
 from jobs import index_library as index_job
 from jobs import search as search_job
+from moments.index import RESULT_COLUMNS, Index, segment_rows
 from moments.index.cells import CellsTable
-from moments.index.table import RESULT_COLUMNS, Index, segment_rows
+from moments.library import Resources, ground_every_video
 from moments.library.cell_indexing import run_index_library
-from moments.library.grounding import Resources, ground_every_video
-from moments.search.two_stage import TwoStageSearcher, TwoStageOptions, fuse
+from moments.search.two_stage import TwoStageOptions, TwoStageSearcher, fuse
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima",
@@ -154,7 +154,7 @@ def test_two_stage_top_moment_equals_the_exhaustive_one(library, trained, indexe
 
 
 def test_rows_have_the_fields_of_indexed_search(library, indexed) -> None:
-    rows = Index(indexed).search_live("the golf event", k=7, candidates=2)
+    rows = TwoStageSearcher(indexed, options=TwoStageOptions(candidates=2)).search("the golf event", k=7)
     assert rows.column_names == ["result_rank", *RESULT_COLUMNS, "matched_query", "query_similarity", "query_match",
                                  "query_relevance", "calibrated", "drn_score", "retrieval_score"]
     assert rows.num_rows == 7 and len(set(rows.column("video_id").to_pylist())) <= 2

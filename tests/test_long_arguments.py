@@ -15,8 +15,8 @@ from drn.config import load_config
 from drn.model import DRN
 from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.text.vocabulary import Vocabulary
-from moments.index.table import Index
-from moments.library.grounding import select_videos
+from moments.index import Index
+from moments.library import select_videos
 
 IDS = [f"video{i:04d}" for i in range(300)]
 LONG = ",".join(IDS)  # 2,999 characters: far beyond a file name's 255

@@ -19,7 +19,7 @@ from drn.nms import temporal_iou
 from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
 from drn.text.vocabulary import Vocabulary
 from drn.training import Stage, configure_stage, make_optimizer, run_epoch
-from moments.library.grounding import WindowOptions, ground_every_video
+from moments.library import WindowOptions, ground_every_video
 from moments.library.windows import window_rule
 
 TINY = ["name=long-video-test", "model.feature_dim=16", "model.num_segments=16", "model.lstm_hidden=8",

@@ -12,7 +12,7 @@ import pytest
 
 from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.text.sentence import embed_texts
-from moments.index.table import Index, segment_rows
+from moments.index import Index, segment_rows
 from pipeline.synthetic import make_library
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_results.ipynb"

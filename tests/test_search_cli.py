@@ -12,8 +12,8 @@ import pytest
 
 from drn.text.sentence import embed_texts
 from jobs.search import build_parser, main
+from moments.index import Index, segment_rows
 from moments.index.runs import RunRecord, record_run
-from moments.index.table import Index, segment_rows
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = {"q0": "a person opens the refrigerator", "q1": "the chef cuts the onion"}

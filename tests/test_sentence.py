@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from drn.errors import InputError
-from drn.text.sentence import EMBEDDING_DIM, check_spellable, embed_text, embed_texts, model_path, unknown_words
+from drn.text.minilm import minilm_model_dir
+from drn.text.sentence import EMBEDDING_DIM, check_spellable, embed_text, embed_texts, unknown_words
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -29,7 +30,7 @@ TEXTS = [
 @pytest.mark.slow
 def test_same_vectors_as_sentence_transformers() -> None:
     sentence_transformers = pytest.importorskip("sentence_transformers")
-    reference = sentence_transformers.SentenceTransformer(str(model_path()), device="cpu", local_files_only=True)
+    reference = sentence_transformers.SentenceTransformer(str(minilm_model_dir()), device="cpu", local_files_only=True)
     expected = reference.encode([t.strip() for t in TEXTS], convert_to_numpy=True, normalize_embeddings=True)
     ours = embed_texts(TEXTS)
     assert ours.shape == (len(TEXTS), EMBEDDING_DIM) and ours.dtype == np.float32

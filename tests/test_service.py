@@ -29,7 +29,7 @@ from served_library import RUN_ID, ServedLibrary, build_served_library, colour_s
 from drn.text.sentence import embed_texts
 from jobs import search as search_job
 from jobs import serve as serve_job
-from moments.index.table import Index, segment_rows
+from moments.index import Index, segment_rows
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

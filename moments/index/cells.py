@@ -15,15 +15,14 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 from lancedb.index import BTree, IvfPq
 
 from drn.errors import InputError
+from moments.index.db import connect, in_list, local_folder
 
 CELLS_TABLE = "cells"
 CELL_KEY = ("video_id", "cell")
@@ -91,14 +90,6 @@ def cell_rows(info: CellsInfo, video_id: str, spans_s: np.ndarray, vectors: np.n
     }, schema=cells_schema(info))
 
 
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 class CellsTable:
     """The cells table at a LanceDB URI: ``info`` (None while there is no table), writes, search."""
 
@@ -107,11 +98,10 @@ class CellsTable:
         self.uri = os.fspath(uri)
         self.name = table
         self.vector_index_min_rows = vector_index_min_rows
-        local = Path(self.uri.removeprefix("file://")) if _is_local(self.uri) else None
-        if local is not None and local.exists() and not local.is_dir():
-            raise InputError("the LanceDB location is a file, not a folder", path=self.uri)
+        local = local_folder(self.uri)
         self._db: Any = None
         self._table: Any = None
+        self._vector_indexed: bool | None = None  # asked once, and again after ensure_indices
         if local is None or local.is_dir():  # reading creates nothing
             try:
                 self._table = self._connect().open_table(table)
@@ -122,10 +112,7 @@ class CellsTable:
 
     def _connect(self) -> Any:
         if self._db is None:
-            try:
-                self._db = lancedb.connect(self.uri)
-            except OSError as error:
-                raise InputError(f"cannot open the LanceDB location: {error}", path=self.uri) from None
+            self._db = connect(self.uri)
         return self._db
 
     @property
@@ -190,7 +177,7 @@ class CellsTable:
 
     def has_vector_index(self) -> bool:
         """Whether the vector index exists (asked once, and again after ``ensure_indices``)."""
-        if getattr(self, "_vector_indexed", None) is None:
+        if self._vector_indexed is None:
             self._vector_indexed = self._table is not None and any(
                 tuple(c.columns) == ("vector",) for c in self._table.list_indices())
         return self._vector_indexed
@@ -208,4 +195,4 @@ class CellsTable:
 
     def delete_videos(self, video_ids: list[str]) -> None:
         if video_ids:
-            self.table.delete("video_id IN (" + ", ".join(_sql_text(v) for v in video_ids) + ")")
+            self.table.delete(in_list("video_id", video_ids))

@@ -11,8 +11,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import lancedb
 import pyarrow as pa
+
+from moments.index.db import connect
 
 RUNS_TABLE = "runs"
 
@@ -46,11 +47,11 @@ class RunRecord:
 
 
 def record_run(db: str, record: RunRecord, storage_options: dict[str, str] | None = None) -> None:
-    """Write (or update) the run's row."""
+    """Write (or update) the run's row; ``s3://`` gets the environment's settings (``moments.index.db.connect``)."""
     row = asdict(record)
     row["recorded_at"] = row["recorded_at"] or time.strftime("%Y-%m-%dT%H:%M:%S")
     data = pa.Table.from_pylist([row], schema=runs_schema())
-    connection = lancedb.connect(db, storage_options=storage_options)
+    connection = connect(db, storage_options)
     try:
         table = connection.open_table(RUNS_TABLE)
     except (ValueError, FileNotFoundError):
@@ -59,8 +60,9 @@ def record_run(db: str, record: RunRecord, storage_options: dict[str, str] | Non
 
 
 def read_runs(db: str | Any, storage_options: dict[str, str] | None = None) -> dict[str, RunRecord]:
-    """Every recorded run of the index (empty for an index written before runs were recorded)."""
-    connection = lancedb.connect(db, storage_options=storage_options) if isinstance(db, str) else db
+    """Every recorded run of the index at ``db`` (a URI or an open connection); empty for an index written before
+    runs were recorded."""
+    connection = connect(db, storage_options) if isinstance(db, str) else db
     try:
         table = connection.open_table(RUNS_TABLE)
     except (ValueError, FileNotFoundError):

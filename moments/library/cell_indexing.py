@@ -33,19 +33,12 @@ from drn.grid import pool_to_grid
 from drn.retrieval import RetrievalHead, cells_in_seconds, require_trained_retrieval
 from drn.store.features import FeatureStore, VideoFeatures, absolute_uri
 from moments.index.cells import CELLS_TABLE, VECTOR_INDEX_MIN_ROWS, CellsInfo, CellsTable, cell_rows, cells_schema
+from moments.index.db import check_db_writable
 from moments.library.batches import ERROR_COLUMN, LibraryProgress, write_in_batches
-from moments.library.grounding import (
-    LoadedModel,
-    Resources,
-    WindowOptions,
-    check_db_writable,
-    load_model,
-    load_videos,
-    select_videos,
-    start_ray,
-    videos_through_actors,
-)
+from moments.library.model import LoadedModel, load_model
+from moments.library.ray_data import Resources, WindowOptions, load_videos, select_videos, videos_through_actors
 from moments.library.windows import WindowRule, cut_windows, window_rule
+from pipeline.ray_runtime import start_ray
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Two-stage live search: a sentence nobody grounded before, answered across the library in a fraction of a second.
+"""Two-stage search: a sentence nobody grounded before, answered across the library in a fraction of a second.
 
 1. Encode the sentence once: DRN's query side, then the retrieval stage's query projection (one unit vector).
 2. Stage one, retrieval: the ``cells`` nearest cells by ANN in the LanceDB `cells` table (``moments.index.cells``),
@@ -9,10 +9,10 @@
    score is the video's, so within a video DRN's order is kept and only the order across videos changes.
    Moments are ranked across the library by that score (ties: video id, then rank).
 
-The rows have the fields of indexed search and of ``ground_every_video`` (``result_rank``, ``moments.index.RESULT_COLUMNS``
-and the match columns: ``matched_query`` is the text itself, ``calibrated`` whether the checkpoint was trained with
-negative pairs) plus ``drn_score`` and ``retrieval_score``. ``TwoStageSearcher`` loads the model, the
-table and the store once (what a service or a benchmark keeps); ``Index(db).search_live(text, k)`` uses one.
+The rows have the fields of indexed search and of ``ground_every_video`` (``result_rank``,
+``moments.index.RESULT_COLUMNS`` and the match columns: ``matched_query`` is the text itself, ``calibrated``
+whether the checkpoint was trained with negative pairs) plus ``drn_score`` and ``retrieval_score``.
+``TwoStageSearcher`` loads the model, the table and the store once (what a service or a benchmark keeps).
 """
 
 from __future__ import annotations
@@ -22,20 +22,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from drn.errors import InputError
 from drn.retrieval import require_trained_retrieval
 from drn.store.features import FeatureStore
 from drn.store.lookup import VideoLookup
+from drn.store.object_store import is_uri
 from drn.text.sentence import check_spellable
 from moments.index.cells import CELLS_TABLE, CellsTable
-from moments.index.table import RESULT_COLUMNS, with_match_columns
+from moments.index.results import empty_result, rank_across_library, top_results
 from moments.library.batches import split_output
-from moments.library.grounding import check_queries_encodable, encode_query_side, file_sha256, live_query_id, load_model
+from moments.library.model import check_queries_encodable, encode_query_side, file_sha256, live_query_id, load_model
 from moments.library.queries import Query, QueryCollection
-from moments.library.scoring import LibraryScorer, RunLabels
+from moments.library.scoring import LibraryScorer, QuerySide, RunLabels
 from moments.library.windows import WindowRule
 
 
@@ -52,9 +52,12 @@ class TwoStageOptions:
 
     def __post_init__(self) -> None:
         if self.cells < 1 or self.candidates < 1 or self.top_k < 1:
-            raise InputError("--cells, --candidates and the segments per video must be at least 1")
+            raise InputError("cells, candidates and top_k (segments per video) must be at least 1")
         if not 0.0 <= self.fusion_weight <= 1.0:
-            raise InputError(f"--fusion-weight must be between 0 and 1, not {self.fusion_weight}")
+            raise InputError(f"fusion_weight must be between 0 and 1, not {self.fusion_weight}")
+
+
+SCORE_FIELDS = (pa.field("drn_score", pa.float32()), pa.field("retrieval_score", pa.float32()))
 
 
 def fuse(drn_score: np.ndarray, retrieval_score: np.ndarray, weight: float) -> np.ndarray:
@@ -72,21 +75,21 @@ class TwoStageSearcher:
         sha = _sha_of(checkpoint) if checkpoint is not None else None  # a named checkpoint must exist
         self.cells = CellsTable(self.db, table)
         if not self.cells.exists:
-            raise InputError(f"there is no '{table}' table for two-stage --live search: build it first with "
-                             f"python -m jobs.index_library --checkpoint CHECKPOINT --features STORE --db {self.db}"
-                             " (or search every video with --exhaustive)", path=self.db)
+            raise InputError(f"there is no '{table}' table for two-stage search: index the library's cells first "
+                             "(the cell indexing job, jobs.index_library, with the checkpoint and the feature store), "
+                             "or ground the text against every video", path=self.db)
         info = self.cells.info
         if sha is not None:
             if sha != info.sha256:
                 raise InputError(f"the '{table}' table was built with checkpoint {info.checkpoint_id} "
                                  f"({info.checkpoint}), not with this one (sha256 {sha[:12]}); pass that checkpoint, "
-                                 "or rebuild the table: python -m jobs.index_library --overwrite ...",
+                                 "or index the cells again with this one (overwriting the table)",
                                  path=checkpoint)
         else:
             checkpoint = info.checkpoint
-            if "://" not in checkpoint and not os.path.isfile(checkpoint):
+            if not is_uri(checkpoint) and not os.path.isfile(checkpoint):
                 raise InputError(f"the checkpoint the '{table}' table was built with ({info.checkpoint_id}) is not "
-                                 "at its recorded place any more; pass it with --checkpoint", path=checkpoint)
+                                 "at its recorded place any more; pass the checkpoint", path=checkpoint)
         self.model = load_model(checkpoint, device=device)
         self.head = require_trained_retrieval(self.model.grounder.model, checkpoint)
         if self.head.dim != info.dim:
@@ -99,16 +102,36 @@ class TwoStageSearcher:
         window_s, stride_s, max_whole_s = info.window_settings
         self.rule = WindowRule(window_s, stride_s, max_whole_s, "the cells table")
         self.labels = RunLabels(f"live-{self.model.checkpoint_id}", self.model.checkpoint_id)
+        self._all_cells: tuple[np.ndarray, np.ndarray] | None = None  # every cell vector, read on first use
 
     def search(self, text: str, k: int = 10, *, min_score: float | None = None,
-               options: TwoStageOptions | None = None, exhaustive: bool = False) -> pa.Table:
-        """The ``k`` best moments for ``text`` across the library (see the module docstring).
-
-        ``exhaustive=True`` scores every video of the table the same way, without the approximation of stage one:
-        each video's exact best-cell cosine, DRN on every video, the same fusion (the reference that two-stage
-        search approximates; slow on large libraries).
-        """
+               options: TwoStageOptions | None = None) -> pa.Table:
+        """The ``k`` best moments for ``text`` across the library, in two stages (see the module docstring)."""
         options = options or self.options
+        query, side, vector = self._encode(text, k)
+        hits = self.cells.nearest(vector, options.cells, nprobes=options.nprobes, refine_factor=options.refine_factor)
+        return self._ground_candidates(query, side, best_videos(hits, options.candidates), k, min_score, options)
+
+    def reference_search(self, text: str, k: int = 10, *, min_score: float | None = None,
+                         options: TwoStageOptions | None = None) -> pa.Table:
+        """What two-stage search approximates: every video of the table with its exact best-cell cosine, DRN on
+        every video, the same fusion (the reference of benchmarks/live_search.py; slow on large libraries)."""
+        options = options or self.options
+        query, side, vector = self._encode(text, k)
+        return self._ground_candidates(query, side, self.exact_video_scores(vector), k, min_score, options)
+
+    def exact_video_scores(self, vector: np.ndarray) -> dict[str, float]:
+        """``video_id -> best cell cosine`` of every video of the table, exactly (all vectors, read once)."""
+        if self._all_cells is None:
+            table = self.cells.table.to_arrow().select(["video_id", "vector"])
+            vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+            self._all_cells = (table.column("video_id").to_numpy(zero_copy_only=False), vectors)
+        video_ids, vectors = self._all_cells
+        scores = pa.table({"video_id": video_ids, "similarity": vectors @ np.asarray(vector, dtype=np.float32)})
+        return best_videos(scores, len(scores))
+
+    def _encode(self, text: str, k: int) -> tuple[Query, QuerySide, np.ndarray]:
+        """The query, its encoded side and its retrieval vector; InputError for a text the model cannot read."""
         if k < 1:
             raise InputError(f"k must be at least 1, not {k}")
         check_spellable(text)
@@ -117,14 +140,13 @@ class TwoStageSearcher:
         side = encode_query_side(self.model.grounder, [query])
         with torch.no_grad():
             vector = self.head.encode_query(side.encoded.features)[0].cpu().numpy()
-        if exhaustive:
-            candidates = self.exact_video_scores(vector)
-        else:
-            hits = self.cells.nearest(vector, options.cells, nprobes=options.nprobes,
-                                      refine_factor=options.refine_factor)
-            candidates = best_videos(hits, options.candidates)
+        return query, side, vector
+
+    def _ground_candidates(self, query: Query, side: QuerySide, candidates: dict[str, float], k: int,
+                           min_score: float | None, options: TwoStageOptions) -> pa.Table:
+        """DRN on the candidate videos, fused with their retrieval scores, ranked across them."""
         if not candidates:
-            return _empty()
+            return empty_result(SCORE_FIELDS)
         videos, failures = self.videos.load(candidates)
         if not videos:
             raise InputError(f"no candidate video could be read from the feature store ({failures[0][1]})",
@@ -137,29 +159,9 @@ class TwoStageSearcher:
                                pa.array(fuse(drn, retrieval, options.fusion_weight).astype(np.float32)))
         rows = rows.append_column("drn_score", pa.array(drn.astype(np.float32)))
         rows = rows.append_column("retrieval_score", pa.array(retrieval.astype(np.float32)))
-        ranked = rows.sort_by([("score", "descending"), ("video_id", "ascending"), ("rank", "ascending")])
-        ranked = ranked.set_column(ranked.schema.get_field_index("library_rank"), "library_rank",
-                                   pa.array(np.arange(ranked.num_rows, dtype=np.int32)))
-        best = ranked.slice(0, k)
-        if min_score is not None:
-            best = best.filter(pc.greater_equal(best.column("score"), pa.scalar(float(min_score), pa.float32())))
-        scores = best.select(["drn_score", "retrieval_score"])
-        best = best.select(list(RESULT_COLUMNS))
-        best = best.add_column(0, "result_rank", pa.array(np.arange(best.num_rows, dtype=np.int32)))
-        best = with_match_columns(best, query.text, 1.0, "same", self.model.negatives_per_positive > 0)
-        return pa.Table.from_arrays([*best.columns, *scores.columns], names=[*best.column_names, *scores.column_names])
-
-
-
-    def exact_video_scores(self, vector: np.ndarray) -> dict[str, float]:
-        """``video_id -> best cell cosine`` of every video of the table, exactly (all vectors, read once)."""
-        if getattr(self, "_all_cells", None) is None:
-            table = self.cells.table.to_arrow().select(["video_id", "vector"])
-            vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
-            self._all_cells = (table.column("video_id").to_numpy(zero_copy_only=False), vectors)
-        video_ids, vectors = self._all_cells
-        scores = pa.table({"video_id": video_ids, "similarity": vectors @ np.asarray(vector, dtype=np.float32)})
-        return best_videos(scores, len(scores))
+        return top_results(rank_across_library(rows), k, text=query.text,
+                           calibrated=self.model.negatives_per_positive > 0, min_score=min_score,
+                           extra=[field.name for field in SCORE_FIELDS])
 
 
 def best_videos(hits: pa.Table, count: int) -> dict[str, float]:
@@ -175,11 +177,3 @@ def _sha_of(checkpoint: str) -> str:
     if not os.path.isfile(checkpoint):
         raise InputError("checkpoint not found (two-stage search reads a local checkpoint file)", path=checkpoint)
     return file_sha256(checkpoint)
-
-
-def _empty() -> pa.Table:
-    from moments.index.table import _result_schema
-
-    schema = _result_schema()
-    return schema.append(pa.field("drn_score", pa.float32())).append(
-        pa.field("retrieval_score", pa.float32())).empty_table()

@@ -1,22 +1,17 @@
 """DRN's three training stages on Ray Train: one TorchTrainer per stage, checkpoints in the run's storage, resumable.
 
-    python -m moments.train.driver --config configs/synthetic.yaml --features runs/syn/features \\
-        --annotations runs/syn/annotations --num-workers 2 --storage runs/ray --name syn
-
-Stage k is a TorchTrainer whose RunConfig name is ``<name>-stage<k>`` under ``--storage``; it starts from the best
+Stage k is a TorchTrainer whose RunConfig name is ``<name>-stage<k>`` under ``storage``; it starts from the best
 validation checkpoint of stage k-1. A worker that dies is replaced and its stage goes on from the latest epoch
-checkpoint (``--max-failures``); a job that is killed and started again with the same ``--storage`` and ``--name``
-skips the stages with a ``DONE.json`` and resumes the others from their latest checkpoint (Ray Train V2 restores a
-run built again under the same storage path and name). The per-worker loop is ``moments.train.worker``; the
-storage layout is described in ``moments.train.storage``. The last stdout line is ONE line of JSON: the best
-checkpoint with its validation and test metrics.
+checkpoint (``max_failures``); a run started again with the same ``storage`` and ``name`` skips the stages with a
+``DONE.json`` and resumes the others from their latest checkpoint (Ray Train V2 restores a run built again under
+the same storage path and name). The per-worker loop is ``moments.train.worker``; the storage layout is described
+in ``moments.train.storage``. :func:`fit_distributed` returns the summary: the best checkpoint with its validation
+and test metrics. The command line is ``jobs.train --num-workers N``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -30,13 +25,13 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from drn.checkpoint import check_feature_dim, load_checkpoint, read_checkpoint, save_checkpoint
-from drn.config import DRNConfig, load_config
+from drn.config import DRNConfig
 from drn.data import usable_pairs
 from drn.errors import InputError
 from drn.retrieval import RETRIEVAL_STAGE
 from drn.store.features import FeatureStore, absolute_uri
 from drn.training import selection_key, stages_from_config, validate
-from drn.training_setup import adopt_store_feature_dim, eval_splits, load_pairs, prepare_training_data
+from drn.training_setup import eval_splits, load_pairs, prepare_training_data
 from moments.train.retrieval import (
     retrieval_stage_job,
     retrieval_stage_skip_reason,
@@ -46,6 +41,7 @@ from moments.train.retrieval import (
 from moments.train.storage import BEST_FILE, DONE_FILE, RunStorage
 from moments.train.worker import MODEL_FILE, FailureInjection, local_model_file, train_stage_worker
 from pipeline.capacity import DEFAULT_WAIT_S, PipelineNeeds, alive_node_resources, require
+from pipeline.ray_runtime import start_ray
 
 FAIL_AT_ENV, FAIL_MARKER_ENV = "MOMENTS_TRAIN_FAIL_AT", "MOMENTS_TRAIN_FAIL_MARKER"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -53,13 +49,22 @@ SHOWN_MISSING = 10
 
 
 class StageFailedError(RuntimeError):
-    """A stage's Ray Train run failed after its retries; rerunning the same command resumes it."""
+    """A stage's Ray Train run failed after its retries; running it again with the same storage and name resumes it."""
+
+
+class MissingVideosError(InputError):
+    """Pairs name videos that are not ``ok`` videos of the feature store; ``skip_missing_videos`` trains without
+    them. ``problem`` is the message without that advice, for a command line to add its own."""
+
+    def __init__(self, problem: str, *, path: object | None = None) -> None:
+        super().__init__(f"{problem}; set skip_missing_videos to train without them", path=path)
+        self.problem = problem
 
 
 def check_pairs_have_features(config: DRNConfig, features: str, annotations: str, dataset: str | None,
                               skip_missing_videos: bool) -> dict[str, int]:
-    """Per split, the pairs whose video is not an ``ok`` video of the store; an InputError listing them unless
-    ``skip_missing_videos`` (then the workers leave those pairs out, as ``drn.training_setup`` does)."""
+    """Per split, the pairs whose video is not an ``ok`` video of the store; a MissingVideosError listing them
+    unless ``skip_missing_videos`` (then the workers leave those pairs out, as ``drn.training_setup`` does)."""
     store = FeatureStore(features)
     check_feature_dim(config, store.metadata.feature_dim, features)
     durations = store.durations()
@@ -79,9 +84,8 @@ def check_pairs_have_features(config: DRNConfig, features: str, annotations: str
         missing.update(lacking)
     if missing and not skip_missing_videos:
         shown = ", ".join(sorted(missing)[:SHOWN_MISSING]) + (" ..." if len(missing) > SHOWN_MISSING else "")
-        raise InputError(
-            f"{without} of {total} pairs name {len(missing)} videos that are not ok videos of the "
-            f"feature store ({shown}); pass --skip-missing-videos to train without them", path=features)
+        raise MissingVideosError(f"{without} of {total} pairs name {len(missing)} videos that are not ok videos of "
+                                 f"the feature store ({shown})", path=features)
     return dropped
 
 
@@ -211,9 +215,9 @@ def fit_distributed(
     features, annotations = absolute_uri(features), absolute_uri(annotations)
     init_checkpoint = absolute_uri(init_checkpoint) if init_checkpoint else None
     if num_workers < 1:
-        raise InputError(f"--num-workers must be at least 1, not {num_workers}")
+        raise InputError(f"num_workers must be at least 1, not {num_workers}")
     if precision not in PRECISIONS:
-        raise InputError(f"--precision must be one of {PRECISIONS}, not {precision!r}")
+        raise InputError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     run_storage = RunStorage.open(storage, name)
     run_storage.check_writable()
     dropped = check_pairs_have_features(config, features, annotations, dataset, skip_missing_videos)
@@ -225,8 +229,7 @@ def fit_distributed(
     retrieval = wants_retrieval_stage(config, stages)
     if not chosen and not retrieval:
         raise InputError("no stage to train (stage 4 needs model.retrieval_dim > 0 and retrieval.epochs > 0)")
-    if not ray.is_initialized():
-        ray.init()
+    start_ray()
 
     records: list[dict[str, Any]] = []
     first = chosen[0].number if chosen else RETRIEVAL_STAGE
@@ -283,53 +286,4 @@ def fit_distributed(
                "pairs": final["pairs"], "dropped_pairs": dropped, "num_workers": num_workers,
                "stages": records}
     run_storage.write_json(summary, name, "summary.json")
-    return summary
-
-
-def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
-    """The Ray Train flags (``--num-workers``, ``--use-gpu``, ``--storage``, ``--name``, ...)."""
-    group = parser.add_argument_group("distributed training (Ray Train)")
-    group.add_argument("--num-workers", type=int, default=None,
-                       help="train on this many Ray Train workers (DDP); without it jobs.train runs in-process")
-    group.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL, mixed precision)")
-    group.add_argument("--storage", default=None,
-                       help="run storage, a folder or URI such as s3://bucket/runs (default: --out)")
-    group.add_argument("--name", default=None, help="run name; stages are <name>-stage<k> (default: config name)")
-    group.add_argument("--max-failures", type=int, default=3,
-                       help="worker-group restarts per stage, each from the latest checkpoint (default 3)")
-    group.add_argument("--keep-checkpoints", type=int, default=2,
-                       help="epoch checkpoints kept per stage, best first; the latest is always kept (default 2)")
-    group.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default 1)")
-    group.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="auto: bfloat16 autocast on GPU, float32 on CPU (default auto)")
-    group.add_argument("--sync-batchnorm", action="store_true",
-                       help="GPU only: SyncBatchNorm, so trained BN layers see the global batch")
-    group.add_argument("--skip-missing-videos", action="store_true",
-                       help="train without the pairs whose video has no features (default: stop and list them)")
-    group.add_argument("--capacity-wait-s", type=float, default=DEFAULT_WAIT_S,
-                       help="stop (exit 1, naming the missing resource) when the cluster cannot hold the workers "
-                            "for this many seconds before a stage (default 120); rerun to resume")
-
-
-def run_from_args(args: argparse.Namespace, stages: Sequence[int]) -> dict[str, Any]:
-    """Run ``fit_distributed`` from parsed ``jobs.train`` arguments; prints the summary as ONE JSON line."""
-    overrides = getattr(args, "overrides", [])
-    config = load_config(args.config, overrides)
-    config.dataset = getattr(args, "dataset", None) or config.dataset  # recorded in the checkpoints
-    notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, overrides,
-                                     args.features)
-    storage = args.storage if args.storage is not None else os.fspath(getattr(args, "out", "runs/train"))
-    resume_from = getattr(args, "resume_from", None)
-    summary = fit_distributed(
-        config, args.features, args.annotations, getattr(args, "dataset", None),
-        num_workers=args.num_workers or 1, use_gpu=args.use_gpu, storage=storage, name=args.name or config.name,
-        stages=stages, init_checkpoint=os.fspath(resume_from) if resume_from else None,
-        max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints,
-        cpus_per_worker=args.cpus_per_worker, precision=args.precision, sync_batchnorm=args.sync_batchnorm,
-        skip_missing_videos=args.skip_missing_videos, threads=getattr(args, "threads", None),
-        progress=not getattr(args, "quiet", False), notices=[notice] if notice else [],
-        capacity_wait_s=getattr(args, "capacity_wait_s", DEFAULT_WAIT_S),
-    )
-    shown = {k: summary[k] for k in ("best_checkpoint", "stage", "epoch", "val", "test")}
-    print(json.dumps(shown), flush=True)
     return summary

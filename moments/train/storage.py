@@ -23,13 +23,9 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from drn.errors import InputError
-from drn.store.object_store import describe_error, filesystem_for
+from drn.store.object_store import describe_error, filesystem_for, local_path
 
 DONE_FILE, BEST_FILE = "DONE.json", "best.json"
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
 
 
 @dataclass(frozen=True)
@@ -43,16 +39,19 @@ class RunStorage:
 
     @classmethod
     def open(cls, storage: str | os.PathLike, name: str) -> RunStorage:
+        """The storage root ``storage`` (a folder, a ``file://`` or an object-store URI) of the run ``name``;
+        InputError for a bad name or an object store that cannot be opened."""
         text = os.fspath(storage)
         if not name or "/" in name or name.strip() != name:
             raise InputError(f"run name {name!r} must be a non-empty word without '/' or surrounding spaces")
-        if is_uri(text) and not text.startswith("file://"):
-            try:  # s3:// from the AWS environment variables (drn.store.object_store); the bucket is checked here
+        local = local_path(text)
+        if local is None:  # an object store: s3:// from the AWS environment variables (drn.store.object_store)
+            try:  # the bucket is checked here
                 filesystem, root = filesystem_for(text)
             except InputError as err:
                 raise InputError(f"storage cannot be opened: {err}".splitlines()[0]) from err
             return cls(text.rstrip("/"), name, filesystem, root.rstrip("/"))
-        local = os.path.abspath(text[len("file://"):] if text.startswith("file://") else text)
+        local = os.path.abspath(local)
         return cls(local, name, pafs.LocalFileSystem(), local)
 
     def stage_run(self, stage: int) -> str:

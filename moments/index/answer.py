@@ -1,0 +1,202 @@
+"""Search over stored queries: the grounded moments that answer a free-text search, with what a user must know.
+
+``answer_search(table, ...)`` (behind ``Index.answer``):
+
+1. Find the stored queries nearest to the text in meaning (cosine on the MiniLM query embedding) and in words
+   (BM25 full text on query_text, when its index exists), one candidate per (run, query), and fuse the two lists
+   by reciprocal rank fusion: relevance = sum over lists of 1 / (60 + position).
+2. Return up to ``k`` segments of those queries, stored queries that are the searched text first.
+3. Say so when no stored query is the searched text, and when a run's scores do not compare across videos
+   (``SearchAnswer.notices``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from drn.errors import InputError
+from drn.text.sentence import embed_text
+from drn.text.vocabulary import query_key
+from moments.index.db import in_list, sql_literal
+from moments.index.results import MATCH_FIELDS, RESULT_COLUMNS, empty_result
+from moments.index.runs import RunRecord
+from moments.index.segments import embedding_matrix, segments_schema
+
+RRF_K = 60
+# A stored query counts as the searched text when its words are the same, or its MiniLM cosine is at least this.
+# Measured on Charades-STA: rewordings sit at 0.96-0.99 ("person opening a window" / "the person opens a window"
+# 0.974), while one-word changes of meaning sit below ("the red square moves left" / "... moves right" 0.950,
+# "the red ball rises" / "the blue ball rises" 0.770, "person opens the door" / "person closes the door" 0.873).
+SAME_QUERY_COSINE = 0.97
+
+
+def answer_search(
+    table: Any, runs: Callable[[], dict[str, RunRecord]], text: str, k: int = 10, *, video_id: str | None = None,
+    min_score: float | None = None, run_id: str | None = None,
+) -> SearchAnswer:
+    """The best stored segments of the `segments` ``table`` for a free-text search (``runs``: the runs table's
+        records, read when rows are found), with what a user must know about them.
+
+    1. Find the stored queries nearest to `text` in meaning (cosine on the MiniLM query embedding) and in
+       words (BM25 full text on query_text, when its index exists), one candidate per (run, query), and
+       fuse the two lists by reciprocal rank fusion: relevance = sum over lists of 1 / (60 + position).
+    2. Return up to `k` segments of those queries: stored queries that are the searched text first (the same
+       words, or a MiniLM cosine >= SAME_QUERY_COSINE), then the others, each group in relevance order, each
+       query's segments best score first (its best across the library, or within `video_id`), filtered by
+       `min_score` and `run_id`. Columns: RESULT_COLUMNS plus result_rank, matched_query (the stored query
+       whose moments a row shows), query_similarity (cosine), query_match ("same", "paraphrase" or "other"),
+       query_relevance (the fused score) and calibrated (the run's checkpoint was trained with negative
+       pairs, so its scores compare across videos; null when the index does not record it).
+    3. Say so when no stored query is the searched text (never another query's moments as the answer
+       without that mark), and when a run's scores do not compare across videos (``SearchAnswer.notices``).
+    """
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    vector = embed_text(text)
+    best_rows = _best_row_filter(video_id=video_id, min_score=min_score, run_id=run_id)
+    found = _nearest_queries(table, text, vector, best_rows, max(2 * k, 20))
+    searched = query_key(text)
+    for hit in found.values():
+        hit["match"] = match_kind(searched, hit["text"], hit["similarity"])
+    nearest = max(found.values(), key=lambda hit: hit["similarity"], default=None)
+    answer = SearchAnswer(text, empty_result(), nearest["text"] if nearest else None,
+                          nearest["similarity"] if nearest else None,
+                          any(hit["match"] != "other" for hit in found.values()),
+                          filtered=any(f is not None for f in (video_id, min_score, run_id)))
+    if not found:
+        return answer
+    chosen = sorted(found.values(), key=lambda hit: (hit["match"] == "other", -hit["relevance"],
+                                                     -hit["similarity"]))[:k]
+    answer.rows = _best_segments(table, runs, chosen, k, video_id=video_id, min_score=min_score, run_id=run_id)
+    return answer
+
+
+def match_kind(searched_key: str, stored_text: str, similarity: float) -> str:
+    """How a stored query relates to the searched text: "same" words (``drn.text.vocabulary.query_key``), a "paraphrase"
+    (MiniLM cosine >= SAME_QUERY_COSINE) or an "other" query whose moments answer a different sentence."""
+    if query_key(stored_text) == searched_key:
+        return "same"
+    return "paraphrase" if similarity >= SAME_QUERY_COSINE else "other"
+
+
+@dataclass
+class SearchAnswer:
+    """Rows of a search and the facts a user must see beside them (``notices``)."""
+
+    text: str
+    rows: pa.Table
+    nearest_query: str | None  # the stored query nearest in meaning, whatever the filters kept
+    nearest_similarity: float | None
+    grounded: bool  # some stored query is the searched text (the same words or a close paraphrase)
+    filtered: bool = False  # the search had filters (video, min_score, run): "grounded" holds within them
+
+    def notices(self, live_hint: str = "ground it with --live or add it to the collection") -> list[str]:
+        """One line each: the text was never grounded; a run's scores do not compare across videos."""
+        lines = []
+        if not self.grounded:
+            nearest = (f'; nearest "{self.nearest_query}" ({self.nearest_similarity:.2f})'
+                       if self.nearest_query is not None else "")
+            within = " with these filters" if self.filtered else ""
+            lines.append(f'no grounded query matches "{self.text}"{within}{nearest}; {live_hint}')
+        if self.rows.num_rows:
+            runs = dict(zip(self.rows.column("run_id").to_pylist(), self.rows.column("calibrated").to_pylist(),
+                            strict=True))
+            for run, calibrated in runs.items():
+                if calibrated is None:
+                    lines.append(f"run {run}: the index does not record how its checkpoint was trained (written "
+                                 "before runs were recorded); its scores may not compare across videos")
+                elif not calibrated:
+                    lines.append(f"run {run}: its checkpoint was trained without negative pairs, so its scores rank "
+                                 "moments within a video, not videos across the library (retrain with "
+                                 "train.negatives.per_positive > 0)")
+        return lines
+
+
+def _nearest_queries(
+    table: Any, text: str, vector: np.ndarray, where: str, candidates: int
+) -> dict[tuple[str, str], dict[str, Any]]:
+    columns = ["run_id", "query_id", "query_text", "query_embedding"]
+    lists = [
+        table.search(vector, vector_column_name="query_embedding", query_type="vector")
+        .distance_type("cosine").where(where, prefilter=True)
+        .select([*columns, "_distance"]).limit(candidates * 2).to_arrow()
+    ]
+    if _has_full_text_index(table):
+        lists.append(
+            table.search(text.strip(), query_type="fts", fts_columns="query_text")
+            .where(where, prefilter=True).select([*columns, "_score"]).limit(candidates * 2).to_arrow()
+        )
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for hits in lists:
+        if hits.num_rows == 0:
+            continue
+        similarity = embedding_matrix(hits) @ vector
+        seen: set[tuple[str, str]] = set()
+        keys = zip(hits.column("run_id").to_pylist(), hits.column("query_id").to_pylist(), strict=True)
+        texts = hits.column("query_text").to_pylist()
+        for key, sim, stored in zip(keys, similarity.tolist(), texts, strict=True):
+            if key in seen:
+                continue
+            seen.add(key)
+            hit = found.setdefault(key, {"key": key, "relevance": 0.0, "similarity": sim, "text": stored})
+            hit["relevance"] += 1.0 / (RRF_K + len(seen))
+    return found
+
+
+def _has_full_text_index(table: Any) -> bool:
+    return any(tuple(config.columns) == ("query_text",) for config in table.list_indices())
+
+
+def _best_segments(
+    table: Any, runs: Callable[[], dict[str, RunRecord]], chosen: list[dict[str, Any]], k: int, *,
+    video_id: str | None, min_score: float | None, run_id: str | None,
+) -> pa.Table:
+    keys = [hit["key"] for hit in chosen]
+    where = [in_list("run_id", sorted({run for run, _ in keys})),
+             in_list("query_id", sorted({query for _, query in keys}))]
+    if video_id is not None:
+        where += [f"video_id = {sql_literal(video_id)}", f"rank < {int(k)}"]
+    else:
+        where.append(f"(library_rank < {int(k)} OR library_rank IS NULL)")
+    if min_score is not None:
+        where.append(f"score >= {float(min_score)!r}")
+    rows = table.search().where(" AND ".join(where)).select(list(RESULT_COLUMNS)).limit(None).to_pandas()
+    order = {hit["key"]: position for position, hit in enumerate(chosen)}
+    rows["_order"] = [order.get(key, -1) for key in zip(rows["run_id"], rows["query_id"], strict=True)]
+    rows = rows[rows["_order"] >= 0]
+    rows = rows.sort_values(["_order", "score", "video_id", "rank"], ascending=[True, False, True, True],
+                            kind="stable").head(k)
+    by_key = {hit["key"]: hit for hit in chosen}
+    picked = [by_key[key] for key in zip(rows["run_id"], rows["query_id"], strict=True)]
+    records = runs()
+    result = pa.Table.from_pandas(rows[list(RESULT_COLUMNS)], preserve_index=False)
+    result = result.cast(pa.schema([segments_schema().field(name) for name in RESULT_COLUMNS]))
+    result = result.add_column(0, "result_rank", pa.array(range(result.num_rows), pa.int32()))
+    values = ([hit["text"] for hit in picked], [hit["similarity"] for hit in picked],
+              [hit["match"] for hit in picked], [hit["relevance"] for hit in picked],
+              [records[run].calibrated if run in records else None for run in rows["run_id"]])
+    for field, column in zip(MATCH_FIELDS, values, strict=True):
+        result = result.append_column(field, pa.array(column, field.type))
+    return result
+
+
+
+def _best_row_filter(*, video_id: str | None, min_score: float | None, run_id: str | None) -> str:
+    """Rows that stand for one (run, query): its best segment in the library, or in one video."""
+    if video_id is not None:
+        parts = [f"video_id = {sql_literal(video_id)}", "rank = 0"]
+    else:
+        parts = ["(library_rank = 0 OR (library_rank IS NULL AND rank = 0))"]
+    if run_id is not None:
+        parts.append(f"run_id = {sql_literal(run_id)}")
+    if min_score is not None:
+        if not math.isfinite(min_score):
+            raise InputError(f"min_score must be a finite number, got {min_score}")
+        parts.append(f"score >= {float(min_score)!r}")
+    return " AND ".join(parts)

@@ -1,0 +1,173 @@
+"""The rows of the LanceDB `segments` table (DESIGN.md section 7): their Arrow schema, building them from
+grounding output, and the checks every write passes.
+
+One row per (run, query, video, rank): the segment's start and end in seconds, its final, matching and IoU
+scores, the query text with its 384-d MiniLM embedding, the checkpoint id and the run id, plus the segment's
+rank among all segments of its query across the library (`library_rank`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from drn.errors import InputError
+from drn.text.sentence import EMBEDDING_DIM
+
+SEGMENTS_TABLE = "segments"
+ROW_KEY = ("run_id", "query_id", "video_id", "rank")
+_REQUIRED = (
+    "run_id", "checkpoint_id", "query_id", "query_text", "query_embedding", "video_id", "rank",
+    "start_s", "end_s", "score", "match_score", "iou_score",
+)
+
+
+def segments_schema() -> pa.Schema:
+    """The Arrow schema of the `segments` table."""
+    return pa.schema(
+        [
+            pa.field("run_id", pa.string()),
+            pa.field("checkpoint_id", pa.string()),
+            pa.field("query_id", pa.string()),
+            pa.field("query_text", pa.string()),
+            pa.field("query_embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
+            pa.field("video_id", pa.string()),
+            pa.field("rank", pa.int32()),
+            pa.field("library_rank", pa.int32()),
+            pa.field("start_s", pa.float64()),
+            pa.field("end_s", pa.float64()),
+            pa.field("score", pa.float32()),
+            pa.field("match_score", pa.float32()),
+            pa.field("iou_score", pa.float32()),
+        ]
+    )
+
+
+def segment_rows(
+    run_id: str,
+    checkpoint_id: str,
+    query_id: str | int,
+    query_text: str,
+    query_embedding: Sequence[float] | np.ndarray,
+    video_id: str,
+    segments: np.ndarray | Sequence[Sequence[float]],
+) -> list[dict[str, Any]]:
+    """Rows for one (query, video) from grounding output `segments[K, 5]` = (start_s, end_s, score, match, iou).
+
+    Ranks 0..K-1 follow the score, best first; `library_rank` is left empty (see `Index.update_library_ranks`).
+    """
+    array = np.asarray(segments, dtype=np.float64)
+    if array.ndim != 2 or (array.size and array.shape[1] != 5):
+        raise InputError(f"segments must be [K, 5] (start_s, end_s, score, match, iou), got shape {array.shape}")
+    if not query_text or not query_text.strip():
+        raise InputError(f"query {query_id}: the query text is empty")
+    embedding = np.asarray(query_embedding, dtype=np.float32).reshape(-1).tolist()
+    order = np.argsort(-array[:, 2], kind="stable") if array.size else np.zeros(0, dtype=np.int64)
+    return [
+        {
+            "run_id": str(run_id),
+            "checkpoint_id": str(checkpoint_id),
+            "query_id": str(query_id),
+            "query_text": query_text,
+            "query_embedding": embedding,
+            "video_id": str(video_id),
+            "rank": rank,
+            "library_rank": None,
+            "start_s": float(array[row, 0]),
+            "end_s": float(array[row, 1]),
+            "score": float(array[row, 2]),
+            "match_score": float(array[row, 3]),
+            "iou_score": float(array[row, 4]),
+        }
+        for rank, row in enumerate(order.tolist())
+    ]
+
+
+def segments_table(rows: pa.Table | Sequence[dict[str, Any]]) -> pa.Table:
+    """Check rows against the schema and return them as an Arrow table; bad rows are an InputError."""
+    schema = segments_schema()
+    if isinstance(rows, pa.Table):
+        table = _conform_table(rows, schema)
+    else:
+        rows = list(rows)
+        for number, row in enumerate(rows):
+            unknown = sorted(set(row) - set(schema.names))
+            missing = [name for name in _REQUIRED if name not in row]
+            if unknown or missing:
+                raise InputError(f"segment row {number}: missing fields {missing}, unknown fields {unknown}")
+        try:
+            table = pa.Table.from_pylist(rows, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as error:
+            raise InputError(f"segment rows do not fit the segments schema: {error}") from None
+    _check_values(table)
+    return table
+
+
+def _conform_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    missing = [name for name in _REQUIRED if name not in table.column_names]
+    unknown = [name for name in table.column_names if name not in schema.names]
+    if missing or unknown:
+        raise InputError(f"segment table: missing columns {missing}, unknown columns {unknown}")
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        try:
+            columns.append(table.column(field.name).cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            raise InputError(f"segment table: column '{field.name}' is not {field.type}: {error}") from None
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _check_values(table: pa.Table) -> None:
+    if table.num_rows == 0:
+        return
+    for name in _REQUIRED:
+        nulls = table.column(name).null_count
+        if nulls:
+            raise InputError(f"segment rows: field '{name}' is empty in {nulls} row(s)")
+    if pc.any(pc.equal(pc.utf8_trim_whitespace(table.column("query_text")), "")).as_py():
+        raise InputError("segment rows: field 'query_text' is empty")
+    if pc.any(pc.less(table.column("rank"), 0)).as_py():
+        raise InputError("segment rows: field 'rank' is negative")
+    start = table.column("start_s").to_numpy()
+    end = table.column("end_s").to_numpy()
+    if not (np.isfinite(start).all() and np.isfinite(end).all()) or (end < start).any():
+        raise InputError("segment rows: fields 'start_s'/'end_s' must be finite with start_s <= end_s")
+    vectors = embedding_matrix(table)
+    norms = np.linalg.norm(vectors, axis=1)
+    if not np.all(np.abs(norms - 1.0) < 1e-3):
+        raise InputError("segment rows: field 'query_embedding' must be L2-normalised (unit length)")
+    keys = table.select(list(ROW_KEY)).group_by(list(ROW_KEY)).aggregate([([], "count_all")])
+    duplicated = keys.filter(pc.greater(keys.column("count_all"), 1))
+    if duplicated.num_rows:
+        first = {name: duplicated.column(name)[0].as_py() for name in ROW_KEY}
+        raise InputError(f"segment rows: the row key {first} appears more than once in one write")
+
+
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """The `query_embedding` column as a [rows, 384] float32 matrix."""
+    column = table.column("query_embedding").combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, EMBEDDING_DIM)
+
+
+
+def same_schema(found: pa.Schema, expected: pa.Schema) -> bool:
+    """The same column names and types in the same order (metadata aside)."""
+    return [(f.name, f.type) for f in found] == [(f.name, f.type) for f in expected]
+
+
+def schema_difference(found: pa.Schema, expected: pa.Schema) -> str:
+    """What sets ``found`` apart from ``expected``, in one phrase."""
+    missing = [name for name in expected.names if name not in found.names]
+    unexpected = [name for name in found.names if name not in expected.names]
+    retyped = [f"{f.name}: {found.field(f.name).type} instead of {f.type}"
+               for f in expected if f.name in found.names and found.field(f.name).type != f.type]
+    parts = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
+             "; ".join(retyped)]
+    return "; ".join(part for part in parts if part) or "column order differs"
