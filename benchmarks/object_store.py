@@ -204,9 +204,9 @@ def bench_ground(inputs: dict, db: str, videos_per_batch: int, write_batch_rows:
 def upload(local: str, uri: str) -> str:
     import pyarrow.fs as pafs
 
-    from drn.store.features import open_filesystem
+    from drn.store.object_store import filesystem_for
 
-    fs, path = open_filesystem(uri)
+    fs, path = filesystem_for(uri)
     pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     return uri
 

@@ -3,10 +3,13 @@ small to go on (nodes lost) ends it with one line and exit status 1 (a rerun res
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from drn.errors import InputError, shown
 from pipeline.capacity import ClusterCapacityError
@@ -52,3 +55,28 @@ def too_long_message(argv: Sequence[str], error: OSError) -> str:
             return (f"{flag or 'an argument'} {shown(value, 60)} is too long to be a file or folder name "
                     "(a long list of names goes in a file, one name a line)")
     return f"a path is too long for the file system ({shown(error, 160)})"
+
+
+@contextmanager
+def flag_names(parser: argparse.ArgumentParser) -> Iterator[None]:
+    """Library errors in the job's terms: a parameter named in an ``InputError`` (``top_k``, ``num_actors``) is
+    shown as the flag that sets it (``--top-k``, ``--num-actors``). Only names with an underscore are replaced,
+    so plain words of a message stay as they are."""
+    try:
+        yield
+    except InputError as error:
+        message = name_flags(str(error), parser)
+        if message == str(error):
+            raise
+        raised = InputError(message)
+        raised.path, raised.line = error.path, error.line
+        raise raised from None
+
+
+def name_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """``message`` with each parameter name of ``parser`` that has an underscore replaced by its long flag."""
+    for action in parser._actions:
+        flags = [option for option in action.option_strings if option.startswith("--")]
+        if flags and "_" in action.dest:
+            message = re.sub(rf"(?<![\w-]){re.escape(action.dest)}(?!\w)", flags[0], message)
+    return message

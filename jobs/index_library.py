@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jobs.cli import job_main
+from jobs.cli import flag_names, job_main
 from jobs.library_args import add_common_args, add_resource_args, add_window_args, apply_progress_flag
 
 
@@ -66,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
 
 @job_main
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with flag_names(parser):
+        return run(args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from drn.errors import InputError
-from jobs.cli import job_main
+from jobs.cli import flag_names, job_main
 from moments.index.results import format_results
 
 
@@ -56,19 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="candidate videos grounded by DRN (default: 20)")
     live.add_argument("--fusion-weight", type=float, default=0.8, metavar="W",
                       help="share of the retrieval score in the final score, 0 to 1 (default: 0.8)")
-    live.add_argument("--cells-table", default="cells", help="cells table name (default: cells)")
+    live.add_argument("--cells-table", default=None, help="cells table name (default: cells)")
     live.add_argument("--save", action="store_true", help="with --exhaustive: also write the results to the index")
     return parser
 
 
 def run_live(args: argparse.Namespace) -> pa.Table:
     """Two-stage live search over the cells table of `args.db` (moments.search.two_stage)."""
-    from moments.index import default_db_uri
-    from moments.search.two_stage import TwoStageOptions, TwoStageSearcher
+    from moments.index import CELLS_TABLE, default_db_uri
+    from moments.search import TwoStageOptions, TwoStageSearcher
 
     options = TwoStageOptions(cells=args.cells, candidates=args.candidates, fusion_weight=args.fusion_weight)
-    searcher = TwoStageSearcher(args.db or default_db_uri(), args.checkpoint, args.features, table=args.cells_table,
-                            options=options)
+    searcher = TwoStageSearcher(args.db or default_db_uri(), args.checkpoint, args.features,
+                                table=args.cells_table or CELLS_TABLE, options=options)
     return searcher.search(args.text, k=args.k, min_score=args.min_score)
 
 
@@ -81,9 +81,9 @@ def run_exhaustive(args: argparse.Namespace) -> pa.Table:
     check_spellable(args.text)
     checkpoint, features = args.checkpoint, args.features
     if checkpoint is None or features is None:  # the cells table of --db names them
-        from moments.index.cells import CellsTable
+        from moments.index import CELLS_TABLE, CellsTable
 
-        cells = CellsTable(args.db or default_db_uri(), args.cells_table)
+        cells = CellsTable(args.db or default_db_uri(), args.cells_table or CELLS_TABLE)
         if not cells.exists:
             raise InputError("--exhaustive needs --checkpoint and --features (or a --db whose cells table names "
                              "them)")
@@ -137,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if live:
         from moments.index import SearchAnswer
 
-        results = run_live(args) if args.live else run_exhaustive(args)
+        with flag_names(parser):
+            results = run_live(args) if args.live else run_exhaustive(args)
         notices = SearchAnswer(args.text, results, args.text, 1.0, grounded=True).notices()
     elif remote:
         results, notices = run_remote(args, remote)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,8 @@ from drn.store.features import FeatureStore
 from drn.training import fit, stages_from_config
 from drn.training_setup import adopt_store_feature_dim, prepare_training_data
 from jobs.cli import job_main
-from moments.train.driver import StageFailedError, add_distributed_arguments, run_from_args
+from moments.train.driver import PRECISIONS, MissingVideosError, StageFailedError, fit_distributed
+from pipeline.capacity import DEFAULT_WAIT_S
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +59,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Ray Train flags (``--num-workers``, ``--use-gpu``, ``--storage``, ``--name``, ...)."""
+    group = parser.add_argument_group("distributed training (Ray Train)")
+    group.add_argument("--num-workers", type=int, default=None,
+                       help="train on this many Ray Train workers (DDP); without it jobs.train runs in-process")
+    group.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL, mixed precision)")
+    group.add_argument("--storage", default=None,
+                       help="run storage, a folder or URI such as s3://bucket/runs (default: --out)")
+    group.add_argument("--name", default=None, help="run name; stages are <name>-stage<k> (default: config name)")
+    group.add_argument("--max-failures", type=int, default=3,
+                       help="worker-group restarts per stage, each from the latest checkpoint (default 3)")
+    group.add_argument("--keep-checkpoints", type=int, default=2,
+                       help="epoch checkpoints kept per stage, best first; the latest is always kept (default 2)")
+    group.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default 1)")
+    group.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto: bfloat16 autocast on GPU, float32 on CPU (default auto)")
+    group.add_argument("--sync-batchnorm", action="store_true",
+                       help="GPU only: SyncBatchNorm, so trained BN layers see the global batch")
+    group.add_argument("--skip-missing-videos", action="store_true",
+                       help="train without the pairs whose video has no features (default: stop and list them)")
+    group.add_argument("--capacity-wait-s", type=float, default=DEFAULT_WAIT_S,
+                       help="stop (exit 1, naming the missing resource) when the cluster cannot hold the workers "
+                            "for this many seconds before a stage (default 120); rerun to resume")
+
+
+def run_distributed(args: argparse.Namespace, stages: Sequence[int]) -> dict:
+    """``moments.train.fit_distributed`` from the parsed arguments; prints the summary as ONE JSON line."""
+    if args.num_workers < 1:
+        raise InputError(f"--num-workers must be at least 1, not {args.num_workers}")
+    config = load_config(args.config, args.overrides)
+    config.dataset = args.dataset or config.dataset  # recorded in the checkpoints
+    notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, args.overrides,
+                                     args.features)
+    storage = args.storage if args.storage is not None else os.fspath(args.out)
+    try:
+        summary = fit_distributed(
+            config, args.features, args.annotations, args.dataset,
+            num_workers=args.num_workers, use_gpu=args.use_gpu, storage=storage, name=args.name or config.name,
+            stages=stages, init_checkpoint=os.fspath(args.resume_from) if args.resume_from else None,
+            max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints,
+            cpus_per_worker=args.cpus_per_worker, precision=args.precision, sync_batchnorm=args.sync_batchnorm,
+            skip_missing_videos=args.skip_missing_videos, threads=args.threads, progress=not args.quiet,
+            notices=[notice] if notice else [], capacity_wait_s=args.capacity_wait_s,
+        )
+    except MissingVideosError as err:
+        raise InputError(f"{err.problem}; pass --skip-missing-videos to train without them", path=err.path) from None
+    shown = {k: summary[k] for k in ("best_checkpoint", "stage", "epoch", "val", "test")}
+    print(json.dumps(shown), flush=True)
+    return summary
+
+
 def parse_stages(text: str | None, resumed_stage: int | None, retrieval: bool = False) -> list[int]:
     """The stages to run: ``--stages``, else those after the resumed stage (stage 4 only with ``retrieval``)."""
     known = (1, 2, 3, RETRIEVAL_STAGE) if retrieval else (1, 2, 3)
@@ -79,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resumed_stage = int(read_checkpoint(args.resume_from)["stage"]) if args.resume_from else None
         retrieval = load_config(args.config, args.overrides).model.retrieval_dim > 0
         try:
-            run_from_args(args, parse_stages(args.stages, resumed_stage, retrieval))
+            run_distributed(args, parse_stages(args.stages, resumed_stage, retrieval))
         except StageFailedError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1

@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
-from drn.store.features import open_filesystem
-from drn.store.object_store import is_object_store_uri
+from drn.store.object_store import filesystem_for, is_object_store_uri
 
 DECODE_HEIGHT = 128
 DECODE_WIDTH = 171
@@ -144,7 +143,7 @@ class VideoDecoder:
                 raise DecodeError("file not found")
             return
         try:
-            fs, inner = open_filesystem(self.path)
+            fs, inner = filesystem_for(self.path)
             info = fs.get_file_info(inner)
         except Exception as error:  # a bucket or credentials problem: the video's failure row says which
             raise DecodeError(f"cannot read the video: {_first_line(error)}") from error

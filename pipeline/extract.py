@@ -28,8 +28,8 @@ from drn.store.features import (
     StoreMetadata,
     VideoRecord,
     check_store_location,
-    open_filesystem,
 )
+from drn.store.object_store import filesystem_for
 from pipeline.c3d import (
     C3DConfig,
     C3DFeatureExtractor,
@@ -94,7 +94,7 @@ def plan_extraction(
     sources: list[VideoSource], out: str, retry_failed: bool = False
 ) -> tuple[list[VideoSource], list[VideoSource]]:
     """(to do, skipped): videos already ``ok`` in the store are skipped, ``failed`` ones too unless retried."""
-    fs, root = open_filesystem(out)
+    fs, root = filesystem_for(out)
     check_store_location(fs, root, out)  # a prefix holding something else is refused before any work
     if fs.get_file_info(f"{root}/videos").type.name != "Directory":
         return list(sources), []

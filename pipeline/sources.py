@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from drn.errors import InputError
-from drn.store.features import open_filesystem
+from drn.store.object_store import filesystem_for
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
 TEXT_MANIFEST_EXTENSIONS = (".txt", ".list", ".lst")
@@ -55,7 +55,7 @@ def list_videos(spec: str, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> li
             raise InputError("the glob matches no files", path=spec)
         sources = [VideoSource(video_id_of(p), os.path.abspath(p)) for p in paths]
     else:
-        fs, path = open_filesystem(spec)
+        fs, path = filesystem_for(spec)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise InputError("no such file or folder", path=spec)

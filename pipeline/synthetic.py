@@ -29,6 +29,14 @@ ACTIONS = ("moves left", "moves right", "moves up", "moves down", "grows")
 BACKGROUND = (40, 40, 40)
 SPLITS = ("train", "val", "test")
 
+# Words that appear in no query, for a search that only the meaning of the words can answer.
+PARAPHRASE_WORDS = {  # each maps to the right colour, shape or motion in MiniLM's space (checked on all 45 queries)
+    "red": "crimson", "green": "lime", "blue": "navy",
+    "square": "box", "circle": "disc", "triangle": "pyramid",
+    "moves left": "slides leftward", "moves right": "slides rightward", "moves up": "rises",
+    "moves down": "sinks", "grows": "expands",
+}
+
 
 @dataclass(frozen=True)
 class ShapeEvent:
@@ -171,6 +179,18 @@ def queries_of(video: SyntheticVideo) -> list[tuple[str, float, float]]:
             query = f"a {event.color} {event.shape} appears after the {prev.color} {prev.shape} vanishes"
             out.append((query, event.appear_s, event.vanish_s))
     return out
+
+
+def paraphrase(text: str) -> str | None:
+    """``"the red square moves left"`` -> ``"crimson box slides leftward"``: the same event in words that no query
+    uses (``PARAPHRASE_WORDS``); None for a text of another template."""
+    words = text.split()
+    if len(words) < 4 or words[0] != "the":
+        return None
+    colour, shape, action = words[1], words[2], " ".join(words[3:])
+    if colour not in PARAPHRASE_WORDS or shape not in PARAPHRASE_WORDS or action not in PARAPHRASE_WORDS:
+        return None
+    return f"{PARAPHRASE_WORDS[colour]} {PARAPHRASE_WORDS[shape]} {PARAPHRASE_WORDS[action]}"
 
 
 def split_of_videos(video_ids: list[str], rng: np.random.Generator) -> dict[str, str]:

@@ -34,7 +34,8 @@ from ray_cluster import LocalCluster
 
 from drn.checkpoint import read_checkpoint
 from drn.datasets.synthetic import make_synthetic_benchmark
-from drn.store.features import FeatureStore, open_filesystem
+from drn.store.features import FeatureStore
+from drn.store.object_store import filesystem_for
 from jobs.search import main as search_main
 from moments.index import Index
 from pipeline.synthetic import make_library
@@ -121,7 +122,7 @@ def sealed_videos(s3, bucket: str, prefix: str) -> int:
 
 def assert_every_video_once(uri: str, ids: list[str]) -> None:
     """Each video has one ``ok`` row in a sealed shard and its clips once each, in chunks 0..n-1."""
-    fs, root = open_filesystem(uri)
+    fs, root = filesystem_for(uri)
     sealed = {info.path.rsplit("/", 1)[1] for info in fs.get_file_info(pafs.FileSelector(f"{root}/videos"))
               if info.path.endswith(".parquet")}
     videos = pa.concat_tables([pq.read_table(f"{root}/videos/{name}", filesystem=fs) for name in sorted(sealed)])

@@ -112,14 +112,15 @@ def test_notebook_reads_the_index_the_store_and_the_frames_from_object_storage(t
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from drn.store.features import FeatureStore, open_filesystem
+    from drn.store.features import FeatureStore
+    from drn.store.object_store import filesystem_for
 
     local = build_small_index(tmp_path)
     bucket = s3_env.new_bucket()
     videos = s3_env.upload_folder(tmp_path / "library" / "videos", bucket, "videos")
     db = s3_env.upload_folder(local["DRN_DB"], bucket, "lancedb")
     features = s3_env.upload_folder(local["DRN_FEATURES"], bucket, "features")
-    fs, root = open_filesystem(features)  # the store's videos now live in the bucket too
+    fs, root = filesystem_for(features)  # the store's videos now live in the bucket too
     for info in fs.get_file_info(pafs.FileSelector(f"{root}/videos")):
         table = pq.read_table(info.path, filesystem=fs)
         uris = pc.utf8_replace_slice(table["uri"], 0, len(str(tmp_path / "library" / "videos")), videos)

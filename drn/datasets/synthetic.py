@@ -22,6 +22,8 @@ video holds "the red ball rises" or only "the red ball falls" is a question that
 motion's share of the signature is the smaller one (``motion_share``, default 0.3), as the detail that tells
 "opens" from "closes the door" is a small part of a clip. That is what training on positive pairs alone has no
 reason to learn, and what negative pairs teach.
+
+From the command line: ``python -m jobs.make_synthetic_features --out OUT [--recurring]``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ EVENT_FRACTION = (0.08, 0.35)  # shortest and longest event, as fractions of the
 
 @dataclass
 class SyntheticBenchmark:
+    """Where a benchmark was written (the feature store and the annotations folder) and its size."""
+
     features: str
     annotations: str
     num_videos: int
@@ -225,24 +229,3 @@ def make_recurring_benchmark(
             writer.add_clips(video_id, features, starts, ends)
             writer.finish_video(_video_record(video_id, duration, len(starts)))
     return _write_annotations(out, splits, num_videos)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m drn.datasets.synthetic OUT [--videos N] [--dim D] [--seed S] [--recurring]``"""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Write the synthetic grounding benchmark (features + JSONL).")
-    parser.add_argument("out", help="output folder (features/ and annotations/ go inside)")
-    parser.add_argument("--videos", type=int, default=400, help="number of videos (default 400)")
-    parser.add_argument("--dim", type=int, default=64, help="feature dimension D (default 64)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recurring", action="store_true",
-                        help="the corpus-level variant: descriptions recur across videos (make_recurring_benchmark)")
-    args = parser.parse_args(argv)
-    make = make_recurring_benchmark if args.recurring else make_synthetic_benchmark
-    bench = make(args.out, args.videos, args.dim, args.seed)
-    print(json.dumps(bench.__dict__))
-
-
-if __name__ == "__main__":
-    main()

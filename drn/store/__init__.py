@@ -17,14 +17,14 @@ from drn.store.features import (
     existing_metadata,
     load_each,
     new_shard_name,
-    open_filesystem,
     writer_memory_pool,
 )
 from drn.store.lookup import VideoLookup
+from drn.store.object_store import filesystem_for
 
 __all__ = [
     "DEFAULT_MAX_CHUNK_BYTES", "METADATA_PREFIX", "VIDEO_STATUSES", "VIDEOS_SCHEMA", "FeatureStore",
     "FeatureStoreWriter", "StoreMetadata", "VideoFeatures", "VideoLookup", "VideoRecord", "absolute_uri",
-    "check_store_location", "clips_schema", "existing_metadata", "load_each", "new_shard_name", "open_filesystem",
+    "check_store_location", "clips_schema", "existing_metadata", "filesystem_for", "load_each", "new_shard_name",
     "writer_memory_pool",
 ]

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from drn.durations import timeline_duration
 from drn.errors import InputError
-from drn.store.object_store import filesystem_for
+from drn.store.object_store import filesystem_for, is_uri
 
 METADATA_PREFIX = "drn."
 # A chunk is one Parquet row; the Parquet writer holds some 30 to 45 bytes per feature value while it encodes one
@@ -153,16 +153,10 @@ class VideoFeatures:
         return int(self.features.shape[0])
 
 
-def open_filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it, for a local path or an object-store URI (``s3://`` configured
-    by the AWS environment variables, see ``drn.store.object_store``)."""
-    return filesystem_for(uri)
-
-
 def absolute_uri(uri: str | os.PathLike) -> str:
     """An object-store URI as it is, a local path made absolute: what to hand to workers in other folders."""
     text = os.fspath(uri)
-    return text if "://" in text else os.path.abspath(text)
+    return text if is_uri(text) else os.path.abspath(text)
 
 
 def new_shard_name() -> str:
@@ -206,7 +200,7 @@ class FeatureStoreWriter:
         videos_per_shard: int = 64,
         max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
     ) -> None:
-        self.fs, self.root = open_filesystem(uri)
+        self.fs, self.root = filesystem_for(uri)
         self.metadata = metadata
         self.schema = clips_schema(metadata)
         self.videos_per_shard = videos_per_shard
@@ -333,7 +327,7 @@ def _shard_of(path: str) -> str:
 
 def existing_metadata(uri: str | os.PathLike) -> StoreMetadata | None:
     """The metadata of a store's complete shards, or None for a store with no features yet."""
-    fs, root = open_filesystem(uri)
+    fs, root = filesystem_for(uri)
     complete = {_shard_of(p) for p in _list_parquet(fs, f"{root}/videos")}
     found: tuple[StoreMetadata, str] | None = None
     for path in _list_parquet(fs, f"{root}/clips"):
@@ -369,7 +363,7 @@ class FeatureStore:
 
     def __init__(self, uri: str | os.PathLike) -> None:
         self.uri = os.fspath(uri)
-        self.fs, self.root = open_filesystem(uri)
+        self.fs, self.root = filesystem_for(uri)
         info = self.fs.get_file_info(f"{self.root}/videos")
         if info.type != pafs.FileType.Directory:
             if self.fs.get_file_info(self.root).type == pafs.FileType.NotFound:

@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 
 from drn.datasets.reading import parse_json_line
 from drn.errors import InputError
-from drn.store.features import open_filesystem
+from drn.store.object_store import filesystem_for
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def normalise_text(text: str) -> str:
 
 
 def _read_text(uri: str) -> str:
-    fs, path = open_filesystem(uri)
+    fs, path = filesystem_for(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise InputError("query file not found", path=uri)

@@ -2,8 +2,10 @@
 
 `SearchBackend(settings)` opens the index, the sentence model and the video manifest once. Until they are all
 there (a db with no `segments` table yet, say) it is not ready and says why; it tries again at most every
-`RETRY_S` seconds, so a service started before the grounding job becomes ready once the table exists. Every
-bad parameter is a `BadRequest` (moments.serve.params) that the service answers with a 4xx JSON message.
+`RETRY_S` seconds, so a service started before the grounding job becomes ready once the table exists. Live
+search (`live=1`) is two-stage search (`moments.search.two_stage.TwoStageSearcher`) over the db's `cells` table:
+the searcher is made on the first live search and kept. Every bad parameter is a `BadRequest`
+(moments.serve.params) that the service answers with a 4xx JSON message.
 """
 
 from __future__ import annotations
@@ -16,23 +18,26 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from drn.errors import InputError
+from drn.store.object_store import is_uri
 from drn.text.sentence import embed_text
-from moments.index.table import SEGMENTS_TABLE, Index, SearchAnswer
+from moments.index import CELLS_TABLE, SEGMENTS_TABLE, Index, SearchAnswer, connect
 from moments.serve import params
 from moments.serve.media import Clip, frame_jpeg, moment_clip
 from moments.serve.params import BadRequest
 from moments.serve.videos import LibraryVideo, VideoLibrary
 
+if TYPE_CHECKING:
+    from moments.search.two_stage import TwoStageSearcher
+
 logger = logging.getLogger(__name__)
 
 RETRY_S = 2.0
-CELLS_TABLE = "cells"  # the retrieval stage's table (issue 11): live search needs it
 LIVE_HINT = "search it with live=1 (where the index has a retrieval stage) or add it to the collection"
 FRAME_CACHE = 2048
 
@@ -63,6 +68,8 @@ class SearchBackend:
         self.library: VideoLibrary | None = None
         self.reason: str | None = "starting"
         self._lock = threading.Lock()
+        self._searcher: TwoStageSearcher | None = None  # live search's, made on the first live search
+        self._searcher_lock = threading.Lock()
         self._last_try = -math.inf
         self._last_refresh = time.monotonic()
         self.try_ready()
@@ -91,7 +98,7 @@ class SearchBackend:
 
     def _load(self) -> None:
         settings = self.settings
-        if settings.checkpoint and "://" not in settings.checkpoint and not Path(settings.checkpoint).is_file():
+        if settings.checkpoint and not is_uri(settings.checkpoint) and not Path(settings.checkpoint).is_file():
             raise InputError("no such checkpoint file", path=settings.checkpoint)
         index = Index(settings.db, table=settings.table)
         index.table  # noqa: B018 - raises InputError naming the db when the table does not exist yet
@@ -144,8 +151,8 @@ class SearchBackend:
                              "feature store", status=404, parameter="video")
         try:
             if live:
-                results = self._live_search(index, text, k, video, minimum, run)
-                notices = SearchAnswer(text, results, text, 1.0, grounded=True).notices(LIVE_HINT)
+                results = self._live_search(text, k, video, minimum, run)
+                notices = live_notices(text, results)
             else:
                 answer = index.answer(text, k=k, video_id=video, min_score=minimum, run_id=run)
                 results, notices = answer.rows, answer.notices(LIVE_HINT)
@@ -155,28 +162,36 @@ class SearchBackend:
                 "notices": notices, "metadata": schema_notes(results.schema)}
 
     def live_available(self) -> bool:
-        """Whether live search can run: the index has a two-stage `search_live` and the db a `cells` table."""
-        if self.index is None or not callable(getattr(self.index, "search_live", None)):
+        """Whether live search can run: the service is ready and the db has a `cells` table."""
+        if self.index is None:
             return False
-        import lancedb
-
+        if self._searcher is not None:
+            return True
         try:
-            return CELLS_TABLE in lancedb.connect(self.settings.db).table_names()
-        except (OSError, ValueError):
+            connect(self.settings.db).open_table(CELLS_TABLE)
+        except (InputError, OSError, ValueError):  # no such table (ValueError), or the db cannot be reached
             return False
+        return True
 
-    def _live_search(self, index: Index, text: str, k: int, video: str | None, minimum: float | None,
+    def two_stage(self) -> TwoStageSearcher:
+        """Live search's searcher over the db's `cells` table (its checkpoint and feature store), made once."""
+        with self._searcher_lock:
+            if self._searcher is None:
+                from moments.search.two_stage import TwoStageSearcher  # torch and DRN load on the first live search
+
+                self._searcher = TwoStageSearcher(self.settings.db)
+            return self._searcher
+
+    def _live_search(self, text: str, k: int, video: str | None, minimum: float | None,
                      run: str | None) -> pa.Table:
         if not self.live_available():
-            raise BadRequest("no retrieval stage in this index: live search needs the 'cells' table that "
+            raise BadRequest(f"no retrieval stage in this index: live search needs the '{CELLS_TABLE}' table that "
                              "python -m jobs.index_library writes; search without live=1 to use the grounded "
                              "queries", status=409, parameter="live")
-        results = index.search_live(text, k=k)  # type: ignore[attr-defined]
+        results = self.two_stage().search(text, k=k, min_score=minimum)
         for column, value in (("video_id", video), ("run_id", run)):
-            if value is not None and column in results.column_names:
+            if value is not None:
                 results = results.filter(pc.equal(results[column], value))
-        if minimum is not None and "score" in results.column_names:
-            results = results.filter(pc.greater_equal(results["score"], minimum))
         return results
 
     def knows_video(self, video_id: str) -> bool:
@@ -259,6 +274,13 @@ class SearchBackend:
 @functools.lru_cache(maxsize=FRAME_CACHE)
 def _cached_frame(path: str, mtime_ns: int, t: float, width: int) -> bytes:
     return frame_jpeg(path, t, width)
+
+
+def live_notices(text: str, rows: pa.Table) -> list[str]:
+    """What a user must see beside live-search rows: live search grounds the text itself (so it is its own nearest
+    query), which leaves the notices about runs whose scores do not compare across videos."""
+    answer = SearchAnswer(text, rows, nearest_query=text, nearest_similarity=1.0, grounded=True)
+    return answer.notices(LIVE_HINT)
 
 
 def json_rows(table: pa.Table) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from drn.checkpoint import load_checkpoint, save_checkpoint
 from drn.config import DRNConfig
 from drn.model import DRN
-from drn.store.features import open_filesystem
+from drn.store.object_store import filesystem_for
 from drn.targets import Targets
 from drn.training import (
     Stage,
@@ -174,12 +174,12 @@ def local_model_file(checkpoint: ray.train.Checkpoint | None, uri: str | None) -
 
         with tempfile.TemporaryDirectory(prefix="drn-init-") as tmp:
             local = os.path.join(tmp, MODEL_FILE)
-            source, path = open_filesystem(uri)  # s3:// configured by the AWS environment (drn.store.object_store)
+            source, path = filesystem_for(uri)  # s3:// configured by the AWS environment (drn.store.object_store)
             pafs.copy_files(path, local, source_filesystem=source, destination_filesystem=pafs.LocalFileSystem())
             yield local
         return
     if checkpoint is None and uri is not None:
-        filesystem, path = open_filesystem(uri)
+        filesystem, path = filesystem_for(uri)
         checkpoint = ray.train.Checkpoint(path, filesystem=filesystem)
     if checkpoint is None:
         yield None
