@@ -57,6 +57,14 @@ def too_long_message(argv: Sequence[str], error: OSError) -> str:
     return f"a path is too long for the file system ({shown(error, 160)})"
 
 
+def run_with_flag_names(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+                        argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and ``run`` the job, its library errors naming the job's flags (:func:`flag_names`)."""
+    args = parser.parse_args(argv)
+    with flag_names(parser):
+        return run(args)
+
+
 @contextmanager
 def flag_names(parser: argparse.ArgumentParser) -> Iterator[None]:
     """Library errors in the job's terms: a parameter named in an ``InputError`` (``top_k``, ``num_actors``) is

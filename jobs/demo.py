@@ -2,7 +2,7 @@
 
 Generates a synthetic video library, extracts C3D features (random weights) on local Ray Data, trains DRN's three
 stages on Ray Train, evaluates on held-out queries beside the no-video baselines, grounds the test queries against
-the library into a local LanceDB, searches it, and says where everything is. The steps live in `moments.demo.run`.
+the library into a local LanceDB, searches it, and says where everything is. The steps live in `moments.demo`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from drn.errors import InputError
 from jobs.cli import job_main
-from moments.demo.run import DEFAULT_OUT, DEMO_CONFIG, DemoSettings, run_demo
+from moments.demo.run import run_demo
+from moments.demo.settings import DEFAULT_OUT, DEMO_CONFIG, DemoSettings, SettingError
+
+FLAGS = {  # DemoSettings field -> the flag that sets it, for the messages of bad settings
+    "out": "--out", "size": "--size", "seed": "--seed", "force": "--force", "min_duration_s": "--min-duration",
+    "max_duration_s": "--max-duration", "fps": "--fps", "clip_stride": "--clip-stride", "weights": "--weights",
+    "config": "--config", "overrides": "--set", "num_workers": "--num-workers", "use_gpu": "--use-gpu",
+    "progress": "--no-progress",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from moments.serve.app import check_port_free
 
         check_port_free("127.0.0.1", args.port)  # before minutes of work, not after
-    report = run_demo(settings, echo=lambda line: print(line, flush=True))
+    try:
+        report = run_demo(settings, echo=lambda line: print(line, flush=True))
+    except SettingError as err:  # the same message, naming the flags instead of the settings
+        raise InputError(err.worded(FLAGS), path=err.path) from None
     if args.serve:
         from jobs.serve import serve_and_wait
         from moments.serve.backend import ServiceSettings

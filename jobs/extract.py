@@ -79,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
     from tqdm import tqdm
 
     from pipeline.c3d import C3DConfig, load_c3d_weights, random_weights_id
     from pipeline.extract import default_resources, plan_extraction, run_extraction
+    from pipeline.ray_runtime import start_ray
     from pipeline.sources import list_videos
 
     if args.clip_len < 1 or args.clip_stride < 1:
@@ -100,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
     todo, skipped = plan_extraction(sources, args.out, args.retry_failed)
     print(f"{len(sources)} videos listed: {len(todo)} to extract, {len(skipped)} already in {args.out}")
 
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS or the job's cluster under `ray job submit`; a local Ray otherwise
+    start_ray()
     resources = default_resources(
         args.num_gpus_per_actor, args.num_actors, cpus_per_actor=args.cpus_per_actor,
         decode_tasks=args.decode_tasks, batch_size=args.batch_size, torch_threads=args.torch_threads,

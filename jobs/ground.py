@@ -15,20 +15,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jobs.cli import flag_names, job_main
-from jobs.library_args import add_common_args, add_resource_args, add_window_args, apply_progress_flag
+from jobs.cli import job_main, run_with_flag_names
+from jobs.library_args import add_resource_args, add_window_args, apply_progress_flag, library_job_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.ground",
-        description="Score every query of a collection against every ok video of a feature store with a DRN "
+    parser = library_job_parser(
+        "python -m jobs.ground",
+        "Score every query of a collection against every ok video of a feature store with a DRN "
         "checkpoint; write the top-k segments of each (query, video) to the LanceDB 'segments' table, with "
         "library-wide ranks per query.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        checkpoint_help="DRN checkpoint (.pt) written by jobs.train", table="segments",
     )
-    parser.add_argument("--checkpoint", required=True, help="DRN checkpoint (.pt) written by jobs.train")
-    add_common_args(parser, table="segments")
     parser.add_argument("--queries", required=True,
                         help="query collection: a text file (one query a line) or a .jsonl file with "
                              "'query_id' and 'query' per line")
@@ -84,10 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 @job_main
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    with flag_names(parser):
-        return run(args)
+    return run_with_flag_names(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

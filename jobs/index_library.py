@@ -15,20 +15,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jobs.cli import flag_names, job_main
-from jobs.library_args import add_common_args, add_resource_args, add_window_args, apply_progress_flag
+from jobs.cli import job_main, run_with_flag_names
+from jobs.library_args import add_resource_args, add_window_args, apply_progress_flag, library_job_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.index_library",
-        description="Encode every ok video of a feature store with a checkpoint's retrieval stage and write one "
+    parser = library_job_parser(
+        "python -m jobs.index_library",
+        "Encode every ok video of a feature store with a checkpoint's retrieval stage and write one "
         "row per video cell (video_id, start_s, end_s, vector, checkpoint id) to the LanceDB 'cells' table, "
         "with a vector index (IVF-PQ once the table is large enough).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        checkpoint_help="DRN checkpoint (.pt) with a trained retrieval stage", table="cells",
     )
-    parser.add_argument("--checkpoint", required=True, help="DRN checkpoint (.pt) with a trained retrieval stage")
-    add_common_args(parser, table="cells")
     parser.add_argument("--videos", default=None,
                         help="only these videos: a comma-separated list or a file with one video id a line")
     parser.add_argument("--overwrite", action="store_true",
@@ -66,10 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 @job_main
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    with flag_names(parser):
-        return run(args)
+    return run_with_flag_names(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

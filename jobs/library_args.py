@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 
 
+def library_job_parser(prog: str, description: str, *, checkpoint_help: str, table: str) -> argparse.ArgumentParser:
+    """The parser of a job over a whole library: --checkpoint, then --features, --db and --table."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    add_common_args(parser, table=table)
+    return parser
+
+
 def add_common_args(parser: argparse.ArgumentParser, table: str) -> None:
     """--features, --db and --table (whose default is ``table``)."""
     parser.add_argument("--features", required=True, help="feature store (a folder or an object-store URI)")

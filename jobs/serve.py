@@ -17,9 +17,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drn.errors import InputError
+from drn.store.object_store import is_uri
 from jobs.cli import job_main
+
+if TYPE_CHECKING:
+    from moments.serve.backend import ServiceSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_paths(args: argparse.Namespace) -> None:
     """Local paths that must exist before anything starts (the db may not exist yet: it reports not ready)."""
     for flag, value in (("--features", args.features), ("--videos", args.videos), ("--checkpoint", args.checkpoint)):
-        if value and "://" not in value and not Path(value).exists():
+        if value and not is_uri(value) and not Path(value).exists():
             raise InputError(f"{flag}: no such file or folder", path=value)
     if not 0 < args.port < 65536:
         raise InputError(f"--port must be between 1 and 65535, not {args.port}")
@@ -71,18 +76,17 @@ def health(url: str) -> dict:
         return json.loads(error.read() or b"{}")
 
 
-def serve_and_wait(settings, host: str, port: int, *, replicas: int = 1, num_cpus: float = 1.0,
+def serve_and_wait(settings: ServiceSettings, host: str, port: int, *, replicas: int = 1, num_cpus: float = 1.0,
                    detach: bool = False) -> str:
-    """Start the service (Ray is started when not running), print its URL and state, and wait for Ctrl-C
-    (or return at once with `detach`). Returns the URL."""
-    from moments.serve.app import LOOPBACK, check_port_free, start_service
-
-    check_port_free(host, port)
-    import ray
+    """Start the service (Ray is joined or started by ``pipeline.ray_runtime.start_ray``), print its URL and
+    state, and wait for Ctrl-C (or return at once with `detach`). Returns the URL."""
     from ray import serve
 
-    if not ray.is_initialized():
-        ray.init()
+    from moments.serve.app import LOOPBACK, check_port_free, start_service
+    from pipeline.ray_runtime import start_ray
+
+    check_port_free(host, port)
+    start_ray()
     url = start_service(settings, host, port, num_replicas=replicas, num_cpus=num_cpus)
     state = health(url)
     if state.get("ready"):

@@ -41,6 +41,7 @@ from pipeline.c3d import (
 from pipeline.capacity import DEFAULT_WAIT_S, PipelineNeeds, watch
 from pipeline.clips import ClipCutter, num_clips
 from pipeline.decode import DEFAULT_BLOCK_FRAMES, DecodeError, VideoDecoder
+from pipeline.ray_runtime import start_ray
 from pipeline.sources import VideoSource
 
 _UNKNOWN = -1.0  # numbers a failed video lacks travel as -1 (Arrow blocks then share one schema)
@@ -314,10 +315,7 @@ def run_extraction(
     When the alive nodes cannot hold the C3D actors plus one decoding CPU for ``capacity_wait_s`` seconds, a
     ``pipeline.capacity.ClusterCapacityError`` names the missing resource (sealed shards stay; a rerun resumes).
     """
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
+    start_ray()
     started = time.perf_counter()
     config = dataclasses.replace(config, compute_dtype=compute_dtype_on_workers(config.compute_dtype, resources))
     metadata = store_metadata(config, weights_sha256)

@@ -34,6 +34,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from drn.errors import InputError
+from drn.store.object_store import is_uri
 from moments.serve.backend import NotReady, SearchBackend, ServiceSettings
 from moments.serve.params import BadRequest
 
@@ -173,7 +174,7 @@ def settings_from_args(args: dict[str, Any]) -> ServiceSettings:
         raise ValueError(f"the service's args take {sorted(known)} (db required); got unknown {unknown}")
     values = {key: value for key, value in args.items() if value is not None}
     for key in ("db", "features", "videos", "checkpoint"):
-        if key in values and "://" not in str(values[key]):
+        if key in values and not is_uri(str(values[key])):
             values[key] = os.path.abspath(values[key])
     return ServiceSettings(**values)
 
@@ -194,7 +195,8 @@ def start_service(settings: ServiceSettings, host: str = LOOPBACK, port: int = D
                   autoscaling_config: dict[str, Any] | None = None) -> str:
     """Start Serve's HTTP proxy on host:port (if Serve is not running yet) and deploy the app; returns its URL.
 
-    Ray must be initialised (`ray.init()`); `serve.run` returns once every replica's constructor has run.
+    Ray must be running (`pipeline.ray_runtime.start_ray()`); `serve.run` returns once every replica's constructor
+    has run.
     """
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(settings, num_replicas=num_replicas, num_cpus=num_cpus,

@@ -173,7 +173,7 @@ class SearchBackend:
             return False
         return True
 
-    def two_stage(self) -> TwoStageSearcher:
+    def two_stage_searcher(self) -> TwoStageSearcher:
         """Live search's searcher over the db's `cells` table (its checkpoint and feature store), made once."""
         with self._searcher_lock:
             if self._searcher is None:
@@ -188,7 +188,7 @@ class SearchBackend:
             raise BadRequest(f"no retrieval stage in this index: live search needs the '{CELLS_TABLE}' table that "
                              "python -m jobs.index_library writes; search without live=1 to use the grounded "
                              "queries", status=409, parameter="live")
-        results = self.two_stage().search(text, k=k, min_score=minimum)
+        results = self.two_stage_searcher().search(text, k=k, min_score=minimum)
         for column, value in (("video_id", video), ("run_id", run)):
             if value is not None:
                 results = results.filter(pc.equal(results[column], value))

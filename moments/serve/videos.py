@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from drn.errors import InputError
 from drn.store.features import FeatureStore
+from drn.store.object_store import local_path
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class VideoLibrary:
         """Read the manifest of the store at `store_uri`; `root` defaults to the videos' common folder."""
         store = FeatureStore(store_uri)
         rows = [row for row in store.videos().to_pylist() if row["status"] == "ok"]
-        uris = [_local(row["uri"]) for row in rows]
+        uris = [local_path(row["uri"]) if row["uri"] else None for row in rows]
         base = _common_folder([uri for uri in uris if uri is not None]) if all(uris) else None
         if root is not None:
             root_path = Path(root)
@@ -95,15 +96,6 @@ class VideoLibrary:
 
 def _finite(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
-
-
-def _local(uri: str | None) -> str | None:
-    """The local path of a URI (plain path or file://), None for object storage."""
-    if not uri:
-        return None
-    if uri.startswith("file://"):
-        return uri[len("file://"):]
-    return None if "://" in uri else uri
 
 
 def _common_folder(paths: list[str]) -> str | None:
