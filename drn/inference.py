@@ -6,25 +6,38 @@
 
 The video side (the Linear(D->D) projection of each grid) and the query side (BiLSTM + attention) are each
 computed once; only the fusion, pyramid and heads run per (query, video) pair, ``pair_batch_size`` pairs at a time.
+
+``predict_pairs`` runs a checkpoint on the pairs of a split, each pair in its own video, exactly as training
+validates (``drn.training.predict``): the predictions that ``jobs.evaluate --checkpoint`` and the demo score.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from drn.checkpoint import check_feature_dim, load_checkpoint
 from drn.config import DRNConfig
+from drn.data import GroundingDataset, collate, load_grids, usable_pairs
 from drn.decoding import decode_segments
 from drn.durations import timeline_duration
 from drn.errors import InputError
 from drn.grid import pool_to_grid
 from drn.model import DRN
+from drn.pairs import GroundingPair
+from drn.predictions import Prediction
+from drn.store.features import FeatureStore
 from drn.text.vocabulary import OpenVocabulary, Vocabulary, is_unknown, pad_word_ids
+from drn.training import predict
+
+MISSING_VIDEOS = ("error", "skip", "miss")
 
 
 @dataclass
@@ -145,3 +158,72 @@ class Grounder:
             for q, v, segs in zip(qi.tolist(), vi.tolist(), segments, strict=True):
                 results.append(GroundingResult(q, video_ids[v], segs))
         return results
+
+
+class MissingFeaturesError(InputError):
+    """Pairs whose video has no features in the store. ``problem`` says which and ``advice`` how to go on without
+    them, in the caller's own terms; a command line can give its flag instead."""
+
+    def __init__(self, problem: str, advice: str, *, path: object | None = None) -> None:
+        super().__init__(f"{problem}; {advice}", path=path)
+        self.problem, self.advice = problem, advice
+
+
+@dataclass
+class CheckpointRun:
+    """A checkpoint's predictions on a split: the pairs it could score and those whose video lacks features."""
+
+    predictions: list[Prediction]
+    scored: list[GroundingPair]
+    without_features: list[GroundingPair] = field(default_factory=list)
+
+
+def predict_pairs(
+    checkpoint: str | os.PathLike,
+    features: str | os.PathLike,
+    pairs: Sequence[GroundingPair],
+    *,
+    top_n: int | None = None,
+    missing_videos: str = "error",
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = False,
+) -> CheckpointRun:
+    """Run ``checkpoint`` on ``pairs``, each pair grounded in its own video of the feature store ``features``.
+
+    Args:
+        top_n: segments kept per pair (default: the checkpoint's ``decode.top_n``).
+        missing_videos: a pair whose video has no features (or that starts after its decoded end) is a
+            MissingFeaturesError (``"error"``), or is listed in ``without_features`` and not predicted (``"skip"``,
+            ``"miss"``: the caller scores those as left out or as misses).
+        batch_size: pairs per forward pass.
+
+    A store whose feature dimension differs from the model's is an InputError.
+    """
+    if missing_videos not in MISSING_VIDEOS:
+        raise InputError(f"missing_videos must be one of {', '.join(MISSING_VIDEOS)}, got {missing_videos!r}")
+    if top_n is not None and top_n < 1:
+        raise InputError(f"top_n must be at least 1, got {top_n}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    model, config, vocab = load_checkpoint(checkpoint)
+    store = FeatureStore(features)
+    check_feature_dim(config, store.metadata.feature_dim, os.fspath(features))
+    if top_n is not None:
+        config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, top_n=top_n))
+    selection = usable_pairs(pairs, store)
+    if selection.dropped and missing_videos == "error":
+        qid, reason = selection.dropped[0]
+        raise MissingFeaturesError(
+            f"{len(selection.dropped)} of {len(pairs)} pairs have no features in the store (first: qid {qid!r}: "
+            f"{reason})", "set missing_videos to 'skip' or 'miss' to score the rest", path=os.fspath(features))
+    kept = selection.kept
+    predictions: list[Prediction] = []
+    if kept:
+        grids = load_grids(store, [p.video_id for p in kept], config.model.num_segments, progress)
+        dataset = GroundingDataset(kept, grids, vocab, config)
+        batches = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+        model.to(device)
+        predictions = predict(model, tqdm(batches, desc="predict", disable=not progress), config)
+    dropped = {qid for qid, _ in selection.dropped}
+    return CheckpointRun(predictions, list(kept), [p for p in pairs if p.qid in dropped])

@@ -14,8 +14,9 @@ corpus R@{1,10,100} at IoU {0.5,0.7}, video R@{1,10} and the within-video R@1 be
 run on a feature store or from a LanceDB grounding run.
 
 Predictions are JSONL, one query a line: {"qid", "video_id", "segments": [[start_s, end_s, score], ...]}.
-With ``--checkpoint`` the model is run on the split's pairs (videos pooled from ``--features``) and its predictions
-are scored (and written with ``--predictions-out``) exactly as a predictions file would be.
+With ``--checkpoint`` the model is run on the split's pairs (videos pooled from ``--features``;
+``drn.inference.predict_pairs``) and its predictions are scored (and written with ``--predictions-out``) exactly as
+a predictions file would be.
 """
 
 from __future__ import annotations
@@ -23,17 +24,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from drn.checkpoint import check_feature_dim, load_checkpoint, read_checkpoint
+from drn.checkpoint import read_checkpoint
 from drn.corpus import (
     CorpusConfig,
     CorpusResult,
@@ -43,20 +40,17 @@ from drn.corpus import (
     ground_corpus,
     within_video_result,
 )
-from drn.data import GroundingDataset, collate, load_grids, usable_pairs
+from drn.data import usable_pairs
 from drn.datasets import LoadedSplit
 from drn.errors import InputError
 from drn.evaluation import EvalConfig, EvalResult, evaluate, format_result
-from drn.inference import Grounder
-from drn.pairs import GroundingPair
+from drn.inference import MISSING_VIDEOS, CheckpointRun, Grounder, MissingFeaturesError, predict_pairs
 from drn.predictions import Prediction, read_predictions, write_predictions
 from drn.store.features import FeatureStore
-from drn.training import predict
 from jobs.cli import job_main
 from jobs.dataset_args import add_dataset_arguments, load_split_from_args
 
 COMPARISON_CHOICES = {">=": ">=", "ge": ">=", ">": ">", "gt": ">"}
-MISSING_VIDEO_CHOICES = ("error", "skip", "miss")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +90,7 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
                        help="segments kept per query after NMS (default: the checkpoint's decode.top_n, usually 5)")
     group.add_argument(
         "--missing-videos",
-        choices=MISSING_VIDEO_CHOICES,
+        choices=MISSING_VIDEOS,
         default="error",
         help="pairs whose video has no features in the store (or that start after its decoded end): error "
         "(default), skip (left out of the scored split, counted) or miss (scored as misses, counted)",
@@ -193,62 +187,6 @@ def run_corpus(args: argparse.Namespace, loaded: LoadedSplit) -> CorpusResult:
     return evaluate_corpus(queries, ranked, videos, config, within)
 
 
-@dataclass
-class CheckpointRun:
-    """A checkpoint's predictions on a split: the pairs it could score and those whose video lacks features."""
-
-    predictions: list[Prediction]
-    scored: list[GroundingPair]
-    without_features: list[GroundingPair] = field(default_factory=list)
-
-
-def run_checkpoint(
-    checkpoint: str | os.PathLike,
-    features: str | os.PathLike,
-    pairs: Sequence[GroundingPair],
-    *,
-    top_n: int | None = None,
-    missing_videos: str = "error",
-    batch_size: int = 64,
-    device: str = "cpu",
-    progress: bool = False,
-) -> CheckpointRun:
-    """Run ``checkpoint`` on ``pairs`` with the videos of the feature store ``features``.
-
-    A store whose feature dimension differs from the model's is an InputError; so is a pair whose video has no
-    features, unless ``missing_videos`` is ``"skip"`` or ``"miss"`` (those pairs are then listed, not predicted).
-    """
-    if missing_videos not in MISSING_VIDEO_CHOICES:
-        raise InputError(f"missing_videos must be one of {', '.join(MISSING_VIDEO_CHOICES)}, got {missing_videos!r}")
-    if top_n is not None and top_n < 1:
-        raise InputError(f"--top-n must be at least 1, got {top_n}")
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    model, config, vocab = load_checkpoint(checkpoint)
-    store = FeatureStore(features)
-    check_feature_dim(config, store.metadata.feature_dim, os.fspath(features))
-    if top_n is not None:
-        config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, top_n=top_n))
-    selection = usable_pairs(pairs, store)
-    if selection.dropped and missing_videos == "error":
-        qid, reason = selection.dropped[0]
-        raise InputError(
-            f"{len(selection.dropped)} of {len(pairs)} pairs have no features in the store (first: qid {qid!r}: "
-            f"{reason}); use --missing-videos skip or miss to score the rest",
-            path=os.fspath(features),
-        )
-    kept = selection.kept
-    predictions: list[Prediction] = []
-    if kept:
-        grids = load_grids(store, [p.video_id for p in kept], config.model.num_segments, progress)
-        dataset = GroundingDataset(kept, grids, vocab, config)
-        batches = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-        model.to(device)
-        predictions = predict(model, tqdm(batches, desc="predict", disable=not progress), config)
-    dropped = {qid for qid, _ in selection.dropped}
-    return CheckpointRun(predictions, list(kept), [p for p in pairs if p.qid in dropped])
-
-
 def predictions_from_args(args: argparse.Namespace, loaded: LoadedSplit) -> Mapping[int | str, Prediction]:
     """The predictions to score: a predictions file, or the checkpoint run on the feature store."""
     if args.checkpoint is None:
@@ -260,12 +198,19 @@ def checkpoint_run_from_args(args: argparse.Namespace, loaded: LoadedSplit) -> C
     """Run ``--checkpoint`` on the split, report pairs without features, write ``--predictions-out``."""
     if not args.features:
         raise InputError("--checkpoint needs --features (the feature store holding the split's videos)")
+    if args.top_n is not None and args.top_n < 1:
+        raise InputError(f"--top-n must be at least 1, got {args.top_n}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = run_checkpoint(
-        args.checkpoint, args.features, loaded.pairs, top_n=args.top_n, missing_videos=args.missing_videos,
-        batch_size=args.batch_size, device=args.device, progress=not args.quiet,
-    )
+    try:
+        run = predict_pairs(
+            args.checkpoint, args.features, loaded.pairs, top_n=args.top_n, missing_videos=args.missing_videos,
+            batch_size=args.batch_size, device=args.device, progress=not args.quiet,
+        )
+    except MissingFeaturesError as err:
+        raise InputError(f"{err.problem}; use --missing-videos skip or miss to score the rest", path=err.path) from None
     if run.without_features:
         print(f"{len(run.without_features)} of {len(loaded.pairs)} pairs have no features in the store: "
               f"{'left out of the score' if args.missing_videos == 'skip' else 'scored as misses'}", file=sys.stderr)

@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="feature store whose videos/ table lists the videos that may be played")
     parser.add_argument("--videos", default=None, metavar="ROOT",
                         help="folder holding the video files (default: where extraction found them)")
-    parser.add_argument("--checkpoint", default=None, metavar="C", help="DRN checkpoint, for live search")
+    parser.add_argument("--checkpoint", default=None, metavar="C",
+                        help="DRN checkpoint for live search, a local file: the one the cells table was built with "
+                        "(default: where the table records it)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")

@@ -23,6 +23,7 @@ from drn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from drn.config import load_config
 from drn.datasets import dataset_names
 from drn.errors import InputError
+from drn.inference import MissingFeaturesError
 from drn.model import DRN, count_parameters
 from drn.retrieval import RETRIEVAL_STAGE
 from drn.retrieval_training import prepare_retrieval_model, retrieval_skip_reason, train_retrieval
@@ -30,7 +31,7 @@ from drn.store.features import FeatureStore
 from drn.training import fit, stages_from_config
 from drn.training_setup import adopt_store_feature_dim, prepare_training_data
 from jobs.cli import job_main
-from moments.train.driver import PRECISIONS, MissingVideosError, StageFailedError, fit_distributed
+from moments.train.driver import PRECISIONS, StageFailedError, fit_distributed
 from pipeline.capacity import DEFAULT_WAIT_S
 
 
@@ -103,7 +104,7 @@ def run_distributed(args: argparse.Namespace, stages: Sequence[int]) -> dict:
             skip_missing_videos=args.skip_missing_videos, threads=args.threads, progress=not args.quiet,
             notices=[notice] if notice else [], capacity_wait_s=args.capacity_wait_s,
         )
-    except MissingVideosError as err:
+    except MissingFeaturesError as err:
         raise InputError(f"{err.problem}; pass --skip-missing-videos to train without them", path=err.path) from None
     shown = {k: summary[k] for k in ("best_checkpoint", "stage", "epoch", "val", "test")}
     print(json.dumps(shown), flush=True)

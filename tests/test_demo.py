@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from drn.errors import InputError
 from jobs import demo as demo_cli
 from jobs import train as train_cli
-from moments.demo import run as demo
+from moments.demo import steps
+from moments.demo.report import format_comparison, where_things_are
+from moments.demo.settings import DemoSettings, SettingError, prepare_output
 from moments.index import Index
-from pipeline.synthetic import ACTIONS, COLORS, SHAPES
+from pipeline.synthetic import ACTIONS, COLORS, SHAPES, paraphrase
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,16 +78,68 @@ def test_force_replaces_only_the_demos_own_files(tmp_path):
         (out / name / "x").write_text("old")
     (out / "demo.json").write_text("{}")
     (out / "mine.txt").write_text("keep")
-    paths = demo.prepare_output(out, force=True)
+    paths = prepare_output(out, force=True)
     assert paths.out == out
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
 
 
 def test_missing_config_or_weights_are_refused(tmp_path, capsys):
-    with pytest.raises(demo.InputError, match="no such config file"):
-        demo.DemoSettings(out=tmp_path, config=tmp_path / "nope.yaml").check()
+    with pytest.raises(InputError, match="no such config file"):
+        DemoSettings(out=tmp_path, config=tmp_path / "nope.yaml").check()
     code, err = run_main(capsys, "--out", str(tmp_path / "o"), "--weights", str(tmp_path / "c3d.pickle"))
     assert code == 2 and "no such C3D weights file" in err and not (tmp_path / "o").exists()
+
+
+def test_the_library_names_settings_and_the_command_line_names_flags(tmp_path, capsys):
+    with pytest.raises(SettingError) as bad:
+        DemoSettings(out=tmp_path / "o", min_duration_s=5.0, max_duration_s=4.0).check()
+    assert str(bad.value) == "durations must satisfy 0 < min_duration_s <= max_duration_s"
+    with pytest.raises(SettingError, match=r"^num_workers must be at least 1, not 0$"):
+        DemoSettings(out=tmp_path / "o", num_workers=0).check()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(SettingError) as full:
+        prepare_output(tmp_path / "full", force=False)
+    assert "force replaces the demo's files" in str(full.value) and "--" not in str(full.value)
+    code, err = run_main(capsys, "--out", str(tmp_path / "o"), "--min-duration", "5", "--max-duration", "4")
+    assert code == 2 and "durations must satisfy 0 < --min-duration <= --max-duration" in err
+    code, err = run_main(capsys, "--out", str(tmp_path / "o"), "--num-workers", "0")
+    assert code == 2 and err.startswith("error: --num-workers must be at least 1, not 0")
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_packages_load_their_names_on_first_use():
+    code = ("import sys, moments.demo, moments.train; assert 'ray' not in sys.modules, 'ray imported';"
+            " from moments.demo import DemoSettings, run_demo; from moments.train import EpochWatcher, RunStorage;"
+            " import moments.demo as d, moments.train as t; assert all(getattr(d, n) for n in d.__all__);"
+            " assert all(getattr(t, n) for n in t.__all__) and t.fit_distributed.__name__ == 'fit_distributed'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_epoch_watcher_reports_each_epoch_once_from_ray_trains_snapshots(tmp_path):
+    from moments.train.progress import SNAPSHOT, EpochWatcher
+
+    def snapshot(stage: int, epoch: int) -> None:
+        folder = tmp_path / f"demo-stage{stage}"
+        folder.mkdir(exist_ok=True)
+        metrics = {"stage": stage, "epoch": epoch, "loss_total": 0.5, "val_R@1,IoU=0.5": 40.0, "pairs_per_s": 9.0}
+        (folder / SNAPSHOT).write_text(json.dumps({"latest_checkpoint_result": {"metrics": metrics}}))
+
+    seen: list[tuple[int, int]] = []
+    watcher = EpochWatcher(tmp_path, "demo", lambda m: seen.append((m["stage"], m["epoch"])), every_s=60)
+    snapshot(1, 1)
+    watcher.poll()
+    watcher.poll()
+    snapshot(1, 2)
+    snapshot(2, 1)
+    (tmp_path / "other-stage1").mkdir()
+    (tmp_path / "other-stage1" / SNAPSHOT).write_text("{}")  # another run: not ours
+    (tmp_path / "demo-stage3").mkdir()
+    (tmp_path / "demo-stage3" / SNAPSHOT).write_text("{half a fi")  # being written: skipped
+    with watcher:
+        pass
+    assert seen == [(1, 1), (1, 2), (2, 1)]
 
 
 def test_paraphrases_share_no_word_with_any_query():
@@ -93,11 +148,11 @@ def test_paraphrases_share_no_word_with_any_query():
     for colour in COLORS:
         for shape in SHAPES:
             for action in ACTIONS:
-                text = demo.paraphrase(f"the {colour} {shape} {action}")
+                text = paraphrase(f"the {colour} {shape} {action}")
                 assert text is not None
                 assert not set(text.split()) & vocabulary, text
-    assert demo.paraphrase("a red circle appears after the blue square vanishes") is None
-    searches = demo.search_texts(["a red circle appears after the blue square vanishes", "the red circle grows"],
+    assert paraphrase("a red circle appears after the blue square vanishes") is None
+    searches = steps.search_texts(["a red circle appears after the blue square vanishes", "the red circle grows"],
                                  vocabulary)
     assert [text for text, _ in searches] == ["the red circle grows", "red circle", "crimson disc expands"]
     assert searches[2][1].startswith("no word in any query")
@@ -107,15 +162,15 @@ def test_paraphrases_share_no_word_with_any_query():
 def test_demo_steps_end_to_end_on_a_tiny_library(tmp_path, ray_session):
     """Every step of the demo on 5 short videos; training runs in-process (Ray Train has its own tests)."""
     lines: list[str] = []
-    settings = demo.DemoSettings(out=tmp_path / "demo", size=5, min_duration_s=3.0, max_duration_s=4.0, fps=4.0,
+    settings = DemoSettings(out=tmp_path / "demo", size=5, min_duration_s=3.0, max_duration_s=4.0, fps=4.0,
                                  clip_stride=16, progress=False)
     settings.check()
-    paths = demo.prepare_output(settings.out, force=False)
+    paths = prepare_output(settings.out, force=False)
 
-    library = demo.generate_library(settings, paths)
+    library = steps.generate_library(settings, paths)
     assert library["videos"] == 5 and len(list(paths.videos.glob("*.mp4"))) == 5
 
-    extraction = demo.extract_features(settings, paths, echo=lines.append)
+    extraction = steps.extract_features(settings, paths, echo=lines.append)
     assert extraction["done"] == 5 and extraction["failed"] == 0 and extraction["clips"] >= 5
     assert any("RANDOM weights" in line and "--weights c3d.pickle" in line for line in lines)
 
@@ -126,7 +181,7 @@ def test_demo_steps_end_to_end_on_a_tiny_library(tmp_path, ray_session):
     assert code == 0
     checkpoint = str(tmp_path / "model" / "best.pt")
 
-    results = demo.evaluate_on_test(paths, checkpoint)
+    results = steps.evaluate_on_test(paths, checkpoint)
     names = list(results)
     assert names[0] == "DRN" and names[1].startswith("fixed window [") and names[2] == "whole video"
     test_lines = (paths.annotations / "test.jsonl").read_text().splitlines()
@@ -134,26 +189,26 @@ def test_demo_steps_end_to_end_on_a_tiny_library(tmp_path, ray_session):
     assert results["whole video"]["recall"]["R@1,IoU=0.3"] > 0  # the whole video overlaps every moment
     assert sorted(p.name for p in paths.eval.iterdir()) == ["drn_test.jsonl", "fixed_window_test.jsonl",
                                                            "whole_video_test.jsonl"]
-    table = demo.format_comparison(results)
+    table = format_comparison(results)
     assert "DRN" in table and "whole video" in table and f"{len(test_lines)} test queries" in table
 
-    texts = demo.query_collection(paths)
+    texts = steps.query_collection(paths)
     expected = list(dict.fromkeys(json.loads(line)["query"] for line in test_lines))
     assert texts == expected and paths.queries.read_text().splitlines() == expected
 
-    grounding = demo.ground_collection(paths, checkpoint, "tiny-run", echo=lines.append)
+    grounding = steps.ground_collection(paths, checkpoint, "tiny-run", echo=lines.append)
     assert grounding["videos"] == 5 and grounding["queries"] == len(texts)
     index = Index(paths.db)
     assert index.count(run_id="tiny-run") == grounding["rows"] > 0
     assert set(index.to_pandas(run_id="tiny-run").video_id) == {p.stem for p in paths.videos.glob("*.mp4")}
 
-    searches = demo.search_texts(texts, demo.library_vocabulary(paths))
-    found = demo.run_searches(paths, searches, k=3, echo=lines.append)
+    searches = steps.search_texts(texts, steps.library_vocabulary(paths))
+    found = steps.run_searches(paths, searches, k=3, echo=lines.append)
     assert len(found) == len(searches) >= 1
     for item in found:
         assert 1 <= len(item["results"]) <= 3
         assert {r["query_text"] for r in item["results"]} <= set(texts)
     assert any('search "' in line for line in lines)
-    hits = demo.library_video_hits(paths, "tiny-run")
+    hits = steps.library_video_hits(paths, "tiny-run")
     assert hits["queries"] == len(texts) and 0 <= hits["at_1"] <= hits["at_5"] == len(texts)  # 5 videos: all in top 5
-    assert str(paths.db) in demo.where_things_are(paths)
+    assert str(paths.db) in where_things_are(paths)

@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from drn.config import load_config
 from drn.datasets import load_split
 from drn.datasets.synthetic import make_synthetic_benchmark
+from drn.errors import InputError
 from drn.evaluation import EvalConfig, evaluate
+from drn.inference import MissingFeaturesError, predict_pairs
 from drn.predictions import read_predictions
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
@@ -120,6 +123,36 @@ def test_pairs_without_features_are_an_error_or_skipped_or_misses_with_a_count(t
     # one more query, scored as a miss: each recall shrinks by the factor count / (count + 1)
     for key, value in skipped["recall"].items():
         assert missed["recall"][key] == pytest.approx(value * count / (count + 1), abs=1e-3)
+
+
+def test_the_library_call_predicts_what_the_command_line_writes_and_names_its_parameters(trained) -> None:
+    out = trained["root"] / "preds-lib.jsonl"
+    proc = run_cli("--dataset", "jsonl", "--annotations", trained["annotations"], "--split", "test",
+                   "--checkpoint", trained["checkpoint"], "--features", trained["features"],
+                   "--predictions-out", out, "--top-n", 2, "--json", "--quiet", "--threads", 1)
+    assert proc.returncode == 0, proc.stderr
+    written = read_predictions(out)
+    pairs = load_split("jsonl", trained["annotations"], "test").pairs
+    run = predict_pairs(trained["checkpoint"], trained["features"], pairs, top_n=2)
+    assert [p.qid for p in run.predictions] == [p.qid for p in pairs] == list(written)
+    assert len(run.scored) == len(pairs) and run.without_features == []
+    for prediction in run.predictions:
+        assert prediction.video_id == written[prediction.qid].video_id
+        np.testing.assert_allclose(prediction.segments, written[prediction.qid].segments, atol=1e-5)
+
+    with pytest.raises(InputError, match="^top_n must be at least 1, got 0$"):
+        predict_pairs(trained["checkpoint"], trained["features"], pairs, top_n=0)
+    with pytest.raises(InputError, match="^batch_size must be at least 1"):
+        predict_pairs(trained["checkpoint"], trained["features"], pairs, batch_size=0)
+    folder = trained["root"] / "ghost-lib"
+    write_split_with_an_unknown_video(trained, folder)
+    with_ghost = load_split("jsonl", folder, "test").pairs
+    with pytest.raises(MissingFeaturesError, match="no_such_video.*missing_videos") as missing:
+        predict_pairs(trained["checkpoint"], trained["features"], with_ghost)
+    assert "--" not in missing.value.advice and "1 of" in missing.value.problem
+    skipped = predict_pairs(trained["checkpoint"], trained["features"], with_ghost, missing_videos="skip")
+    assert [p.video_id for p in skipped.without_features] == ["no_such_video"]
+    assert len(skipped.predictions) == len(skipped.scored) == len(pairs)
 
 
 def test_checkpoint_mode_needs_features_and_predictions_mode_refuses_checkpoint_options(trained, capsys) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -247,7 +248,7 @@ def test_three_stages_on_two_workers_and_the_best_checkpoint_reproduces_in_one_p
 
 # --- bad input: clear errors before any worker starts --------------------------------------------------------
 
-def test_missing_videos_are_counted_and_listed_or_skipped_on_request(bench, tmp_path) -> None:
+def test_missing_videos_are_counted_and_listed_or_skipped_on_request(bench, tmp_path, capsys) -> None:
     annotations = tmp_path / "annotations"
     annotations.mkdir()
     for split in ("train", "val", "test"):
@@ -258,10 +259,19 @@ def test_missing_videos_are_counted_and_listed_or_skipped_on_request(bench, tmp_
             text += json.dumps(ghost) + "\n"
         (annotations / f"{split}.jsonl").write_text(text)
     config = small_config()
-    with pytest.raises(InputError, match=r"1 of \d+ pairs name 1 videos .*ghost01.*--skip-missing-videos"):
+    with pytest.raises(InputError, match=r"1 of \d+ pairs name 1 videos .*ghost01.*skip_missing_videos") as missing:
         ray_train.check_pairs_have_features(config, bench.features, str(annotations), None, False)
+    assert "--skip-missing-videos" not in str(missing.value)  # the library names its parameter, the job its flag
     dropped = ray_train.check_pairs_have_features(config, bench.features, str(annotations), None, True)
     assert dropped == {"train": 1, "val": 0, "test": 0}
+    args = ["--config", str(CONFIG), "--features", bench.features, "--annotations", str(annotations),
+            "--num-workers", "1", "--storage", str(tmp_path / "runs"), "--name", "m",
+            *[a for option in SMALL for a in ("--set", option)]]
+    assert train_job.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert re.search(r"^error: .*1 of \d+ pairs name 1 videos .*ghost01.*pass --skip-missing-videos", err)
+    assert not (tmp_path / "runs" / "m-stage1").exists()
 
 
 def test_unwritable_or_unknown_storage_is_refused_before_training(tmp_path, capsys, bench) -> None:

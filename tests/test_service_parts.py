@@ -148,7 +148,8 @@ def test_the_pages_files_ship_as_package_data() -> None:
     import re
 
     section = (REPO / "pyproject.toml").read_text().split("[tool.setuptools.package-data]", 1)[1]
-    globs = re.findall(r'"([^"]+)"', re.search(r"^moments = \[(.*?)\]", section, re.M).group(1))
-    files = sorted(path.relative_to(REPO / "moments").as_posix() for path in (REPO / "moments" / "web").iterdir())
+    globs = re.findall(r'"([^"]+)"', re.search(r'^"moments\.serve" = \[(.*?)\]', section, re.M).group(1))
+    package = REPO / "moments" / "serve"
+    files = sorted(path.relative_to(package).as_posix() for path in (package / "web").iterdir())
     assert files == ["web/app.js", "web/index.html", "web/style.css"]
     assert all(any(fnmatch.fnmatch(name, pattern) for pattern in globs) for name in files)

@@ -72,7 +72,7 @@ def check_writable(path: str | os.PathLike, what: str = "folder") -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(f"the {what} cannot be created: {existing} is a file, not a folder", path=path)
+        raise InputError(f"the {what} is not writable: {existing} is a file, not a folder", path=path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

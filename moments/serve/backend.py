@@ -174,12 +174,13 @@ class SearchBackend:
         return True
 
     def two_stage_searcher(self) -> TwoStageSearcher:
-        """Live search's searcher over the db's `cells` table (its checkpoint and feature store), made once."""
+        """Live search's searcher over the db's `cells` table, made once: the checkpoint is the service's
+        `checkpoint` (which must be the one the table was built with) or else the one the table records."""
         with self._searcher_lock:
             if self._searcher is None:
                 from moments.search.two_stage import TwoStageSearcher  # torch and DRN load on the first live search
 
-                self._searcher = TwoStageSearcher(self.settings.db)
+                self._searcher = TwoStageSearcher(self.settings.db, self.settings.checkpoint)
             return self._searcher
 
     def _live_search(self, text: str, k: int, video: str | None, minimum: float | None,

@@ -12,19 +12,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from moments.train.driver import MissingVideosError, StageFailedError, fit_distributed
+    from moments.train.driver import StageFailedError, fit_distributed
     from moments.train.progress import EpochWatcher
     from moments.train.storage import RunStorage
 
 _HOMES = {
     "fit_distributed": "moments.train.driver",
     "StageFailedError": "moments.train.driver",
-    "MissingVideosError": "moments.train.driver",
     "RunStorage": "moments.train.storage",
     "EpochWatcher": "moments.train.progress",
 }
 
-__all__ = ["EpochWatcher", "MissingVideosError", "RunStorage", "StageFailedError", "fit_distributed"]
+__all__ = ["EpochWatcher", "RunStorage", "StageFailedError", "fit_distributed"]
 
 
 def __getattr__(name: str) -> Any:

@@ -28,6 +28,7 @@ from drn.checkpoint import check_feature_dim, load_checkpoint, read_checkpoint, 
 from drn.config import DRNConfig
 from drn.data import usable_pairs
 from drn.errors import InputError
+from drn.inference import MissingFeaturesError
 from drn.retrieval import RETRIEVAL_STAGE
 from drn.store.features import FeatureStore, absolute_uri
 from drn.training import selection_key, stages_from_config, validate
@@ -52,18 +53,9 @@ class StageFailedError(RuntimeError):
     """A stage's Ray Train run failed after its retries; running it again with the same storage and name resumes it."""
 
 
-class MissingVideosError(InputError):
-    """Pairs name videos that are not ``ok`` videos of the feature store; ``skip_missing_videos`` trains without
-    them. ``problem`` is the message without that advice, for a command line to add its own."""
-
-    def __init__(self, problem: str, *, path: object | None = None) -> None:
-        super().__init__(f"{problem}; set skip_missing_videos to train without them", path=path)
-        self.problem = problem
-
-
 def check_pairs_have_features(config: DRNConfig, features: str, annotations: str, dataset: str | None,
                               skip_missing_videos: bool) -> dict[str, int]:
-    """Per split, the pairs whose video is not an ``ok`` video of the store; a MissingVideosError listing them
+    """Per split, the pairs whose video is not an ``ok`` video of the store; a MissingFeaturesError listing them
     unless ``skip_missing_videos`` (then the workers leave those pairs out, as ``drn.training_setup`` does)."""
     store = FeatureStore(features)
     check_feature_dim(config, store.metadata.feature_dim, features)
@@ -84,8 +76,9 @@ def check_pairs_have_features(config: DRNConfig, features: str, annotations: str
         missing.update(lacking)
     if missing and not skip_missing_videos:
         shown = ", ".join(sorted(missing)[:SHOWN_MISSING]) + (" ..." if len(missing) > SHOWN_MISSING else "")
-        raise MissingVideosError(f"{without} of {total} pairs name {len(missing)} videos that are not ok videos of "
-                                 f"the feature store ({shown})", path=features)
+        raise MissingFeaturesError(f"{without} of {total} pairs name {len(missing)} videos that are not ok videos of "
+                                   f"the feature store ({shown})", "set skip_missing_videos to train without them",
+                                   path=features)
     return dropped
 
 
