@@ -11,37 +11,22 @@ The names below load on first use, so ``import drn`` costs nothing::
     grounder = Grounder.from_checkpoint("best.pt")
 """
 
-from drn.lazy import lazy_exports
+from drn.lazy import exported_names, lazy_exports
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DRN": "drn.model",
-    "DRNConfig": "drn.config",
-    "load_config": "drn.config",
-    "Grounder": "drn.inference",
-    "EncodedQueries": "drn.inference",
-    "GroundingResult": "drn.inference",
-    "load_checkpoint": "drn.checkpoint",
-    "save_checkpoint": "drn.checkpoint",
-    "read_checkpoint": "drn.checkpoint",
-    "FeatureStore": "drn.store",
-    "FeatureStoreWriter": "drn.store",
-    "VideoFeatures": "drn.store",
-    "VideoLookup": "drn.store",
-    "EvalConfig": "drn.evaluation",
-    "EvalResult": "drn.evaluation",
-    "evaluate": "drn.evaluation",
-    "format_result": "drn.evaluation",
-    "CorpusConfig": "drn.corpus",
-    "evaluate_corpus": "drn.corpus",
-    "ground_corpus": "drn.corpus",
-    "GroundingPair": "drn.pairs",
-    "load_split": "drn.datasets",
-    "Prediction": "drn.predictions",
-    "read_predictions": "drn.predictions",
-    "write_predictions": "drn.predictions",
-    "InputError": "drn.errors",
+    "drn.model": ("DRN",),
+    "drn.config": ("DRNConfig", "load_config"),
+    "drn.inference": ("Grounder", "EncodedQueries", "GroundingResult"),
+    "drn.checkpoint": ("load_checkpoint", "save_checkpoint", "read_checkpoint"),
+    "drn.store": ("FeatureStore", "FeatureStoreWriter", "VideoFeatures", "VideoLookup"),
+    "drn.evaluation": ("EvalConfig", "EvalResult", "evaluate", "format_result"),
+    "drn.corpus": ("CorpusConfig", "evaluate_corpus", "ground_corpus"),
+    "drn.pairs": ("GroundingPair",),
+    "drn.datasets": ("load_split",),
+    "drn.predictions": ("Prediction", "read_predictions", "write_predictions"),
+    "drn.errors": ("InputError",),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = exported_names(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,28 +6,35 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
-def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` for ``package``: ``exports`` maps each exported name to the module defining it.
+def exported_names(exports: Mapping[str, Sequence[str]]) -> list[str]:
+    """Every name of an ``{module: names}`` table, sorted: a package's ``__all__``."""
+    return sorted(name for names in exports.values() for name in names)
+
+
+def lazy_exports(package: str, exports: Mapping[str, Sequence[str]]
+                 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``(__getattr__, __dir__)`` for ``package``: ``exports`` maps each module to the names it gives the package.
 
     Usage in a package's ``__init__``::
 
-        _EXPORTS = {"Index": "moments.index.table"}
-        __all__ = sorted(_EXPORTS)
+        _EXPORTS = {"moments.index.table": ("Index",)}
+        __all__ = exported_names(_EXPORTS)
         __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
     """
+    home = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> Any:
-        if name not in exports:
+        if name not in home:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(exports[name]), name)
+        value = getattr(importlib.import_module(home[name]), name)
         setattr(sys.modules[package], name, value)  # the next access is a plain attribute
         return value
 
     def __dir__() -> list[str]:
-        return sorted({*vars(sys.modules[package]), *exports})
+        return sorted({*vars(sys.modules[package]), *home})
 
     return __getattr__, __dir__

@@ -14,25 +14,17 @@ The names below load on first use (PEP 562), so ``import moments`` costs nothing
     TwoStageSearcher("index/").search("a red square appears", k=5)
 """
 
-from drn.lazy import lazy_exports
+from drn.lazy import exported_names, lazy_exports
 
 _EXPORTS = {
-    "Index": "moments.index",
-    "SearchAnswer": "moments.index",
-    "CellsTable": "moments.index",
-    "format_results": "moments.index",
-    "TwoStageSearcher": "moments.search",
-    "TwoStageOptions": "moments.search",
-    "GroundingJob": "moments.library",
-    "run_grounding": "moments.library",
-    "IndexLibraryJob": "moments.library",
-    "run_index_library": "moments.library",
-    "ground_every_video": "moments.library",
-    "Resources": "moments.library",
-    "WindowOptions": "moments.library",
-    "fit_distributed": "moments.train",
-    "run_demo": "moments.demo",
-    "DemoSettings": "moments.demo",
+    "moments.index": ("Index", "SearchAnswer", "CellsTable", "format_results"),
+    "moments.search": ("TwoStageSearcher", "TwoStageOptions"),
+    "moments.library": (
+        "GroundingJob", "run_grounding", "IndexLibraryJob", "run_index_library", "ground_every_video", "Resources",
+        "WindowOptions",
+    ),
+    "moments.train": ("fit_distributed",),
+    "moments.demo": ("run_demo", "DemoSettings"),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = exported_names(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

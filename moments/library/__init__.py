@@ -12,25 +12,16 @@ Names load on first use (PEP 562), so that importing the package costs nothing u
 
 from __future__ import annotations
 
-from drn.lazy import lazy_exports
+from drn.lazy import exported_names, lazy_exports
 
 _EXPORTS = {
-    "GroundingJob": "moments.library.grounding",
-    "GroundingSummary": "moments.library.grounding",
-    "run_grounding": "moments.library.grounding",
-    "IndexLibraryJob": "moments.library.cell_indexing",
-    "IndexSummary": "moments.library.cell_indexing",
-    "run_index_library": "moments.library.cell_indexing",
-    "ground_every_video": "moments.library.every_video",
-    "LoadedModel": "moments.library.model",
-    "load_model": "moments.library.model",
-    "Resources": "moments.library.ray_data",
-    "WindowOptions": "moments.library.ray_data",
-    "select_videos": "moments.library.ray_data",
-    "Query": "moments.library.queries",
-    "QueryCollection": "moments.library.queries",
-    "read_queries": "moments.library.queries",
-    "corpus_from_run": "moments.library.corpus",
+    "moments.library.grounding": ("GroundingJob", "GroundingSummary", "run_grounding"),
+    "moments.library.cell_indexing": ("IndexLibraryJob", "IndexSummary", "run_index_library"),
+    "moments.library.every_video": ("ground_every_video",),
+    "moments.library.model": ("LoadedModel", "load_model"),
+    "moments.library.ray_data": ("Resources", "WindowOptions", "select_videos"),
+    "moments.library.queries": ("Query", "QueryCollection", "read_queries"),
+    "moments.library.corpus": ("corpus_from_run",),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = exported_names(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,12 +4,10 @@ nearest cells in the `cells` table, then DRN on the candidate videos only. Depen
 
 from __future__ import annotations
 
-from drn.lazy import lazy_exports
+from drn.lazy import exported_names, lazy_exports
 
 _EXPORTS = {
-    "TwoStageSearcher": "moments.search.two_stage",
-    "TwoStageOptions": "moments.search.two_stage",
-    "fuse": "moments.search.two_stage",
+    "moments.search.two_stage": ("TwoStageSearcher", "TwoStageOptions", "fuse"),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = exported_names(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,16 +12,13 @@ Names load on first use (PEP 562), so that the client stays light.
 
 from __future__ import annotations
 
-from drn.lazy import lazy_exports
+from drn.lazy import exported_names, lazy_exports
 
 _EXPORTS = {
-    "SearchBackend": "moments.serve.backend",
-    "ServiceSettings": "moments.serve.backend",
-    "NotReady": "moments.serve.backend",
-    "BadRequest": "moments.serve.params",
-    "start_service": "moments.serve.app",
-    "app_builder": "moments.serve.app",
-    "remote_search": "moments.serve.client",
+    "moments.serve.backend": ("SearchBackend", "ServiceSettings", "NotReady"),
+    "moments.serve.params": ("BadRequest",),
+    "moments.serve.app": ("start_service", "app_builder"),
+    "moments.serve.client": ("remote_search",),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = exported_names(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
