@@ -160,15 +160,6 @@ class Grounder:
         return results
 
 
-class MissingFeaturesError(InputError):
-    """Pairs whose video has no features in the store. ``problem`` says which and ``advice`` how to go on without
-    them, in the caller's own terms; a command line can give its flag instead."""
-
-    def __init__(self, problem: str, advice: str, *, path: object | None = None) -> None:
-        super().__init__(f"{problem}; {advice}", path=path)
-        self.problem, self.advice = problem, advice
-
-
 @dataclass
 class CheckpointRun:
     """A checkpoint's predictions on a split: the pairs it could score and those whose video lacks features."""
@@ -193,8 +184,8 @@ def predict_pairs(
 
     Args:
         top_n: segments kept per pair (default: the checkpoint's ``decode.top_n``).
-        missing_videos: a pair whose video has no features (or that starts after its decoded end) is a
-            MissingFeaturesError (``"error"``), or is listed in ``without_features`` and not predicted (``"skip"``,
+        missing_videos: a pair whose video has no features (or that starts after its decoded end) is an
+            InputError (``"error"``), or is listed in ``without_features`` and not predicted (``"skip"``,
             ``"miss"``: the caller scores those as left out or as misses).
         batch_size: pairs per forward pass.
 
@@ -214,9 +205,9 @@ def predict_pairs(
     selection = usable_pairs(pairs, store)
     if selection.dropped and missing_videos == "error":
         qid, reason = selection.dropped[0]
-        raise MissingFeaturesError(
+        raise InputError(
             f"{len(selection.dropped)} of {len(pairs)} pairs have no features in the store (first: qid {qid!r}: "
-            f"{reason})", "set missing_videos to 'skip' or 'miss' to score the rest", path=os.fspath(features))
+            f"{reason}); use missing_videos skip or miss to score the rest", path=os.fspath(features))
     kept = selection.kept
     predictions: list[Prediction] = []
     if kept:

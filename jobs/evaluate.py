@@ -44,10 +44,10 @@ from drn.data import usable_pairs
 from drn.datasets import LoadedSplit
 from drn.errors import InputError
 from drn.evaluation import EvalConfig, EvalResult, evaluate, format_result
-from drn.inference import MISSING_VIDEOS, CheckpointRun, Grounder, MissingFeaturesError, predict_pairs
+from drn.inference import MISSING_VIDEOS, CheckpointRun, Grounder, predict_pairs
 from drn.predictions import Prediction, read_predictions, write_predictions
 from drn.store.features import FeatureStore
-from jobs.cli import job_main
+from jobs.cli import flag_names, job_main
 from jobs.dataset_args import add_dataset_arguments, load_split_from_args
 
 COMPARISON_CHOICES = {">=": ">=", "ge": ">=", ">": ">", "gt": ">"}
@@ -198,19 +198,13 @@ def checkpoint_run_from_args(args: argparse.Namespace, loaded: LoadedSplit) -> C
     """Run ``--checkpoint`` on the split, report pairs without features, write ``--predictions-out``."""
     if not args.features:
         raise InputError("--checkpoint needs --features (the feature store holding the split's videos)")
-    if args.top_n is not None and args.top_n < 1:
-        raise InputError(f"--top-n must be at least 1, got {args.top_n}")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
+    with flag_names(build_parser()):  # top_n -> --top-n, missing_videos -> --missing-videos, ...
         run = predict_pairs(
             args.checkpoint, args.features, loaded.pairs, top_n=args.top_n, missing_videos=args.missing_videos,
             batch_size=args.batch_size, device=args.device, progress=not args.quiet,
         )
-    except MissingFeaturesError as err:
-        raise InputError(f"{err.problem}; use --missing-videos skip or miss to score the rest", path=err.path) from None
     if run.without_features:
         print(f"{len(run.without_features)} of {len(loaded.pairs)} pairs have no features in the store: "
               f"{'left out of the score' if args.missing_videos == 'skip' else 'scored as misses'}", file=sys.stderr)

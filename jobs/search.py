@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with flag_names(parser):
             results = run_live(args) if args.live else run_exhaustive(args)
-        notices = SearchAnswer(args.text, results, args.text, 1.0, grounded=True).notices()
+        notices = SearchAnswer.of_live_search(args.text, results).notices()
     elif remote:
         results, notices = run_remote(args, remote)
     else:

@@ -23,14 +23,13 @@ from drn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from drn.config import load_config
 from drn.datasets import dataset_names
 from drn.errors import InputError
-from drn.inference import MissingFeaturesError
 from drn.model import DRN, count_parameters
 from drn.retrieval import RETRIEVAL_STAGE
 from drn.retrieval_training import prepare_retrieval_model, retrieval_skip_reason, train_retrieval
 from drn.store.features import FeatureStore
 from drn.training import fit, stages_from_config
 from drn.training_setup import adopt_store_feature_dim, prepare_training_data
-from jobs.cli import job_main
+from jobs.cli import job_main, run_with_flag_names
 from moments.train.driver import PRECISIONS, StageFailedError, fit_distributed
 from pipeline.capacity import DEFAULT_WAIT_S
 
@@ -87,25 +86,20 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_distributed(args: argparse.Namespace, stages: Sequence[int]) -> dict:
     """``moments.train.fit_distributed`` from the parsed arguments; prints the summary as ONE JSON line."""
-    if args.num_workers < 1:
-        raise InputError(f"--num-workers must be at least 1, not {args.num_workers}")
     config = load_config(args.config, args.overrides)
     config.dataset = args.dataset or config.dataset  # recorded in the checkpoints
     notice = adopt_store_feature_dim(config, FeatureStore(args.features).metadata.feature_dim, args.overrides,
                                      args.features)
     storage = args.storage if args.storage is not None else os.fspath(args.out)
-    try:
-        summary = fit_distributed(
-            config, args.features, args.annotations, args.dataset,
-            num_workers=args.num_workers, use_gpu=args.use_gpu, storage=storage, name=args.name or config.name,
-            stages=stages, init_checkpoint=os.fspath(args.resume_from) if args.resume_from else None,
-            max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints,
-            cpus_per_worker=args.cpus_per_worker, precision=args.precision, sync_batchnorm=args.sync_batchnorm,
-            skip_missing_videos=args.skip_missing_videos, threads=args.threads, progress=not args.quiet,
-            notices=[notice] if notice else [], capacity_wait_s=args.capacity_wait_s,
-        )
-    except MissingFeaturesError as err:
-        raise InputError(f"{err.problem}; pass --skip-missing-videos to train without them", path=err.path) from None
+    summary = fit_distributed(
+        config, args.features, args.annotations, args.dataset,
+        num_workers=args.num_workers, use_gpu=args.use_gpu, storage=storage, name=args.name or config.name,
+        stages=stages, init_checkpoint=os.fspath(args.resume_from) if args.resume_from else None,
+        max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints,
+        cpus_per_worker=args.cpus_per_worker, precision=args.precision, sync_batchnorm=args.sync_batchnorm,
+        skip_missing_videos=args.skip_missing_videos, threads=args.threads, progress=not args.quiet,
+        notices=[notice] if notice else [], capacity_wait_s=args.capacity_wait_s,
+    )
     shown = {k: summary[k] for k in ("best_checkpoint", "stage", "epoch", "val", "test")}
     print(json.dumps(shown), flush=True)
     return summary
@@ -128,7 +122,11 @@ def parse_stages(text: str | None, resumed_stage: int | None, retrieval: bool = 
 
 @job_main
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_with_flag_names(build_parser(), run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train in this process, or on Ray Train with ``--num-workers``; library errors name the flags."""
     if args.num_workers:
         resumed_stage = int(read_checkpoint(args.resume_from)["stage"]) if args.resume_from else None
         retrieval = load_config(args.config, args.overrides).model.retrieval_dim > 0

@@ -17,7 +17,7 @@ from drn.datasets import load_split
 from drn.datasets.synthetic import make_synthetic_benchmark
 from drn.errors import InputError
 from drn.evaluation import EvalConfig, evaluate
-from drn.inference import MissingFeaturesError, predict_pairs
+from drn.inference import predict_pairs
 from drn.predictions import read_predictions
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
@@ -53,11 +53,16 @@ def run_cli(*args: object) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def run_checkpoint_cli(trained, out: Path, top_n: int) -> subprocess.CompletedProcess:
+    """``jobs.evaluate --checkpoint`` on the test split as JSON, writing the predictions to ``out``."""
+    return run_cli("--dataset", "jsonl", "--annotations", trained["annotations"], "--split", "test",
+                   "--checkpoint", trained["checkpoint"], "--features", trained["features"],
+                   "--predictions-out", out, "--top-n", top_n, "--json", "--quiet", "--threads", 1)
+
+
 def test_checkpoint_metrics_equal_the_evaluator_on_the_written_predictions(trained) -> None:
     out = trained["root"] / "preds.jsonl"
-    proc = run_cli("--dataset", "jsonl", "--annotations", trained["annotations"], "--split", "test",
-                   "--checkpoint", trained["checkpoint"], "--features", trained["features"],
-                   "--predictions-out", out, "--top-n", 3, "--json", "--quiet", "--threads", 1)
+    proc = run_checkpoint_cli(trained, out, top_n=3)
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
     pairs = load_split("jsonl", trained["annotations"], "test").pairs
@@ -125,11 +130,9 @@ def test_pairs_without_features_are_an_error_or_skipped_or_misses_with_a_count(t
         assert missed["recall"][key] == pytest.approx(value * count / (count + 1), abs=1e-3)
 
 
-def test_the_library_call_predicts_what_the_command_line_writes_and_names_its_parameters(trained) -> None:
+def test_the_library_call_predicts_what_the_command_line_writes_and_names_its_parameters(trained, capsys) -> None:
     out = trained["root"] / "preds-lib.jsonl"
-    proc = run_cli("--dataset", "jsonl", "--annotations", trained["annotations"], "--split", "test",
-                   "--checkpoint", trained["checkpoint"], "--features", trained["features"],
-                   "--predictions-out", out, "--top-n", 2, "--json", "--quiet", "--threads", 1)
+    proc = run_checkpoint_cli(trained, out, top_n=2)
     assert proc.returncode == 0, proc.stderr
     written = read_predictions(out)
     pairs = load_split("jsonl", trained["annotations"], "test").pairs
@@ -144,12 +147,16 @@ def test_the_library_call_predicts_what_the_command_line_writes_and_names_its_pa
         predict_pairs(trained["checkpoint"], trained["features"], pairs, top_n=0)
     with pytest.raises(InputError, match="^batch_size must be at least 1"):
         predict_pairs(trained["checkpoint"], trained["features"], pairs, batch_size=0)
+    base = ["--dataset", "jsonl", "--annotations", str(trained["annotations"]), "--split", "test", "--checkpoint",
+            str(trained["checkpoint"]), "--features", str(trained["features"]), "--quiet"]
+    assert evaluate_main([*base, "--top-n", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --top-n must be at least 1, got 0"
     folder = trained["root"] / "ghost-lib"
     write_split_with_an_unknown_video(trained, folder)
     with_ghost = load_split("jsonl", folder, "test").pairs
-    with pytest.raises(MissingFeaturesError, match="no_such_video.*missing_videos") as missing:
+    with pytest.raises(InputError, match="1 of .*no_such_video.*; use missing_videos skip or miss") as missing:
         predict_pairs(trained["checkpoint"], trained["features"], with_ghost)
-    assert "--" not in missing.value.advice and "1 of" in missing.value.problem
+    assert "--missing-videos" not in str(missing.value)  # the library names its parameter, the job its flag
     skipped = predict_pairs(trained["checkpoint"], trained["features"], with_ghost, missing_videos="skip")
     assert [p.video_id for p in skipped.without_features] == ["no_such_video"]
     assert len(skipped.predictions) == len(skipped.scored) == len(pairs)

@@ -270,7 +270,7 @@ def test_missing_videos_are_counted_and_listed_or_skipped_on_request(bench, tmp_
     assert train_job.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert re.search(r"^error: .*1 of \d+ pairs name 1 videos .*ghost01.*pass --skip-missing-videos", err)
+    assert re.search(r"^error: .*1 of \d+ pairs name 1 videos .*ghost01.*with --skip-missing-videos to leave", err)
     assert not (tmp_path / "runs" / "m-stage1").exists()
 
 

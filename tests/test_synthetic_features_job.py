@@ -28,7 +28,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, capsys) -> None
     (tmp_path / "file").write_text("not a folder")
     for argv, message in ((["--out", str(tmp_path / "x"), "--videos", "0", "--dim", "0"],
                            "--videos must be at least 1, not 0; --dim must be at least 1, not 0"),
-                          (["--out", str(tmp_path / "file" / "out")], "output folder cannot be created"),
+                          (["--out", str(tmp_path / "file" / "out")], "the output folder is not writable"),
                           (["--out", "s3://bucket/syn"], "--out must be a local folder")):
         assert make_synthetic_features.main(argv) == 2
         err = capsys.readouterr().err.strip()

@@ -7,31 +7,12 @@ the printed tables and notes and the ``DemoReport`` in ``report``. Names load on
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from drn.lazy import exported_names, lazy_exports
 
-if TYPE_CHECKING:
-    from moments.demo.report import DemoReport
-    from moments.demo.run import run_demo
-    from moments.demo.settings import DemoPaths, DemoSettings, SettingError, prepare_output
-
-_HOMES = {
-    "run_demo": "moments.demo.run",
-    "DemoReport": "moments.demo.report",
-    "DemoPaths": "moments.demo.settings",
-    "DemoSettings": "moments.demo.settings",
-    "SettingError": "moments.demo.settings",
-    "prepare_output": "moments.demo.settings",
+_EXPORTS = {
+    "moments.demo.run": ("run_demo",),
+    "moments.demo.settings": ("DemoPaths", "DemoSettings", "SettingError", "prepare_output"),
+    "moments.demo.report": ("DemoReport",),
 }
-
-__all__ = ["DemoPaths", "DemoReport", "DemoSettings", "SettingError", "prepare_output", "run_demo"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__all__ = exported_names(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

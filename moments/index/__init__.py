@@ -5,27 +5,23 @@
 - ``answer``: search over stored queries (``Index.answer``, ``SearchAnswer``);
 - ``results``: the result columns of every search, the library-wide ranking, the printed table;
 - ``cells``: the retrieval stage's `cells` table; ``runs``: the `runs` table.
+
+Names load on first use (PEP 562): the service's client and the printed table need no LanceDB.
 """
 
-from moments.index.answer import SAME_QUERY_COSINE, SearchAnswer, match_kind
-from moments.index.cells import CELLS_TABLE, CellsInfo, CellsTable
-from moments.index.db import connect, default_db_uri
-from moments.index.results import (
-    RESULT_COLUMNS,
-    empty_result,
-    format_results,
-    rank_across_library,
-    result_schema,
-    top_results,
-    with_match_columns,
-)
-from moments.index.runs import RunRecord, read_runs, record_run
-from moments.index.segments import ROW_KEY, SEGMENTS_TABLE, segment_rows, segments_schema, segments_table
-from moments.index.table import Index
+from drn.lazy import exported_names, lazy_exports
 
-__all__ = [
-    "CELLS_TABLE", "RESULT_COLUMNS", "ROW_KEY", "SAME_QUERY_COSINE", "SEGMENTS_TABLE", "CellsInfo", "CellsTable",
-    "Index", "RunRecord", "SearchAnswer", "connect", "default_db_uri", "empty_result", "format_results",
-    "match_kind", "rank_across_library", "read_runs", "record_run", "result_schema", "segment_rows",
-    "segments_schema", "segments_table", "top_results", "with_match_columns",
-]
+_EXPORTS = {
+    "moments.index.answer": ("SAME_QUERY_COSINE", "SearchAnswer", "match_kind"),
+    "moments.index.cells": ("CELLS_TABLE", "CellsInfo", "CellsTable"),
+    "moments.index.db": ("connect", "default_db_uri", "sql_literal", "in_list"),
+    "moments.index.results": (
+        "RESULT_COLUMNS", "empty_result", "format_results", "rank_across_library", "result_schema", "top_results",
+        "with_match_columns",
+    ),
+    "moments.index.runs": ("RunRecord", "read_runs", "record_run"),
+    "moments.index.segments": ("ROW_KEY", "SEGMENTS_TABLE", "segment_rows", "segments_schema", "segments_table"),
+    "moments.index.table": ("Index",),
+}
+__all__ = exported_names(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -96,6 +96,12 @@ class SearchAnswer:
     grounded: bool  # some stored query is the searched text (the same words or a close paraphrase)
     filtered: bool = False  # the search had filters (video, min_score, run): "grounded" holds within them
 
+    @classmethod
+    def of_live_search(cls, text: str, rows: pa.Table) -> SearchAnswer:
+        """The answer of a search that grounded ``text`` itself (two-stage or every video): its rows are the text's
+        own moments, so the only notices are those of the checkpoint's calibration."""
+        return cls(text, rows, nearest_query=text, nearest_similarity=1.0, grounded=True)
+
     def notices(self, live_hint: str = "ground it with --live or add it to the collection") -> list[str]:
         """One line each: the text was never grounded; a run's scores do not compare across videos."""
         lines = []

@@ -17,7 +17,6 @@ import pyarrow.compute as pc
 from lancedb.index import FTS, Bitmap, BTree, IvfPq
 
 from drn.errors import InputError
-from drn.store.object_store import lancedb_storage_options
 from moments.index.answer import SearchAnswer, answer_search
 from moments.index.db import check_db_writable, connect, in_list, local_folder, sql_literal
 from moments.index.runs import RunRecord, read_runs
@@ -57,8 +56,7 @@ class Index:
         self.table_name = table
         self.vector_index_min_rows = vector_index_min_rows
         self._local_path = local_folder(self.uri)
-        # s3:// URIs get the AWS environment's endpoint, region and timeouts, after a check of the bucket
-        self._storage_options = storage_options if storage_options is not None else lancedb_storage_options(self.uri)
+        self._storage_options = storage_options  # None: connect() gives s3:// the AWS environment's settings
         self._db: Any = None
         self._table = self._open_existing()
         if self._table is not None and not same_schema(self._table.schema, segments_schema()):

@@ -280,7 +280,7 @@ def _cached_frame(path: str, mtime_ns: int, t: float, width: int) -> bytes:
 def live_notices(text: str, rows: pa.Table) -> list[str]:
     """What a user must see beside live-search rows: live search grounds the text itself (so it is its own nearest
     query), which leaves the notices about runs whose scores do not compare across videos."""
-    answer = SearchAnswer(text, rows, nearest_query=text, nearest_similarity=1.0, grounded=True)
+    answer = SearchAnswer.of_live_search(text, rows)
     return answer.notices(LIVE_HINT)
 
 

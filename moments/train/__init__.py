@@ -8,29 +8,12 @@ not import Ray.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from drn.lazy import exported_names, lazy_exports
 
-if TYPE_CHECKING:
-    from moments.train.driver import StageFailedError, fit_distributed
-    from moments.train.progress import EpochWatcher
-    from moments.train.storage import RunStorage
-
-_HOMES = {
-    "fit_distributed": "moments.train.driver",
-    "StageFailedError": "moments.train.driver",
-    "RunStorage": "moments.train.storage",
-    "EpochWatcher": "moments.train.progress",
+_EXPORTS = {
+    "moments.train.driver": ("StageFailedError", "fit_distributed"),
+    "moments.train.storage": ("RunStorage",),
+    "moments.train.progress": ("EpochWatcher",),
 }
-
-__all__ = ["EpochWatcher", "RunStorage", "StageFailedError", "fit_distributed"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__all__ = exported_names(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -28,7 +28,6 @@ from drn.checkpoint import check_feature_dim, load_checkpoint, read_checkpoint, 
 from drn.config import DRNConfig
 from drn.data import usable_pairs
 from drn.errors import InputError
-from drn.inference import MissingFeaturesError
 from drn.retrieval import RETRIEVAL_STAGE
 from drn.store.features import FeatureStore, absolute_uri
 from drn.training import selection_key, stages_from_config, validate
@@ -55,7 +54,7 @@ class StageFailedError(RuntimeError):
 
 def check_pairs_have_features(config: DRNConfig, features: str, annotations: str, dataset: str | None,
                               skip_missing_videos: bool) -> dict[str, int]:
-    """Per split, the pairs whose video is not an ``ok`` video of the store; a MissingFeaturesError listing them
+    """Per split, the pairs whose video is not an ``ok`` video of the store; an InputError listing them
     unless ``skip_missing_videos`` (then the workers leave those pairs out, as ``drn.training_setup`` does)."""
     store = FeatureStore(features)
     check_feature_dim(config, store.metadata.feature_dim, features)
@@ -76,9 +75,8 @@ def check_pairs_have_features(config: DRNConfig, features: str, annotations: str
         missing.update(lacking)
     if missing and not skip_missing_videos:
         shown = ", ".join(sorted(missing)[:SHOWN_MISSING]) + (" ..." if len(missing) > SHOWN_MISSING else "")
-        raise MissingFeaturesError(f"{without} of {total} pairs name {len(missing)} videos that are not ok videos of "
-                                   f"the feature store ({shown})", "set skip_missing_videos to train without them",
-                                   path=features)
+        raise InputError(f"{without} of {total} pairs name {len(missing)} videos that are not ok videos of the "
+                         f"feature store ({shown}); train with skip_missing_videos to leave them out", path=features)
     return dropped
 
 

@@ -4,7 +4,8 @@ Layout under ``storage`` for a run called ``name``::
 
     <name>-stage<k>/                 the Ray Train run of stage k (RunConfig name), one per stage
         checkpoint_manager_snapshot.json, epoch001/, epoch002/, ...   (Ray Train; each epoch dir holds
-                                      model.pt, a drn checkpoint, and train_state.pt, the optimizer and epoch)
+                                      model.pt, a drn checkpoint, and train_state.pt, the optimizer and epoch;
+                                      ``moments.train.progress`` reads the snapshot)
         best.json                     the stage's best epoch on the validation split
         DONE.json                     written last: the stage is complete and is skipped when the job reruns
     <name>/best.pt                    the best checkpoint of all stages, with its validation and test metrics
