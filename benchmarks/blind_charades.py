@@ -35,7 +35,7 @@ from drn.config import load_config
 from drn.datasets import load_split
 from drn.evaluation import EvalConfig, evaluate
 from drn.model import count_parameters
-from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
 
@@ -201,7 +201,7 @@ def blind_corpus(checkpoint: str, store: Path, pairs: list, videos: int, seed: i
     """Corpus metrics of the blind model on a seeded sample of ``videos`` test videos and their texts."""
     from drn.corpus import CorpusConfig, evaluate_corpus, ground_corpus
     from drn.inference import Grounder
-    from drn.store.features import FeatureStore
+    from drn.store import FeatureStore
 
     chosen = sorted({p.video_id for p in pairs})
     if videos < len(chosen):

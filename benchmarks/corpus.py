@@ -33,7 +33,7 @@ from drn.config import load_config  # noqa: E402
 from drn.corpus import CorpusConfig, evaluate_corpus, ground_corpus, within_video_result  # noqa: E402
 from drn.datasets.synthetic import make_recurring_benchmark  # noqa: E402
 from drn.inference import Grounder  # noqa: E402
-from drn.store.features import FeatureStore  # noqa: E402
+from drn.store import FeatureStore  # noqa: E402
 from drn.training import fit, stages_from_config  # noqa: E402
 from drn.training_setup import prepare_training_data  # noqa: E402
 

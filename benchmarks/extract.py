@@ -152,7 +152,7 @@ def peak_rss_mib() -> float:
 
 def memory_child(video: str, store: str, chunk_bytes: int) -> None:
     """Decode, cut and write one video with a stand-in for the network; print peak RSS (MiB) as JSON."""
-    from drn.store.features import FeatureStoreWriter
+    from drn.store import FeatureStoreWriter
     from pipeline.c3d import C3DConfig, store_metadata
     from pipeline.extract import SegmentWriter, decode_segments
 

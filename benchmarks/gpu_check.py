@@ -206,7 +206,7 @@ def glove_file(annotations: Path, out: Path) -> Path:
     without the MiniLM package (a machine may lack it; speed does not depend on the vectors)."""
     import numpy as np
 
-    from drn.text.vocabulary import tokenize
+    from drn.text import tokenize
 
     words = set()
     for path in annotations.glob("*.jsonl"):
@@ -271,7 +271,7 @@ def part_ground(report: Report, device, tiny: bool, facts: dict) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from drn.inference import EncodedQueries, Grounder
-    from drn.text.vocabulary import Vocabulary
+    from drn.text import Vocabulary
 
     model, config = paper_model(device, tiny)
     model.eval().requires_grad_(False)

@@ -43,7 +43,7 @@ from drn.config import load_config  # noqa: E402
 from drn.decoding import decode_segments  # noqa: E402
 from drn.inference import Grounder  # noqa: E402
 from drn.model import DRN, count_parameters  # noqa: E402
-from drn.text.vocabulary import Vocabulary  # noqa: E402
+from drn.text import Vocabulary  # noqa: E402
 
 WORDS = ("a person opens the fridge door someone sits down on chair man cuts onion in kitchen woman reads book "
          "then walks out of room").split()
@@ -115,7 +115,7 @@ def flops() -> dict:
 
 # ---------------------------------------------------------------------------------------------------- memory
 def write_library(path: Path, num_videos: int, dim: int, rng: np.random.Generator) -> None:
-    from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
+    from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
 
     meta = StoreMetadata("synthetic", "random", "none", clip_len=2, clip_stride=1, fps="2", feature_dim=dim)
     with FeatureStoreWriter(path, meta, videos_per_shard=64) as writer:

@@ -50,8 +50,8 @@ import torch
 from drn.checkpoint import save_checkpoint
 from drn.config import DRNConfig, load_config
 from drn.model import DRN, count_parameters, new_model
-from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
-from drn.text.vocabulary import vocabulary_and_vectors
+from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.text import vocabulary_and_vectors
 from moments.library import Resources
 from moments.library.batches import split_output
 from moments.library.cell_indexing import run_index_library

@@ -131,7 +131,7 @@ def bench_decode(videos: str) -> dict:
 
 
 def bench_writes(out: str, num_videos: int, per_shard: int) -> dict:
-    from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
+    from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
 
     meta = StoreMetadata("bench", "fc6", "none", 16, 8, "native", 4096, "float16")
     rng = np.random.default_rng(0)
@@ -167,8 +167,8 @@ def write_grounding_inputs(root: Path, num_videos: int, num_queries: int) -> dic
     from drn.checkpoint import save_checkpoint
     from drn.config import load_config
     from drn.model import DRN
-    from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
-    from drn.text.vocabulary import Vocabulary
+    from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
+    from drn.text import Vocabulary
 
     words = "a person opens the fridge door someone sits down on chair man cuts onion in kitchen".split()
     rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ from drn.config import load_config
 from drn.data import collate
 from drn.inference import EncodedQueries, Grounder
 from drn.model import DRN, count_parameters
-from drn.text.vocabulary import Vocabulary
+from drn.text import Vocabulary
 from drn.training import configure_stage, make_optimizer, stages_from_config, train_step
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from drn.errors import InputError
 from jobs.cli import job_main
-from moments.demo.run import run_demo
+from moments.demo import run_demo
 from moments.demo.settings import DEFAULT_OUT, DEMO_CONFIG, DemoSettings, SettingError
 
 FLAGS = {  # DemoSettings field -> the flag that sets it, for the messages of bad settings

@@ -46,7 +46,7 @@ from drn.errors import InputError
 from drn.evaluation import EvalConfig, EvalResult, evaluate, format_result
 from drn.inference import MISSING_VIDEOS, CheckpointRun, Grounder, predict_pairs
 from drn.predictions import Prediction, read_predictions, write_predictions
-from drn.store.features import FeatureStore
+from drn.store import FeatureStore
 from jobs.cli import flag_names, job_main
 from jobs.dataset_args import add_dataset_arguments, load_split_from_args
 

@@ -19,7 +19,7 @@ import numpy as np
 from drn.datasets import LoadedSplit
 from drn.durations import DEFAULT_TOLERANCE, compare_durations
 from drn.errors import InputError
-from drn.store.features import FeatureStore
+from drn.store import FeatureStore
 from jobs.cli import job_main
 from jobs.dataset_args import add_dataset_arguments, load_split_from_args
 

@@ -26,7 +26,7 @@ from drn.errors import InputError
 from drn.model import DRN, count_parameters
 from drn.retrieval import RETRIEVAL_STAGE
 from drn.retrieval_training import prepare_retrieval_model, retrieval_skip_reason, train_retrieval
-from drn.store.features import FeatureStore
+from drn.store import FeatureStore
 from drn.training import fit, stages_from_config
 from drn.training_setup import adopt_store_feature_dim, prepare_training_data
 from jobs.cli import job_main, run_with_flag_names

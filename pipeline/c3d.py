@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from drn.errors import InputError
-from drn.store.features import StoreMetadata
+from drn.store import StoreMetadata
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # what C3D computes in (the store's dtype is apart)
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

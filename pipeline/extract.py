@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from drn.errors import InputError
-from drn.store.features import (
+from drn.store import (
     FeatureStore,
     FeatureStoreWriter,
     StoreMetadata,

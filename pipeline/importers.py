@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from drn.errors import InputError
-from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.text.sentence import embed_texts
 from moments.index import Index, segment_rows
 from pipeline.synthetic import COLORS, make_library

@@ -15,8 +15,8 @@ from drn.decoding import decode_segments
 from drn.errors import InputError
 from drn.inference import Grounder
 from drn.model import DRN, new_model
-from drn.store.features import FeatureStore, StoreMetadata, VideoFeatures
-from drn.text.vocabulary import OpenVocabulary, Vocabulary, is_unknown
+from drn.store import FeatureStore, StoreMetadata, VideoFeatures
+from drn.text import OpenVocabulary, Vocabulary, is_unknown
 
 SMALL = [
     "model.feature_dim=16", "model.num_segments=8", "model.lstm_hidden=8", "model.attention_dim=8",

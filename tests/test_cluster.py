@@ -34,7 +34,7 @@ from ray_cluster import LocalCluster
 
 from drn.checkpoint import read_checkpoint
 from drn.datasets.synthetic import make_synthetic_benchmark
-from drn.store.features import FeatureStore
+from drn.store import FeatureStore
 from drn.store.object_store import filesystem_for
 from jobs.search import main as search_main
 from moments.index import Index

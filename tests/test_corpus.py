@@ -21,8 +21,8 @@ from drn.errors import InputError
 from drn.inference import Grounder
 from drn.model import new_model
 from drn.pairs import GroundingPair
-from drn.store.features import FeatureStore
-from drn.text.vocabulary import OpenVocabulary
+from drn.store import FeatureStore
+from drn.text import OpenVocabulary
 
 PAIRS = [
     GroundingPair(0, "v1", "Person opens the door.", 0.0, 10.0, 40.0),

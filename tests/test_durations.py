@@ -18,8 +18,8 @@ from drn.durations import compare_durations, on_timeline, timeline_duration
 from drn.inference import Grounder
 from drn.model import DRN
 from drn.pairs import GroundingPair
-from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
-from drn.text.vocabulary import Vocabulary
+from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
+from drn.text import Vocabulary
 from jobs import inspect_dataset
 
 SMALL = [

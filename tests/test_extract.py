@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from drn.errors import InputError
-from drn.store.features import FeatureStore
+from drn.store import FeatureStore
 from jobs import extract as extract_job
 from pipeline.c3d import C3DConfig, random_weights_id, resolve_compute_dtype
 from pipeline.clips import num_clips
@@ -220,7 +220,7 @@ def test_killed_job_resumes_with_every_video_once(ray_session, tmp_path: Path) -
 
 
 def test_segments_out_of_order_and_interleaved_are_written_in_order(tmp_path: Path) -> None:
-    from drn.store.features import FeatureStoreWriter, StoreMetadata
+    from drn.store import FeatureStoreWriter, StoreMetadata
     from pipeline.extract import SegmentWriter
 
     meta = StoreMetadata("c3d-sports1m", "fc6", "random-seed0", 4, 2, "native", 8, "float32")

@@ -7,7 +7,7 @@ import pytest
 
 from drn.errors import InputError
 from drn.grid import pool_to_grid
-from drn.store.features import VideoFeatures
+from drn.store import VideoFeatures
 
 
 def video(features, starts, ends, duration, video_id="v1") -> VideoFeatures:

@@ -18,8 +18,8 @@ from drn.config import load_config
 from drn.errors import InputError
 from drn.inference import Grounder
 from drn.model import DRN
-from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
-from drn.text.vocabulary import Vocabulary
+from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
+from drn.text import Vocabulary
 from moments.index import ROW_KEY, Index, segments_schema
 from moments.library import Resources, WindowOptions, ground_every_video, run_grounding
 from moments.library.queries import read_queries

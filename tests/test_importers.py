@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from drn.errors import InputError
-from drn.store.features import FeatureStore
+from drn.store import FeatureStore
 from jobs import import_features
 from pipeline.importers import ClipTiming, import_arrays, import_hdf5
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from drn.store.features import FeatureStore
+from drn.store import FeatureStore
 from moments.index import Index
 from pipeline.synthetic import make_library
 

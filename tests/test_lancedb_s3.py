@@ -22,10 +22,10 @@ import torch
 from drn.checkpoint import save_checkpoint
 from drn.config import load_config
 from drn.model import DRN
-from drn.store.features import StoreMetadata, VideoRecord
+from drn.store import StoreMetadata, VideoRecord
 from drn.store.object_store import S3Settings
+from drn.text import Vocabulary
 from drn.text.sentence import embed_text
-from drn.text.vocabulary import Vocabulary
 from moments.index import CellsInfo, CellsTable, Index, RunRecord, connect, read_runs, record_run, segment_rows
 from moments.index.cells import cell_rows
 from moments.library.model import file_sha256
@@ -142,7 +142,7 @@ def test_the_search_service_searches_and_searches_live_on_s3(s3_db, s3_env, tmp_
 
 def feature_store(root: Path) -> Path:
     """Four 20 s videos of random DIM-d clip features."""
-    from drn.store.features import FeatureStoreWriter
+    from drn.store import FeatureStoreWriter
 
     meta = StoreMetadata("synthetic", "x", "none", clip_len=2, clip_stride=1, fps="1", feature_dim=DIM,
                          dtype="float32")

@@ -19,10 +19,10 @@ from drn.checkpoint import save_checkpoint
 from drn.config import load_config
 from drn.model import DRN
 from drn.retrieval_training import train_retrieval
-from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.store.lookup import VideoLookup
+from drn.text import Vocabulary
 from drn.text.sentence import embed_text
-from drn.text.vocabulary import Vocabulary
 from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
 from jobs import index_library as index_job
@@ -295,7 +295,7 @@ def test_indexed_search_imports_neither_torch_nor_sentence_transformers(tmp_path
 
 @pytest.mark.slow
 def test_the_demo_step_builds_the_cells_and_searches_in_two_stages(library, trained, tmp_path) -> None:
-    from moments.demo import run as demo
+    from moments.demo import steps as demo
 
     lines: list[str] = []
     found = demo.two_stage_search(library["features"], tmp_path / "db", trained, "the lima event", echo=lines.append)

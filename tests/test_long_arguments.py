@@ -13,8 +13,8 @@ import torch
 from drn.checkpoint import save_checkpoint
 from drn.config import load_config
 from drn.model import DRN
-from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
-from drn.text.vocabulary import Vocabulary
+from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.text import Vocabulary
 from moments.index import Index
 from moments.library import select_videos
 

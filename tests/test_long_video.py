@@ -16,8 +16,8 @@ from drn.config import load_config
 from drn.grid import pool_to_grid
 from drn.model import DRN
 from drn.nms import temporal_iou
-from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
-from drn.text.vocabulary import Vocabulary
+from drn.store import FeatureStoreWriter, StoreMetadata, VideoFeatures, VideoRecord
+from drn.text import Vocabulary
 from drn.training import Stage, configure_stage, make_optimizer, run_epoch
 from moments.library import WindowOptions, ground_every_video
 from moments.library.windows import window_rule

@@ -10,7 +10,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.text.sentence import embed_texts
 from moments.index import Index, segment_rows
 from pipeline.synthetic import make_library
@@ -112,7 +112,7 @@ def test_notebook_reads_the_index_the_store_and_the_frames_from_object_storage(t
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from drn.store.features import FeatureStore
+    from drn.store import FeatureStore
     from drn.store.object_store import filesystem_for
 
     local = build_small_index(tmp_path)

@@ -24,7 +24,7 @@ from drn.checkpoint import read_checkpoint, save_checkpoint
 from drn.config import load_config
 from drn.datasets.synthetic import make_synthetic_benchmark
 from drn.errors import InputError
-from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.store.object_store import S3Settings
 from drn.training_setup import prepare_training_data
 from jobs.evaluate import main as evaluate_main

@@ -27,7 +27,7 @@ from drn.retrieval import (
     require_trained_retrieval,
 )
 from drn.retrieval_training import RetrievalBatches, video_recall
-from drn.text.vocabulary import Vocabulary
+from drn.text import Vocabulary
 from drn.training_setup import prepare_training_data
 from jobs import train as train_job
 from moments.train import driver as ray_train

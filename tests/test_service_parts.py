@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
+from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
 from jobs import serve as serve_job
 from moments.serve import params
 from moments.serve.params import BadRequest
@@ -129,7 +129,8 @@ def test_jobs_serve_refuses_bad_settings_before_starting_anything(tmp_path, caps
 
 def test_the_demo_says_how_to_watch_its_results_and_checks_the_port_first(tmp_path, capsys) -> None:
     from jobs import demo as demo_cli
-    from moments.demo.run import DemoPaths, where_things_are
+    from moments.demo.report import where_things_are
+    from moments.demo.settings import DemoPaths
 
     paths = DemoPaths(tmp_path / "demo")
     note = where_things_are(paths)

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from drn.errors import InputError
-from drn.store.features import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord, absolute_uri
+from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord, absolute_uri
 
 
 def _meta(dim: int = 8, dtype: str = "float16", **kw) -> StoreMetadata:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from drn.store.features import FeatureStore
+from drn.store import FeatureStore
 from jobs import make_synthetic_features
 
 

@@ -102,7 +102,7 @@ def evaluate_on_test(paths: DemoPaths, checkpoint: str) -> dict[str, dict[str, A
     from drn.evaluation import EvalConfig, evaluate
     from drn.inference import predict_pairs
     from drn.predictions import write_predictions
-    from drn.store.features import FeatureStore
+    from drn.store import FeatureStore
 
     durations = FeatureStore(paths.features).durations()
     train = load_split("jsonl", paths.annotations, "train", durations=durations).pairs

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from drn.errors import InputError
+from drn.text import query_key
 from drn.text.sentence import embed_text
-from drn.text.vocabulary import query_key
 from moments.index.db import in_list, sql_literal
 from moments.index.results import MATCH_FIELDS, RESULT_COLUMNS, empty_result
 from moments.index.runs import RunRecord

@@ -31,7 +31,7 @@ from drn.config import DRNConfig
 from drn.errors import InputError
 from drn.grid import pool_to_grid
 from drn.retrieval import RetrievalHead, cells_in_seconds, require_trained_retrieval
-from drn.store.features import FeatureStore, VideoFeatures, absolute_uri
+from drn.store import FeatureStore, VideoFeatures, absolute_uri
 from moments.index.cells import CELLS_TABLE, VECTOR_INDEX_MIN_ROWS, CellsInfo, CellsTable, cell_rows, cells_schema
 from moments.index.db import check_db_writable
 from moments.library.batches import ERROR_COLUMN, LibraryProgress, write_in_batches

@@ -15,7 +15,7 @@ from drn.corpus import CorpusConfig, CorpusQuery, RankedMoments, corpus_queries
 from drn.errors import InputError
 from drn.pairs import GroundingPair
 from drn.predictions import Prediction
-from drn.text.vocabulary import query_key
+from drn.text import query_key
 from moments.index.table import Index
 
 

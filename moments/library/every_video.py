@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from drn.errors import InputError
-from drn.store.features import FeatureStore, absolute_uri
+from drn.store import FeatureStore, absolute_uri
 from moments.index.db import check_db_writable, default_db_uri
 from moments.index.results import rank_across_library, top_results
 from moments.index.runs import record_run

@@ -28,7 +28,7 @@ import torch
 
 from drn.errors import InputError
 from drn.inference import EncodedQueries
-from drn.store.features import FeatureStore, absolute_uri
+from drn.store import FeatureStore, absolute_uri
 from moments.index.db import check_db_writable, default_db_uri
 from moments.index.runs import RunRecord, record_run
 from moments.index.segments import SEGMENTS_TABLE

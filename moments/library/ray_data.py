@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from drn.errors import InputError
-from drn.store.features import FeatureStore, VideoFeatures, load_each
+from drn.store import FeatureStore, VideoFeatures, load_each
 from drn.store.object_store import is_uri
 from pipeline.capacity import DEFAULT_WAIT_S
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from drn.durations import timeline_duration
 from drn.inference import EncodedQueries, Grounder
-from drn.store.features import VideoFeatures
+from drn.store import VideoFeatures
 from drn.text.sentence import EMBEDDING_DIM
 from moments.index.table import segments_schema, segments_table
 from moments.library.batches import ERROR_COLUMN

@@ -23,7 +23,7 @@ from drn.config import DRNConfig
 from drn.decoding import nms_order
 from drn.durations import timeline_duration
 from drn.errors import InputError
-from drn.store.features import VideoFeatures
+from drn.store import VideoFeatures
 
 # Training-split durations in seconds (median, 95th percentile), measured on the annotation files in
 # ../shared/data (Charades-STA: the Charades CSV `length` of the videos in charades_sta_train.txt).

@@ -26,7 +26,7 @@ import torch
 
 from drn.errors import InputError
 from drn.retrieval import require_trained_retrieval
-from drn.store.features import FeatureStore
+from drn.store import FeatureStore
 from drn.store.lookup import VideoLookup
 from drn.store.object_store import is_uri
 from drn.text.sentence import check_spellable

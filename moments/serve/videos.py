@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from drn.errors import InputError
-from drn.store.features import FeatureStore
+from drn.store import FeatureStore
 from drn.store.object_store import local_path
 
 

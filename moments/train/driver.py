@@ -29,7 +29,7 @@ from drn.config import DRNConfig
 from drn.data import usable_pairs
 from drn.errors import InputError
 from drn.retrieval import RETRIEVAL_STAGE
-from drn.store.features import FeatureStore, absolute_uri
+from drn.store import FeatureStore, absolute_uri
 from drn.training import selection_key, stages_from_config, validate
 from drn.training_setup import eval_splits, load_pairs, prepare_training_data
 from moments.train.retrieval import (

@@ -56,7 +56,7 @@ def wants_retrieval_stage(config: DRNConfig, stages) -> bool:
 
 def retrieval_stage_skip_reason(config: DRNConfig, features: str, annotations: str, dataset: str | None) -> str | None:
     """Why stage 4 cannot learn from the training split (``drn.retrieval_training.retrieval_skip_reason``)."""
-    from drn.store.features import FeatureStore
+    from drn.store import FeatureStore
     from drn.training_setup import load_pairs
 
     pairs = load_pairs(config, annotations, "train", FeatureStore(features).durations(), dataset)
