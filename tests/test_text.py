@@ -11,6 +11,8 @@ import pytest
 
 from drn.config import TextConfig
 from drn.errors import InputError
+from drn.text.minilm import MODEL_FILES, minilm_model_dir
+from drn.text.sentence import load_sentence_model
 from drn.text.vocabulary import (
     PAD_ID,
     UNK_ID,
@@ -26,8 +28,6 @@ from drn.text.vocabulary import (
     vocabulary_and_vectors,
     vocabulary_from_record,
 )
-from drn.text.minilm import MODEL_FILES, minilm_model_dir
-from drn.text.sentence import load_sentence_model
 
 
 def test_tokenize_lowercases_and_drops_punctuation() -> None:
