@@ -39,6 +39,10 @@ from moments.library.scoring import LibraryScorer, QuerySide, RunLabels
 from moments.library.windows import WindowRule
 
 
+class MissingCellsTableError(InputError):
+    """The database has no cells table for two-stage search (a command line names the job that builds it)."""
+
+
 @dataclass(frozen=True)
 class TwoStageOptions:
     """The knobs of two-stage search (defaults measured in benchmarks/live_search.py)."""
@@ -75,9 +79,10 @@ class TwoStageSearcher:
         sha = _sha_of(checkpoint) if checkpoint is not None else None  # a named checkpoint must exist
         self.cells = CellsTable(self.db, table)
         if not self.cells.exists:
-            raise InputError(f"there is no '{table}' table for two-stage search: index the library's cells first "
-                             "(the cell indexing job, jobs.index_library, with the checkpoint and the feature store), "
-                             "or ground the text against every video", path=self.db)
+            raise MissingCellsTableError(
+                f"there is no '{table}' table for two-stage search: index the library's cells first (the cell "
+                "indexing job, jobs.index_library, with the checkpoint and the feature store), or ground the text "
+                "against every video", path=self.db)
         info = self.cells.info
         if sha is not None:
             if sha != info.sha256:
