@@ -196,3 +196,12 @@ class CellsTable:
     def delete_videos(self, video_ids: list[str]) -> None:
         if video_ids:
             self.table.delete(in_list("video_id", video_ids))
+
+
+def best_videos(hits: pa.Table, count: int) -> dict[str, float]:
+    """``video_id -> best cell similarity`` of the ``count`` best videos among the ANN hits, best first."""
+    if hits.num_rows == 0:
+        return {}
+    best = hits.group_by("video_id").aggregate([("similarity", "max")])
+    best = best.sort_by([("similarity_max", "descending"), ("video_id", "ascending")]).slice(0, count)
+    return dict(zip(best.column("video_id").to_pylist(), best.column("similarity_max").to_pylist(), strict=True))
