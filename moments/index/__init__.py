@@ -2,6 +2,8 @@
 
 - ``db``: the one connection (S3 settings included), SQL literals, the writability check;
 - ``segments`` and ``table``: the `segments` table of grounded moments (``Index``);
+- ``queries``: the `queries` table beside it (one row per run and query: text, key, embedding), where search
+  finds the stored queries, and the migration of indices written before it;
 - ``answer``: search over stored queries (``Index.answer``, ``SearchAnswer``);
 - ``results``: the result columns of every search, the library-wide ranking, the printed table;
 - ``cells``: the retrieval stage's `cells` table; ``runs``: the `runs` table.
@@ -18,6 +20,10 @@ _EXPORTS = {
     "moments.index.results": (
         "RESULT_COLUMNS", "empty_result", "format_results", "rank_across_library", "result_schema", "top_results",
         "with_match_columns",
+    ),
+    "moments.index.queries": (
+        "QUERIES_TABLE", "QUERY_ROW_KEY", "QueriesTable", "queries_schema", "queries_table", "queries_table_name",
+        "query_rows",
     ),
     "moments.index.runs": ("RunRecord", "read_runs", "record_run"),
     "moments.index.segments": ("ROW_KEY", "SEGMENTS_TABLE", "segment_rows", "segments_schema", "segments_table"),
