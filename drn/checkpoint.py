@@ -25,7 +25,7 @@ import torch
 from drn.config import DRNConfig, model_differences
 from drn.errors import InputError
 from drn.model import DRN, new_model
-from drn.store.object_store import filesystem_for
+from drn.store.object_store import filesystem_for, is_uri
 from drn.text.vocabulary import OpenVocabulary, Vocabulary, vocabulary_from_record
 
 FORMAT, VERSION = "drn-checkpoint", 2
@@ -62,7 +62,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw checkpoint dict, after checking that it is one."""
     path = os.fspath(path)
     try:
-        if "://" in path:  # an object-store URI (s3://, gs://, ...): read it through pyarrow's filesystems
+        if is_uri(path):  # an object-store URI (s3://, gs://, ...): read it through pyarrow's filesystems
             fs, inner = filesystem_for(path)
             with fs.open_input_stream(inner) as stream:
                 payload = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)

@@ -63,12 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_live(args: argparse.Namespace) -> pa.Table:
     """Two-stage live search over the cells table of `args.db` (moments.search.two_stage)."""
-    from moments.index import CELLS_TABLE, default_db_uri
+    from moments.index import CELLS_TABLE, CellsTable, default_db_uri
     from moments.search import TwoStageOptions, TwoStageSearcher
 
+    db, table = args.db or default_db_uri(), args.cells_table or CELLS_TABLE
+    if not CellsTable(db, table).exists:
+        raise InputError(f"there is no '{table}' table for two-stage --live search: build it first with "
+                         f"python -m jobs.index_library --checkpoint CHECKPOINT --features STORE --db {db} "
+                         "(or search every video with --exhaustive)", path=db)
     options = TwoStageOptions(cells=args.cells, candidates=args.candidates, fusion_weight=args.fusion_weight)
-    searcher = TwoStageSearcher(args.db or default_db_uri(), args.checkpoint, args.features,
-                                table=args.cells_table or CELLS_TABLE, options=options)
+    searcher = TwoStageSearcher(db, args.checkpoint, args.features, table=table, options=options)
     return searcher.search(args.text, k=args.k, min_score=args.min_score)
 
 

@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from drn.errors import InputError
-from drn.store.object_store import filesystem_for
+from drn.store.object_store import filesystem_for, is_uri
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
 TEXT_MANIFEST_EXTENSIONS = (".txt", ".list", ".lst")
@@ -42,14 +42,14 @@ class VideoSource:
 
 def video_id_of(uri: str) -> str:
     """The default id of a video: its file name without the extension."""
-    name = posixpath.basename(uri.rstrip("/")) if "://" in uri else os.path.basename(uri)
+    name = posixpath.basename(uri.rstrip("/")) if is_uri(uri) else os.path.basename(uri)
     return os.path.splitext(name)[0]
 
 
 def list_videos(spec: str, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[VideoSource]:
     """The videos that ``spec`` names (module docstring), sorted by id; InputError for bad input or duplicate ids."""
     extensions = tuple(e.lower() for e in extensions)
-    if any(ch in spec for ch in "*?[") and "://" not in spec:
+    if any(ch in spec for ch in "*?[") and not is_uri(spec):
         paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
         if not paths:
             raise InputError("the glob matches no files", path=spec)
@@ -67,7 +67,7 @@ def list_videos(spec: str, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> li
         elif lower.endswith(TEXT_MANIFEST_EXTENSIONS):
             sources = _read_text_manifest(fs, path, spec)
         else:
-            sources = [VideoSource(video_id_of(path), spec if "://" in spec else path)]
+            sources = [VideoSource(video_id_of(path), spec if is_uri(spec) else path)]
     if not sources:
         raise InputError("no videos found", path=spec)
     _refuse_duplicate_ids(sources, spec)
@@ -76,7 +76,7 @@ def list_videos(spec: str, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> li
 
 def _list_folder(fs: pafs.FileSystem, root: str, spec: str, extensions: tuple[str, ...]) -> list[VideoSource]:
     selector = pafs.FileSelector(root, recursive=True)
-    scheme = spec.split("://", 1)[0] + "://" if "://" in spec else ""
+    scheme = spec.split("://", 1)[0] + "://" if is_uri(spec) else ""
     return [
         VideoSource(video_id_of(info.path), scheme + info.path if scheme else info.path)
         for info in fs.get_file_info(selector)
@@ -87,7 +87,7 @@ def _list_folder(fs: pafs.FileSystem, root: str, spec: str, extensions: tuple[st
 
 
 def _resolve(entry: str, manifest_dir: str, scheme: str) -> str:
-    if "://" in entry or os.path.isabs(entry):
+    if is_uri(entry) or os.path.isabs(entry):
         return entry
     if scheme:
         return scheme + posixpath.join(manifest_dir, entry)
@@ -95,7 +95,7 @@ def _resolve(entry: str, manifest_dir: str, scheme: str) -> str:
 
 
 def _read_text_manifest(fs: pafs.FileSystem, path: str, spec: str) -> list[VideoSource]:
-    scheme = spec.split("://", 1)[0] + "://" if "://" in spec else ""
+    scheme = spec.split("://", 1)[0] + "://" if is_uri(spec) else ""
     folder = posixpath.dirname(path)
     with fs.open_input_stream(path) as stream:
         try:
@@ -123,7 +123,7 @@ def _read_text_manifest(fs: pafs.FileSystem, path: str, spec: str) -> list[Video
 
 
 def _read_parquet_manifest(fs: pafs.FileSystem, path: str, spec: str) -> list[VideoSource]:
-    scheme = spec.split("://", 1)[0] + "://" if "://" in spec else ""
+    scheme = spec.split("://", 1)[0] + "://" if is_uri(spec) else ""
     try:
         table = pq.read_table(path, filesystem=fs)
     except Exception as error:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from drn.errors import InputError
-from drn.store.object_store import check_writable
+from drn.store.object_store import check_writable, is_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -59,7 +59,7 @@ class DemoSettings:
             raise SettingError(f"{{num_workers}} must be at least 1, not {self.num_workers}")
         if not Path(self.config).is_file():
             raise InputError("no such config file", path=self.config)
-        if self.weights != "random" and "://" not in self.weights and not Path(self.weights).is_file():
+        if self.weights != "random" and not is_uri(self.weights) and not Path(self.weights).is_file():
             raise InputError("no such C3D weights file (give the Sports-1M c3d.pickle, or 'random')",
                              path=self.weights)
 

@@ -92,8 +92,9 @@ class Index:
     def _open_existing(self) -> Any:
         if self._db is None and self._local_path is not None and not self._local_path.is_dir():
             return None  # nothing there yet: reading creates nothing, the first write creates the folder
+        db = self._connect()  # a wrong bucket, credentials or endpoint is an InputError here, not "no table"
         try:
-            return self._connect().open_table(self.table_name)
+            return db.open_table(self.table_name)
         except (ValueError, FileNotFoundError):
             return None
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from drn.checkpoint import load_checkpoint, save_checkpoint
 from drn.config import DRNConfig
 from drn.model import DRN
-from drn.store.object_store import filesystem_for
+from drn.store.object_store import filesystem_for, is_uri
 from drn.targets import Targets
 from drn.training import (
     Stage,
@@ -167,7 +167,7 @@ def local_model_file(checkpoint: ray.train.Checkpoint | None, uri: str | None) -
     """A local path of the drn checkpoint file in ``checkpoint`` or at ``uri`` (a Ray checkpoint directory or a
     ``.pt`` file, local or remote), or None when there is neither."""
     if checkpoint is None and uri is not None and uri.endswith(".pt"):
-        if "://" not in uri:
+        if not is_uri(uri):
             yield uri
             return
         import pyarrow.fs as pafs
