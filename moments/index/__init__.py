@@ -6,7 +6,8 @@
   finds the stored queries, and the migration of indices written before it;
 - ``answer``: search over stored queries (``Index.answer``, ``SearchAnswer``);
 - ``results``: the result columns of every search, the library-wide ranking, the printed table;
-- ``cells``: the retrieval stage's `cells` table; ``runs``: the `runs` table.
+- ``cells``: the retrieval stage's `cells` table; ``runs``: the `runs` table; ``run_videos``: the videos each
+  grounding run has finished (what a resumed or grown run skips).
 
 Names load on first use (PEP 562): the service's client and the printed table need no LanceDB.
 """
@@ -26,6 +27,7 @@ _EXPORTS = {
         "query_rows",
     ),
     "moments.index.runs": ("RunRecord", "read_runs", "record_run"),
+    "moments.index.run_videos": ("RUN_VIDEOS_TABLE", "RunVideos"),
     "moments.index.segments": ("ROW_KEY", "SEGMENTS_TABLE", "segment_rows", "segments_schema", "segments_table"),
     "moments.index.table": ("Index",),
 }
