@@ -28,7 +28,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from drn.text.sentence import embed_text, embed_texts
-from moments.index import Index, segments_schema
+from moments.index import Index, query_rows, segments_schema
 
 SUBJECTS = ["a man", "a woman", "a person", "a child", "an old man", "a girl", "a boy", "the chef", "a teenager",
             "someone", "a nurse", "a student", "the father", "the mother", "a worker", "a dancer", "the player",
@@ -88,8 +88,15 @@ def _without_subject(text: str) -> str:
     return text
 
 
+def synthetic_queries(texts: list[str], vectors: np.ndarray, first_query: int) -> pa.Table:
+    """The `queries` rows of a block of queries (written before their segments)."""
+    ids = [f"q{first_query + i:06d}" for i in range(len(texts))]
+    return query_rows("bench-run", "bench-ckpt", ids, texts, vectors)
+
+
 def synthetic_chunk(texts: list[str], vectors: np.ndarray, first_query: int, rng: np.random.Generator) -> pa.Table:
-    """All rows of a block of queries: 10 videos x 5 ranked segments each, library ranks by score."""
+    """All segment rows of a block of queries: 10 videos x 5 ranked segments each, library ranks by score
+    (``vectors`` go to the queries table: ``synthetic_queries``)."""
     n_queries = len(texts)
     per_query = VIDEOS_PER_QUERY * SEGMENTS_PER_VIDEO
     n = n_queries * per_query
@@ -102,13 +109,11 @@ def synthetic_chunk(texts: list[str], vectors: np.ndarray, first_query: int, rng
     by_query = score.reshape(n_queries, per_query)
     library_rank = np.argsort(np.argsort(-by_query, axis=1, kind="stable"), axis=1).reshape(-1).astype(np.int32)
     start = rng.uniform(0, 120, n)
-    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors[query_index].reshape(-1)), 384)
     columns = {
         "run_id": pa.array(["bench-run"] * n),
         "checkpoint_id": pa.array(["bench-ckpt"] * n),
         "query_id": pa.array([f"q{first_query + i:06d}" for i in query_index]),
         "query_text": pa.array([texts[i] for i in query_index]),
-        "query_embedding": embedding,
         "video_id": pa.array([f"video{v:05d}" for v in video_index]),
         "rank": pa.array(rank),
         "library_rank": pa.array(library_rank),
@@ -164,6 +169,7 @@ def main() -> None:
         started = time.perf_counter()
         for first in tqdm(range(0, len(texts), args.chunk_queries), desc="writing", unit="chunk"):
             block = slice(first, first + args.chunk_queries)
+            index.write_queries(synthetic_queries(texts[block], vectors[block], first))
             index.write_segments(synthetic_chunk(texts[block], vectors[block], first, rng))
         timings["write (merge_insert)"] = time.perf_counter() - started
         rows = index.count()

@@ -62,6 +62,7 @@ def build_table(db: Path, queries: int, chunk_queries: int) -> int:
     rng = np.random.default_rng(1)
     for first in tqdm(range(0, len(texts), chunk_queries), desc="writing", unit="chunk"):
         block = slice(first, first + chunk_queries)
+        index.write_queries(bench.synthetic_queries(texts[block], vectors[block], first))
         index.write_segments(bench.synthetic_chunk(texts[block], vectors[block], first, rng))
     started = time.perf_counter()
     index.ensure_indices(vector_index_min_rows=1)

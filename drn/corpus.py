@@ -12,15 +12,18 @@ Conventions (DESIGN.md section 7, as in TVR/XML and Escorcia et al. 2019), print
 * the within-video R@1 beside them is the per-pair evaluator of ``drn.evaluation`` (each pair grounded in its own
   video), so the two views of the same model can be compared.
 
-``ground_corpus`` produces the ranked results of a checkpoint on a feature store in this process;
-``moments`` builds the same from a LanceDB grounding run.
+``ground_corpus`` produces the ranked results of a checkpoint on a feature store in this process, in one of two
+modes: *exhaustive* (every text against every video: texts x videos pairs) or *candidate-driven* (the checkpoint's
+trained retrieval stage ranks the videos of each text by their best cell's cosine, exactly and in memory, and DRN
+grounds only each text's N best: texts x N pairs). ``moments`` builds the same from a LanceDB grounding run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +33,14 @@ from drn.nms import temporal_iou
 from drn.pairs import GroundingPair
 from drn.predictions import Prediction
 from drn.text.vocabulary import query_key
+
+if TYPE_CHECKING:  # torch loads only when a checkpoint is grounded
+    from drn.inference import EncodedQueries, Grounder
+    from drn.store import FeatureStore
+
+EXHAUSTIVE = "exhaustive"  # every text against every video
+CANDIDATES = "candidates"  # each text against its N best videos by the retrieval stage
+DEFAULT_CANDIDATES = 20  # N of jobs.evaluate --corpus when the checkpoint has a trained retrieval stage
 
 
 @dataclass(frozen=True)
@@ -240,18 +251,106 @@ def format_corpus_result(result: CorpusResult, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def ground_corpus(grounder, store, pairs: Sequence[GroundingPair], config: CorpusConfig | None = None, *,
-                  videos_per_batch: int = 32, pair_batch_size: int = 256, progress: bool = False
-                  ) -> tuple[list[CorpusQuery], dict[str, RankedMoments], list[Prediction], int]:
-    """Every distinct text of ``pairs`` against every video of ``pairs`` with a ``drn.inference.Grounder``.
+@dataclass
+class CorpusRun:
+    """What ``ground_corpus`` produced; unpacks as ``(queries, ranked, predictions, num_videos)``."""
 
-    Returns the corpus queries, their ranked results (each video's top ``decode.top_n`` segments, the best
-    ``config.keep(top_n)`` kept per query), the per-pair predictions in their own video (for the within-video R@1) and
-    the number of videos. Streams over the videos, so memory does not grow with the library.
+    queries: list[CorpusQuery]
+    ranked: dict[str, RankedMoments]
+    predictions: list[Prediction]
+    num_videos: int
+    mode: str = EXHAUSTIVE  # or CANDIDATES
+    candidates: int | None = None  # videos per text taken from the retrieval stage (candidate mode)
+    pairs_scored: int = 0  # (text, video) pairs DRN scored, each pair's own video included
+    own_video_pairs: int = 0  # of those, pairs scored only for the within-video R@1 (not candidates)
+    seconds: dict[str, float] = field(default_factory=dict)  # retrieval, grounding
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.queries, self.ranked, self.predictions, self.num_videos))
+
+    @property
+    def all_pairs(self) -> int:
+        """Every text x every video: what the exhaustive mode scores."""
+        return len(self.queries) * self.num_videos
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "candidates": self.candidates, "pairs_scored": self.pairs_scored,
+                "own_video_pairs": self.own_video_pairs, "all_pairs": self.all_pairs,
+                "seconds": {key: round(value, 3) for key, value in self.seconds.items()}}
+
+    def describe(self) -> str:
+        """One line: which mode ran, with what N, and how many pairs DRN scored."""
+        took = ", ".join(f"{key} {value:.1f} s" for key, value in self.seconds.items())
+        if self.mode == EXHAUSTIVE:
+            return (f"mode: exhaustive, every text against every video: {self.pairs_scored:,} (text, video) pairs "
+                    f"scored ({took})")
+        every = f" (here all {self.num_videos})" if (self.candidates or 0) >= self.num_videos else ""
+        return (f"mode: candidates, each text's {self.candidates} best videos{every} by the retrieval stage (best "
+                f"cell cosine): {self.pairs_scored:,} (text, video) pairs scored, {self.own_video_pairs:,} of them "
+                f"only for the within-video R@1, instead of {self.all_pairs:,} ({took})")
+
+
+def _merge_top(scores: np.ndarray, positions: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``keep`` best (score descending, then position ascending) of ``scores [Q, n]``."""
+    order = np.lexsort((positions, -scores), axis=-1)[:, :keep]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positions, order, axis=1)
+
+
+def candidate_videos(grounder: Grounder, store: FeatureStore, video_ids: Sequence[str], encoded: EncodedQueries,
+                     count: int, *, videos_per_batch: int = 32, query_chunk: int = 2048,
+                     progress: bool = False) -> list[list[str]]:
+    """Each query's ``count`` best videos of ``video_ids``, best first: the checkpoint's trained retrieval stage
+    scores a (query, video) by its best cell's cosine with the query, exactly (every cell, in memory); ties go to
+    the smaller video id. Streams over the videos, keeping ``count`` per query."""
+    import torch
+    from tqdm import tqdm
+
+    from drn.retrieval import require_trained_retrieval
+
+    if count < 1:
+        raise InputError(f"candidates must be at least 1, not {count}")
+    head = require_trained_retrieval(grounder.model)
+    video_ids = sorted(video_ids)
+    position = {video: i for i, video in enumerate(video_ids)}
+    best = np.zeros((len(encoded), 0), dtype=np.float32)
+    where = np.zeros((len(encoded), 0), dtype=np.int64)
+    bar = tqdm(total=len(video_ids), desc="corpus retrieval", unit="video", disable=not progress)
+    with torch.no_grad():
+        queries = head.encode_query(encoded.features)  # [Q, R]
+        for first in range(0, len(video_ids), videos_per_batch):
+            videos = list(store.iter_videos(video_ids[first:first + videos_per_batch]))
+            grids, ids, _ = grounder.grids(videos)
+            cells = head.encode_cells(torch.as_tensor(grids, dtype=torch.float32, device=queries.device))
+            scores = torch.cat([torch.einsum("qr,vcr->qvc", queries[q:q + query_chunk], cells).amax(dim=-1)
+                                for q in range(0, len(queries), query_chunk)]).cpu().numpy()  # [Q, v]
+            positions = np.broadcast_to(np.array([position[v] for v in ids], dtype=np.int64), scores.shape)
+            best, where = _merge_top(np.concatenate([best, scores], axis=1),
+                                     np.concatenate([where, positions], axis=1), count)
+            bar.update(len(videos))
+    bar.close()
+    return [[video_ids[p] for p in row] for row in where.tolist()]
+
+
+def ground_corpus(grounder: Grounder, store: FeatureStore, pairs: Sequence[GroundingPair],
+                  config: CorpusConfig | None = None, *, candidates: int | None = None, videos_per_batch: int = 32,
+                  pair_batch_size: int = 256, progress: bool = False) -> CorpusRun:
+    """The distinct texts of ``pairs`` against the videos of ``pairs`` with a ``drn.inference.Grounder``.
+
+    Exhaustive (``candidates`` None): every text against every video. Candidate-driven (``candidates`` N): the
+    checkpoint's trained retrieval stage picks each text's N best videos (``candidate_videos``) and DRN scores only
+    those pairs, plus each annotated pair in its own video (for the within-video R@1; those results enter the
+    corpus ranking only where the video is also a candidate). With N at least the number of videos both modes
+    rank the same results.
+
+    Returns a ``CorpusRun`` (it unpacks as the corpus queries, their ranked results: each video's top
+    ``decode.top_n`` segments, the best ``config.keep(top_n)`` kept per query; the per-pair predictions in their own
+    video; the number of videos). Streams over the videos, so memory does not grow with the library.
     """
     from tqdm import tqdm
 
     config = config or CorpusConfig()
+    if candidates is not None and candidates < 1:
+        raise InputError(f"candidates must be at least 1, not {candidates}")
     keep = config.keep(grounder.config.decode.top_n)
     check_corpus_split(pairs, store.uri)
     queries = corpus_queries(pairs)
@@ -261,26 +360,48 @@ def ground_corpus(grounder, store, pairs: Sequence[GroundingPair], config: Corpu
     for pair in pairs:
         pairs_of_video.setdefault(pair.video_id, []).append(pair)
     video_ids = sorted(pairs_of_video)
+    run = CorpusRun(queries, {}, [], len(video_ids), CANDIDATES if candidates is not None else EXHAUSTIVE,
+                    candidates)
+    picked: dict[str, set[int]] | None = None  # video -> the queries that took it as a candidate
+    if candidates is not None:
+        started = time.perf_counter()
+        picked = {}
+        chosen = candidate_videos(grounder, store, video_ids, encoded, candidates,
+                                  videos_per_batch=videos_per_batch, progress=progress)
+        for q, videos in enumerate(chosen):
+            for video in videos:
+                picked.setdefault(video, set()).add(q)
+        run.seconds["retrieval"] = time.perf_counter() - started
+    own = {video: {index[query_key(p.query)] for p in video_pairs} for video, video_pairs in pairs_of_video.items()}
+
+    started = time.perf_counter()
     pool: list[tuple[list[str], list[np.ndarray]]] = [([], []) for _ in queries]
-    predictions: list[Prediction] = []
     bar = tqdm(total=len(video_ids), desc="corpus", unit="video", disable=not progress)
     for first in range(0, len(video_ids), videos_per_batch):
         videos = list(store.iter_videos(video_ids[first:first + videos_per_batch]))
-        results = grounder.ground(videos, encoded, pair_batch_size=pair_batch_size)
-        for result in results:
-            ids, segs = pool[result.query_index]
-            ids += [result.video_id] * len(result.segments)
-            segs.append(result.segments[:, :3])
-        for result in results:
-            for pair in pairs_of_video[result.video_id]:
-                if index[query_key(pair.query)] == result.query_index:
-                    predictions.append(Prediction(pair.qid, pair.video_id, result.segments[:, :3]))
+        wanted = None  # exhaustive: every pair; else each video with the texts that picked it or are annotated in it
+        if picked is not None:
+            wanted = [(q, v) for v, video in enumerate(videos)
+                      for q in sorted(picked.get(video.video_id, set()) | own[video.video_id])]
+        for result in grounder.ground(videos, encoded, pair_batch_size=pair_batch_size, pairs=wanted):
+            q = result.query_index
+            run.pairs_scored += 1
+            if picked is None or q in picked.get(result.video_id, ()):
+                ids, segs = pool[q]
+                ids += [result.video_id] * len(result.segments)
+                segs.append(result.segments[:, :3])
+            else:
+                run.own_video_pairs += 1
+            if q in own[result.video_id]:
+                run.predictions += [Prediction(pair.qid, pair.video_id, result.segments[:, :3])
+                                    for pair in pairs_of_video[result.video_id] if index[query_key(pair.query)] == q]
         for q, (ids, segs) in enumerate(pool):  # keep the best few per query: memory stays flat
             if len(ids) > 4 * keep:
                 ranked = RankedMoments.rank(ids, np.concatenate(segs), keep=keep)
                 pool[q] = (ranked.video_ids, [ranked.segments])
         bar.update(len(videos))
     bar.close()
-    ranked = {q.key: RankedMoments.rank(ids, np.concatenate(segs) if segs else np.zeros((0, 3)), keep=keep)
-              for q, (ids, segs) in zip(queries, pool, strict=True)}
-    return queries, ranked, predictions, len(video_ids)
+    run.seconds["grounding"] = time.perf_counter() - started
+    run.ranked = {q.key: RankedMoments.rank(ids, np.concatenate(segs) if segs else np.zeros((0, 3)), keep=keep)
+                  for q, (ids, segs) in zip(queries, pool, strict=True)}
+    return run

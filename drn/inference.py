@@ -133,11 +133,14 @@ class Grounder:
         video_ids: Sequence[str] | None = None,
         durations: Sequence[float] | np.ndarray | None = None,
         pair_batch_size: int = 256,
+        pairs: Sequence[tuple[int, int]] | np.ndarray | None = None,
     ) -> list[GroundingResult]:
-        """Every query against every video: ``len(queries) * V`` results, query-major.
+        """Every query against every video (``len(queries) * V`` results, query-major), or only ``pairs``.
 
         ``videos`` is a list of ``VideoFeatures`` or grids ``[V, T, D]``; with grids give ``video_ids`` and
-        ``durations`` (seconds; without durations the segments are fractions of the video).
+        ``durations`` (seconds; without durations the segments are fractions of the video). ``pairs`` lists
+        ``(query_index, video_index)``: only those are decoded, ``pair_batch_size`` at a time, and the results
+        follow their order (each video is still projected once).
         """
         if isinstance(videos, (np.ndarray, torch.Tensor)):
             grids = videos
@@ -148,16 +151,30 @@ class Grounder:
             grids, video_ids, durations = self.grids(list(videos))
         encoded = self.encode_videos(grids)
         num_q, num_v = len(queries), encoded.shape[0]
-        q_index = torch.arange(num_q).repeat_interleave(num_v)
-        v_index = torch.arange(num_v).repeat(num_q)
+        if pairs is None:
+            q_index = torch.arange(num_q).repeat_interleave(num_v)
+            v_index = torch.arange(num_v).repeat(num_q)
+        else:
+            q_index, v_index = _pair_indices(pairs, num_q, num_v)
         results: list[GroundingResult] = []
-        for first in range(0, num_q * num_v, pair_batch_size):
+        for first in range(0, len(q_index), pair_batch_size):
             qi, vi = q_index[first : first + pair_batch_size], v_index[first : first + pair_batch_size]
             output = self.model.decode_pairs(encoded[vi], queries.features[qi]).flat()
             segments = decode_segments(output, durations[vi.numpy()], self.num_segments, self.config.decode)
             for q, v, segs in zip(qi.tolist(), vi.tolist(), segments, strict=True):
                 results.append(GroundingResult(q, video_ids[v], segs))
         return results
+
+
+def _pair_indices(pairs: Sequence[tuple[int, int]] | np.ndarray, num_q: int, num_v: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(query_index, video_index)`` pairs as two index tensors; InputError for a pair out of range."""
+    array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    bad = (array[:, 0] < 0) | (array[:, 0] >= num_q) | (array[:, 1] < 0) | (array[:, 1] >= num_v)
+    if bad.any():
+        q, v = array[np.argmax(bad)].tolist()
+        raise InputError(f"pair ({q}, {v}) is out of range: {num_q} queries, {num_v} videos")
+    return torch.from_numpy(array[:, 0].copy()), torch.from_numpy(array[:, 1].copy())
 
 
 @dataclass

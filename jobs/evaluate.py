@@ -7,11 +7,15 @@
         --checkpoint runs/syn/model/best.pt --features runs/syn/features [--predictions-out preds.jsonl] [--top-n 5]
 
     python -m jobs.evaluate --corpus --dataset jsonl --annotations runs/syn/annotations --split test \
-        --checkpoint runs/syn/model/best.pt --features runs/syn/features      # or: --db lancedb [--run-id R]
+        --checkpoint runs/syn/model/best.pt --features runs/syn/features [--candidates N | --exhaustive]
+        # or: --db lancedb [--run-id R]
 
 ``--corpus`` ranks every distinct query text of the split against every video of the split (``drn.corpus``):
 corpus R@{1,10,100} at IoU {0.5,0.7}, video R@{1,10} and the within-video R@1 beside them, from a checkpoint
-run on a feature store or from a LanceDB grounding run.
+run on a feature store or from a LanceDB grounding run. With a checkpoint, DRN grounds either each text's N best
+videos by the checkpoint's retrieval stage (``--candidates N``; the default, with N = 20, when the checkpoint has a
+trained retrieval stage: texts x N pairs) or every text against every video (``--exhaustive``; the default without
+a trained retrieval stage: texts x videos pairs). The mode that ran and its N are printed with the result.
 
 Predictions are JSONL, one query a line: {"qid", "video_id", "segments": [[start_s, end_s, score], ...]}.
 With ``--checkpoint`` the model is run on the split's pairs (videos pooled from ``--features``;
@@ -32,8 +36,10 @@ import torch
 
 from drn.checkpoint import read_checkpoint
 from drn.corpus import (
+    DEFAULT_CANDIDATES,
     CorpusConfig,
     CorpusResult,
+    CorpusRun,
     check_corpus_split,
     evaluate_corpus,
     format_corpus_result,
@@ -46,6 +52,7 @@ from drn.errors import InputError
 from drn.evaluation import EvalConfig, EvalResult, evaluate, format_result
 from drn.inference import MISSING_VIDEOS, CheckpointRun, Grounder, predict_pairs
 from drn.predictions import Prediction, read_predictions, write_predictions
+from drn.retrieval import require_trained_retrieval
 from drn.store import FeatureStore
 from jobs.cli import flag_names, job_main
 from jobs.dataset_args import add_dataset_arguments, load_split_from_args
@@ -146,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--video-recall-at", type=int, nargs="+", default=[1, 10],
                         help="the k of video R@k (default 1 10)")
     corpus.add_argument("--run-id", default=None, help="with --db: the grounding run (default: the only one)")
+    corpus.add_argument("--candidates", type=int, default=None, metavar="N",
+                        help="with --checkpoint: DRN grounds only each text's N best videos by the checkpoint's "
+                             f"retrieval stage (default: candidate-driven with N = {DEFAULT_CANDIDATES} when the "
+                             "checkpoint has a trained retrieval stage, else exhaustive)")
+    corpus.add_argument("--exhaustive", action="store_true",
+                        help="with --checkpoint: DRN grounds every text against every video")
     add_eval_arguments(parser)
     return parser
 
@@ -155,10 +168,38 @@ def corpus_config_from_args(args: argparse.Namespace) -> CorpusConfig:
                         video_recall_at=tuple(args.video_recall_at), comparison=COMPARISON_CHOICES[args.comparison])
 
 
-def run_corpus(args: argparse.Namespace, loaded: LoadedSplit) -> CorpusResult:
-    """Corpus metrics of a checkpoint on a feature store, or of a LanceDB grounding run, on the split."""
+def check_corpus_mode_flags(args: argparse.Namespace) -> None:
+    """``--candidates`` and ``--exhaustive``: checkpoint corpus mode only, not together, N at least 1."""
+    if args.candidates is None and not args.exhaustive:
+        return
+    flag = "--candidates" if args.candidates is not None else "--exhaustive"
+    if not args.corpus or args.checkpoint is None:
+        raise InputError(f"{flag} chooses the pairs DRN grounds in --corpus --checkpoint mode only")
+    if args.candidates is not None and args.exhaustive:
+        raise InputError("--candidates and --exhaustive exclude each other: give one")
+    if args.candidates is not None and args.candidates < 1:
+        raise InputError(f"--candidates must be at least 1, not {args.candidates}")
+
+
+def corpus_candidates(args: argparse.Namespace, model: torch.nn.Module) -> int | None:
+    """N of the candidate-driven mode, or None for the exhaustive one: ``--candidates`` (the checkpoint needs a
+    trained retrieval stage), ``--exhaustive``, else N = DEFAULT_CANDIDATES where the checkpoint has a trained
+    retrieval stage."""
+    if args.exhaustive:
+        return None
+    if args.candidates is not None:
+        require_trained_retrieval(model, args.checkpoint)
+        return args.candidates
+    head = getattr(model, "retrieval", None)
+    return DEFAULT_CANDIDATES if head is not None and head.trained else None
+
+
+def run_corpus(args: argparse.Namespace, loaded: LoadedSplit) -> tuple[CorpusResult, CorpusRun | None]:
+    """Corpus metrics of a checkpoint on a feature store (with how it ran), or of a LanceDB grounding run, on the
+    split."""
     config = corpus_config_from_args(args)
     check_corpus_split(loaded.pairs, args.annotations)
+    run = None
     if args.db is not None:
         from moments.library.corpus import corpus_from_run
 
@@ -170,6 +211,7 @@ def run_corpus(args: argparse.Namespace, loaded: LoadedSplit) -> CorpusResult:
         if args.threads:
             torch.set_num_threads(args.threads)
         grounder = Grounder.from_checkpoint(args.checkpoint, device=args.device)
+        candidates = corpus_candidates(args, grounder.model)
         store = FeatureStore(args.features)
         grounder.check_features(store.metadata.feature_dim, args.features)
         if args.top_n is not None:
@@ -180,11 +222,11 @@ def run_corpus(args: argparse.Namespace, loaded: LoadedSplit) -> CorpusResult:
             raise InputError(f"{len(selection.dropped)} of {len(loaded.pairs)} pairs have no features in the store; "
                              "use --missing-videos skip to rank the others", path=args.features)
         pairs = selection.kept
-        queries, ranked, predictions, videos = ground_corpus(grounder, store, pairs, config,
-                                                             pair_batch_size=max(args.batch_size, 1),
-                                                             progress=not args.quiet)
+        run = ground_corpus(grounder, store, pairs, config, candidates=candidates,
+                            pair_batch_size=max(args.batch_size, 1), progress=not args.quiet)
+        queries, ranked, predictions, videos = run
     within = within_video_result(pairs, predictions, config)
-    return evaluate_corpus(queries, ranked, videos, config, within)
+    return evaluate_corpus(queries, ranked, videos, config, within), run
 
 
 def predictions_from_args(args: argparse.Namespace, loaded: LoadedSplit) -> Mapping[int | str, Prediction]:
@@ -242,17 +284,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{', '.join(used)} only apply with --checkpoint")
     if args.db is not None and not args.corpus:
         parser.error("--db evaluates a grounding run across the library: it needs --corpus")
+    check_corpus_mode_flags(args)
     args.dataset = dataset_from_args(args)
     loaded = load_split_from_args(args)
     if args.corpus:
         if args.predictions is not None:
             parser.error("--corpus ranks videos against each other: give --checkpoint (with --features) or --db")
-        result = run_corpus(args, loaded)
+        result, run = run_corpus(args, loaded)
         report = loaded.report
         if args.json:
-            print(json.dumps({"dataset": report.dataset, "split": report.split, **result.to_dict()}))
+            facts = run.to_dict() if run is not None else {}
+            print(json.dumps({"dataset": report.dataset, "split": report.split, **facts, **result.to_dict()}))
         else:
             print(format_corpus_result(result, title=f"{report.dataset} {report.split} - corpus"))
+            if run is not None:
+                print(run.describe())
         return 0
     config = eval_config_from_args(args)
     pairs, title, extra = loaded.pairs, None, {}

@@ -18,7 +18,7 @@ import numpy as np
 
 from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.text.sentence import embed_texts
-from moments.index import Index, segment_rows
+from moments.index import Index, query_rows, segment_rows
 from pipeline.synthetic import COLORS, make_library
 
 RUN_ID = "served-run"
@@ -74,9 +74,10 @@ def _durations(annotations: Path) -> dict[str, float]:
 
 def _write_index(db: str, events: list[dict], durations: dict[str, float], rng: np.random.Generator) -> None:
     texts = sorted({f"the {e['color']} {e['shape']} {e['action']}" for e in events})
-    vectors = embed_texts(texts)
     index = Index(db)
-    for number, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
+    index.write_queries(query_rows(RUN_ID, "tiny-ckpt", [f"q{number}" for number in range(len(texts))], texts,
+                                   embed_texts(texts)))
+    for number, text in enumerate(texts):
         rows = []
         for video_id, duration in sorted(durations.items()):
             holder = [e for e in events if e["video_id"] == video_id and
@@ -88,7 +89,7 @@ def _write_index(db: str, events: list[dict], durations: dict[str, float], rng: 
                 end, score = min(duration, start + 2.5), float(rng.uniform(0.2, 0.5))
             segments = np.array([[start, end, score, score, 1.0],
                                  [max(0.0, start - 1.0), min(duration, end + 1.5), score * 0.5, score, 0.5]])
-            rows += segment_rows(RUN_ID, "tiny-ckpt", f"q{number}", text, vector, video_id, segments)
+            rows += segment_rows(RUN_ID, "tiny-ckpt", f"q{number}", text, video_id, segments)
         index.write_segments(rows)
     index.update_library_ranks(RUN_ID)
     index.ensure_indices()

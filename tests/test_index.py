@@ -1,4 +1,5 @@
-"""The LanceDB segments index: schema, idempotent merges, resumption, search and its errors (real LanceDB)."""
+"""The LanceDB segments index and its queries table: schema, idempotent merges, resumption, search and its errors
+(real LanceDB)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ import pytest
 
 from drn.errors import InputError
 from drn.text.sentence import EMBEDDING_DIM, embed_texts
-from moments.index import ROW_KEY, Index, segment_rows, segments_schema, segments_table
+from moments.index import (
+    ROW_KEY,
+    Index,
+    queries_schema,
+    query_rows,
+    segment_rows,
+    segments_schema,
+    segments_table,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = {
@@ -47,8 +56,13 @@ def grounded_rows(vectors: dict[str, np.ndarray], run_id: str = "run-1", seed: i
         for video_id in VIDEOS:
             starts = rng.uniform(0, 20, k)
             segments = np.column_stack([starts, starts + rng.uniform(1, 5, k), rng.uniform(0, 1, (k, 3))])
-            rows += segment_rows(run_id, "ckpt-7", query_id, text, vectors[query_id], video_id, segments)
+            rows += segment_rows(run_id, "ckpt-7", query_id, text, video_id, segments)
     return rows
+
+
+def grounded_queries(vectors: dict[str, np.ndarray], run_id: str = "run-1"):
+    """The queries rows of a run, as the grounding job writes them before its segments."""
+    return query_rows(run_id, "ckpt-7", list(QUERIES), list(QUERIES.values()), np.stack(list(vectors.values())))
 
 
 def sorted_frame(index: Index):
@@ -62,8 +76,9 @@ def searchable(tmp_path_factory, query_vectors) -> Index:
     """Two runs over three videos with library ranks and all indices except the vector one."""
     uri = tmp_path_factory.mktemp("search") / "db"
     index = Index(uri)
-    index.write_segments(grounded_rows(query_vectors, "run-1", seed=1))
-    index.write_segments(grounded_rows(query_vectors, "run-2", seed=2))
+    for run, seed in (("run-1", 1), ("run-2", 2)):
+        index.write_queries(grounded_queries(query_vectors, run))
+        index.write_segments(grounded_rows(query_vectors, run, seed=seed))
     for run in ("run-1", "run-2"):
         index.update_library_ranks(run)
     index.ensure_indices()
@@ -72,32 +87,39 @@ def searchable(tmp_path_factory, query_vectors) -> Index:
 
 def test_schema_of_a_new_table(tmp_path, query_vectors) -> None:
     schema = segments_schema()
-    assert schema.names == ["run_id", "checkpoint_id", "query_id", "query_text", "query_embedding", "video_id",
+    assert schema.names == ["run_id", "checkpoint_id", "query_id", "query_text", "video_id",
                             "rank", "library_rank", "start_s", "end_s", "score", "match_score", "iou_score"]
-    assert schema.field("query_embedding").type == pa.list_(pa.float32(), 384)
+    queries = queries_schema()
+    assert queries.names == ["run_id", "query_id", "query_text", "query_key", "query_embedding", "checkpoint_id"]
+    assert queries.field("query_embedding").type == pa.list_(pa.float32(), 384)
     index = Index(tmp_path / "db")
     assert index.count() == 0
+    index.write_queries(grounded_queries(query_vectors))
     index.write_segments(grounded_rows(query_vectors)[:3])
     table = lancedb.connect(str(tmp_path / "db")).open_table("segments")
     assert [(f.name, f.type) for f in table.schema] == [(f.name, f.type) for f in schema]
+    stored = lancedb.connect(str(tmp_path / "db")).open_table("queries")
+    assert [(f.name, f.type) for f in stored.schema] == [(f.name, f.type) for f in queries]
 
 
 def test_segment_rows_rank_by_score(query_vectors) -> None:
     segments = np.array([[1.0, 2.0, 0.2, 0.5, 0.4], [3.0, 5.0, 0.9, 0.95, 0.9], [0.0, 1.0, 0.5, 0.6, 0.8]])
-    rows = segment_rows("r", "c", 17, "a person opens the refrigerator", query_vectors["q-fridge"], "v", segments)
+    rows = segment_rows("r", "c", 17, "a person opens the refrigerator", "v", segments)
     assert [row["rank"] for row in rows] == [0, 1, 2]
     assert [row["score"] for row in rows] == pytest.approx([0.9, 0.5, 0.2])
     assert [(row["start_s"], row["end_s"]) for row in rows] == [(3.0, 5.0), (0.0, 1.0), (1.0, 2.0)]
     assert rows[0]["query_id"] == "17" and rows[0]["match_score"] == pytest.approx(0.95)
     with pytest.raises(InputError, match="\\[K, 5\\]"):
-        segment_rows("r", "c", 1, "text", query_vectors["q-fridge"], "v", np.zeros((2, 3)))
+        segment_rows("r", "c", 1, "text", "v", np.zeros((2, 3)))
 
 
 def test_writing_the_same_rows_twice_changes_nothing(tmp_path, query_vectors) -> None:
     index = Index(tmp_path / "db")
     rows = grounded_rows(query_vectors)
+    index.write_queries(grounded_queries(query_vectors))
     index.write_segments(rows)
     first = sorted_frame(index)
+    index.write_queries(grounded_queries(query_vectors))
     index.write_segments(rows)
     index.write_segments(pa.Table.from_pylist(rows, schema=segments_schema()))
     assert index.count() == len(rows) == len(QUERIES) * len(VIDEOS) * 3
@@ -111,10 +133,9 @@ def test_a_killed_write_resumed_has_every_key_once(tmp_path) -> None:
     for number in range(4):
         rows = []
         for query in range(5):
-            vector = random_unit(rng, 1)[0]
             segments = np.column_stack([np.arange(4.0), np.arange(4.0) + 2, rng.uniform(0, 1, (4, 3))])
-            rows += segment_rows("run", "ck", f"b{number}q{query}", f"query {number} {query}", vector,
-                                 f"video{number % 2}", segments)
+            rows += segment_rows("run", "ck", f"b{number}q{query}", f"query {number} {query}", f"video{number % 2}",
+                                 segments)
         path = tmp_path / f"batch{number}.parquet"
         pq.write_table(segments_table(rows), path)
         batches.append(path)
@@ -182,7 +203,7 @@ def test_search_filters_by_video_min_score_and_run(searchable) -> None:
 
 def test_search_finds_the_nearest_meaning_without_shared_words(searchable) -> None:
     text = "someone unlocks the fridge door"
-    words = searchable.table.search(text, query_type="fts", fts_columns="query_text").limit(10).to_arrow()
+    words = searchable.queries_table.search(text, query_type="fts", fts_columns="query_text").limit(10).to_arrow()
     assert words.num_rows == 0  # no stored query shares a (non stop-) word with it
     results = searchable.search(text, k=3)
     assert results.num_rows == 3
@@ -200,7 +221,9 @@ def test_empty_query_text_is_an_error(searchable, query_vectors) -> None:
         with pytest.raises(InputError, match="empty"):
             searchable.search(text)
     with pytest.raises(InputError, match="empty"):
-        segment_rows("r", "c", 1, " ", query_vectors["q-dog"], "v", np.zeros((1, 5)))
+        segment_rows("r", "c", 1, " ", "v", np.zeros((1, 5)))
+    with pytest.raises(InputError, match="empty"):
+        query_rows("r", "c", [1], [" "], query_vectors["q-dog"][None])
 
 
 def test_bad_rows_are_clear_errors_and_write_nothing(tmp_path, query_vectors) -> None:
@@ -210,9 +233,11 @@ def test_bad_rows_are_clear_errors_and_write_nothing(tmp_path, query_vectors) ->
     missing = [{k: v for k, v in row.items() if k != "score"} for row in rows]
     with pytest.raises(InputError, match="missing fields \\['score'\\]"):
         index.write_segments(missing)
-    unnormalised = [dict(row, query_embedding=[0.5] * EMBEDDING_DIM) for row in rows]
     with pytest.raises(InputError, match="normalised"):
-        index.write_segments(unnormalised)
+        index.write_queries(query_rows("run-1", "ckpt-7", ["q-fridge"], ["a text"], [[0.5] * EMBEDDING_DIM]))
+    with pytest.raises(InputError, match="unknown columns \\['query_embedding'\\]"):
+        index.write_segments(pa.Table.from_pylist(rows).append_column(
+            "query_embedding", pa.array([query_vectors["q-fridge"].tolist()] * 3)))
     with pytest.raises(InputError, match="more than once"):
         index.write_segments(rows + rows[:1])
     with pytest.raises(InputError, match="start_s <= end_s"):
@@ -283,22 +308,28 @@ def test_readers_see_a_consistent_version_while_a_job_writes(tmp_path, query_vec
 def test_ensure_indices_adds_the_vector_index_past_the_threshold(tmp_path) -> None:
     rng = np.random.default_rng(5)
     rows = []
-    for query in range(300):
+    ids = [f"q{query}" for query in range(300)]
+    texts = [f"synthetic query {query}" for query in range(300)]
+    for query_id, text in zip(ids, texts, strict=True):
         segments = np.column_stack([np.zeros(1), np.ones(1), rng.uniform(0, 1, (1, 3))])
-        rows += segment_rows("run", "ck", f"q{query}", f"synthetic query {query}", random_unit(rng, 1)[0],
-                             "video", segments)
+        rows += segment_rows("run", "ck", query_id, text, "video", segments)
     index = Index(tmp_path / "db", vector_index_min_rows=1000)
+    index.write_queries(query_rows("run", "ck", ids, texts, random_unit(rng, 300)))
     index.write_segments(rows)
     created = index.ensure_indices()
-    assert "query_text_idx" in created and "video_id_idx" in created and "query_id_idx" in created
-    assert "query_embedding_idx" not in created
+    assert "queries.query_text_idx" in created and "video_id_idx" in created and "query_id_idx" in created
+    assert "queries.query_id_idx" in created and "queries.run_id_idx" in created
+    assert "queries.query_embedding_idx" not in created
     index.write_segments(rows[:10])
     assert index.ensure_indices() == []
-    assert index.ensure_indices(vector_index_min_rows=300) == ["query_embedding_idx"]
-    kinds = {tuple(config.columns): config.index_type for config in index.table.list_indices()}
+    assert index.ensure_indices(vector_index_min_rows=300) == ["queries.query_embedding_idx"]
+    kinds = {tuple(config.columns): config.index_type for config in index.queries_table.list_indices()}
     assert kinds[("query_embedding",)] == "IvfPq" and kinds[("query_text",)] == "FTS"
+    segment_indices = {tuple(config.columns) for config in index.table.list_indices()}
+    assert ("query_text",) not in segment_indices  # search finds queries in the queries table
     target = index.to_pandas(query_id="q17", with_embedding=True)
-    results = index.table.search(np.asarray(target["query_embedding"][0]), vector_column_name="query_embedding")
+    results = index.queries_table.search(np.asarray(target["query_embedding"][0]),
+                                         vector_column_name="query_embedding")
     assert results.distance_type("cosine").limit(1).to_arrow().column("query_id").to_pylist() == ["q17"]
 
 
@@ -312,5 +343,6 @@ def test_runs_queries_and_counts(searchable) -> None:
 
 def test_a_file_uri_passes_through_to_lancedb(tmp_path, query_vectors) -> None:
     index = Index(f"file://{tmp_path / 'db'}")
+    index.write_queries(grounded_queries(query_vectors))
     index.write_segments(grounded_rows(query_vectors)[:6])
     assert Index(tmp_path / "db").count() == 6

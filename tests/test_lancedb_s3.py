@@ -26,7 +26,17 @@ from drn.store import StoreMetadata, VideoRecord
 from drn.store.object_store import S3Settings
 from drn.text import Vocabulary
 from drn.text.sentence import embed_text
-from moments.index import CellsInfo, CellsTable, Index, RunRecord, connect, read_runs, record_run, segment_rows
+from moments.index import (
+    CellsInfo,
+    CellsTable,
+    Index,
+    RunRecord,
+    connect,
+    query_rows,
+    read_runs,
+    record_run,
+    segment_rows,
+)
 from moments.index.cells import cell_rows
 from moments.library.model import file_sha256
 from moments.serve.backend import SearchBackend, ServiceSettings
@@ -50,11 +60,11 @@ def s3_db(s3_env, monkeypatch) -> str:
 
 def write_segments(db: str, text: str = "the alpha event") -> Index:
     index = Index(db)
-    vector = embed_text(text)
+    index.write_queries(query_rows(RUN, "ckpt-s3", ["q0"], [text], [embed_text(text)]))
     rows = []
     for number in range(len(WORDS)):
         score = 0.9 if number == 0 else 0.3
-        rows += segment_rows(RUN, "ckpt-s3", "q0", text, vector, f"v{number}",
+        rows += segment_rows(RUN, "ckpt-s3", "q0", text, f"v{number}",
                              np.array([[1.0, 4.0, score, score, 0.8], [5.0, 9.0, score / 2, score, 0.4]]))
     assert index.write_segments(rows) == len(rows) == 8
     index.update_library_ranks(RUN)

@@ -27,7 +27,7 @@ from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
 from jobs import index_library as index_job
 from jobs import search as search_job
-from moments.index import RESULT_COLUMNS, Index, segment_rows
+from moments.index import RESULT_COLUMNS, Index, query_rows, segment_rows
 from moments.index.cells import CellsTable
 from moments.library import Resources, ground_every_video
 from moments.library.cell_indexing import run_index_library
@@ -283,8 +283,8 @@ def test_exhaustive_and_live_from_the_command_line(library, indexed, capsys) -> 
 def test_indexed_search_imports_neither_torch_nor_sentence_transformers(tmp_path) -> None:
     index = Index(tmp_path / "db")
     text = "a person opens the refrigerator"
-    index.write_segments(segment_rows("run", "ckpt", "q0", text, embed_text(text), "v0",
-                                      np.array([[1.0, 2.0, 0.9, 0.9, 1.0]])))
+    index.write_queries(query_rows("run", "ckpt", ["q0"], [text], [embed_text(text)]))
+    index.write_segments(segment_rows("run", "ckpt", "q0", text, "v0", np.array([[1.0, 2.0, 0.9, 0.9, 1.0]])))
     index.update_library_ranks("run")
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "jobs.search", "someone opens the fridge",
                            "--db", str(tmp_path / "db")], cwd=REPO, capture_output=True, text=True)

@@ -12,7 +12,7 @@ import pytest
 
 from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
 from drn.text.sentence import embed_texts
-from moments.index import Index, segment_rows
+from moments.index import Index, query_rows, segment_rows
 from pipeline.synthetic import make_library
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_results.ipynb"
@@ -66,8 +66,9 @@ def build_small_index(root: Path) -> dict[str, str]:
                                  [0.0, 0.5 * duration, 0.3, 0.6, 0.5],
                                  [0.5 * duration, duration, 0.1, 0.4, 0.25]])
             segments[:, 2:] *= rng.uniform(0.5, 1.0)
-            rows += segment_rows("nb-run", "test-ckpt", q, text, vectors[q], video.stem, segments)
+            rows += segment_rows("nb-run", "test-ckpt", q, text, video.stem, segments)
     index = Index(root / "lancedb")
+    index.write_queries(query_rows("nb-run", "test-ckpt", range(len(texts)), texts, vectors))
     index.write_segments(rows)
     index.update_library_ranks("nb-run")
     assert library["videos"] == 3

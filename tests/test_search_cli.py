@@ -12,7 +12,7 @@ import pytest
 
 from drn.text.sentence import embed_texts
 from jobs.search import build_parser, main
-from moments.index import Index, segment_rows
+from moments.index import Index, query_rows, segment_rows
 from moments.index.runs import RunRecord, record_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,12 +23,13 @@ TEXTS = {"q0": "a person opens the refrigerator", "q1": "the chef cuts the onion
 def db(tmp_path_factory) -> str:
     uri = str(tmp_path_factory.mktemp("cli") / "db")
     index = Index(uri)
-    vectors = embed_texts(list(TEXTS.values()))
-    for (query_id, text), vector in zip(TEXTS.items(), vectors, strict=True):
+    index.write_queries(query_rows("run-a", "ckpt", list(TEXTS), list(TEXTS.values()),
+                                   embed_texts(list(TEXTS.values()))))
+    for query_id, text in TEXTS.items():
         for number, video_id in enumerate(["kitchen-1", "kitchen-2"]):
             segments = np.array([[1.0 + number, 4.5 + number, 0.9 - 0.3 * number, 0.95, 0.9],
                                  [10.0, 12.25, 0.4 - 0.3 * number, 0.5, 0.8]])
-            index.write_segments(segment_rows("run-a", "ckpt", query_id, text, vector, video_id, segments))
+            index.write_segments(segment_rows("run-a", "ckpt", query_id, text, video_id, segments))
     index.update_library_ranks("run-a")
     index.ensure_indices()
     return uri
@@ -59,7 +60,8 @@ def test_runs_table_says_whether_scores_compare_across_videos(tmp_path, capsys) 
     index = Index(uri)
     vector = embed_texts(["the blue ball rises"])
     for run in ("plain", "calibrated", "unknown"):
-        index.write_segments(segment_rows(run, "ckpt", "q0", "the blue ball rises", vector[0], "v1",
+        index.write_queries(query_rows(run, "ckpt", ["q0"], ["the blue ball rises"], vector))
+        index.write_segments(segment_rows(run, "ckpt", "q0", "the blue ball rises", "v1",
                                           np.array([[1.0, 2.0, 0.5, 0.5, 1.0]])))
         index.update_library_ranks(run)
     record_run(uri, RunRecord("plain", "batch", "ckpt-a", "/c.pt", "/features", 0))

@@ -29,7 +29,7 @@ from served_library import RUN_ID, ServedLibrary, build_served_library, colour_s
 from drn.text.sentence import embed_texts
 from jobs import search as search_job
 from jobs import serve as serve_job
-from moments.index import Index, segment_rows
+from moments.index import Index, query_rows, segment_rows
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -320,9 +320,10 @@ def test_a_db_without_tables_is_not_ready_and_says_why_then_becomes_ready(servic
     assert fetch(service.empty_url + "api/search?q=").status == 400  # bad input is still bad input
 
     text = "a person opens the door"
-    rows = segment_rows("late-run", "ckpt", "q0", text, embed_texts([text])[0], "v0",
-                        np.array([[1.0, 2.0, 0.7, 0.8, 0.9]]))
-    Index(service.empty_db).write_segments(rows)  # the grounding job finishes after the service started
+    rows = segment_rows("late-run", "ckpt", "q0", text, "v0", np.array([[1.0, 2.0, 0.7, 0.8, 0.9]]))
+    late = Index(service.empty_db)  # the grounding job finishes after the service started
+    late.write_queries(query_rows("late-run", "ckpt", ["q0"], [text], embed_texts([text])))
+    late.write_segments(rows)
     deadline = time.monotonic() + 120
     while (health := fetch(service.empty_url + "api/health")).status != 200 and time.monotonic() < deadline:
         time.sleep(1.0)

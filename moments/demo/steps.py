@@ -144,10 +144,10 @@ def ground_collection(paths: DemoPaths, checkpoint: str, run_id: str, use_gpu: b
     summary = run_grounding(local_path(checkpoint) or checkpoint, str(paths.features), str(paths.queries),
                             str(paths.db), run_id=run_id, resources=resources)
     echo(f"    {summary.throughput_line()}")
-    echo(f"    {summary.rows_written} segments written to {paths.db} (table segments, run {summary.run_id!r}, "
+    echo(f"    {summary.rows_in_run} segments in {paths.db} (table segments, run {summary.run_id!r}, "
          f"checkpoint {summary.checkpoint_id}); {summary.videos_failed} videos failed")
     return {"run_id": summary.run_id, "checkpoint_id": summary.checkpoint_id, "queries": summary.queries,
-            "videos": summary.videos_done, "rows": summary.rows_written, "seconds": round(summary.seconds, 1),
+            "videos": summary.videos_done, "rows": summary.rows_in_run, "seconds": round(summary.seconds, 1),
             "db": str(paths.db)}
 
 

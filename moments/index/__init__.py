@@ -2,9 +2,12 @@
 
 - ``db``: the one connection (S3 settings included), SQL literals, the writability check;
 - ``segments`` and ``table``: the `segments` table of grounded moments (``Index``);
+- ``queries``: the `queries` table beside it (one row per run and query: text, key, embedding), where search
+  finds the stored queries, and the migration of indices written before it;
 - ``answer``: search over stored queries (``Index.answer``, ``SearchAnswer``);
 - ``results``: the result columns of every search, the library-wide ranking, the printed table;
-- ``cells``: the retrieval stage's `cells` table; ``runs``: the `runs` table.
+- ``cells``: the retrieval stage's `cells` table; ``runs``: the `runs` table; ``run_videos``: the videos each
+  grounding run has finished (what a resumed or grown run skips).
 
 Names load on first use (PEP 562): the service's client and the printed table need no LanceDB.
 """
@@ -19,7 +22,12 @@ _EXPORTS = {
         "RESULT_COLUMNS", "empty_result", "format_results", "rank_across_library", "result_schema", "top_results",
         "with_match_columns",
     ),
+    "moments.index.queries": (
+        "QUERIES_TABLE", "QUERY_ROW_KEY", "QueriesTable", "queries_schema", "queries_table", "queries_table_name",
+        "query_rows",
+    ),
     "moments.index.runs": ("RunRecord", "read_runs", "record_run"),
+    "moments.index.run_videos": ("RUN_VIDEOS_TABLE", "RunVideos"),
     "moments.index.segments": ("ROW_KEY", "SEGMENTS_TABLE", "segment_rows", "segments_schema", "segments_table"),
     "moments.index.table": ("Index",),
 }

@@ -1,20 +1,23 @@
 """Search over stored queries: the grounded moments that answer a free-text search, with what a user must know.
 
-``answer_search(table, ...)`` (behind ``Index.answer``):
+``answer_search(segments, queries, ...)`` (behind ``Index.answer``):
 
-1. Find the stored queries nearest to the text in meaning (cosine on the MiniLM query embedding) and in words
-   (BM25 full text on query_text, when its index exists), one candidate per (run, query), and fuse the two lists
-   by reciprocal rank fusion: relevance = sum over lists of 1 / (60 + position).
-2. Return up to ``k`` segments of those queries, stored queries that are the searched text first.
-3. Say so when no stored query is the searched text, and when a run's scores do not compare across videos
-   (``SearchAnswer.notices``).
+1. Find the stored queries nearest to the text in the `queries` table (one row per run and query): in meaning
+   (cosine on the MiniLM query embedding) and in words (BM25 full text on query_text, when its index exists);
+   keep those with segments that pass the filters (one lookup in `segments` by run_id and query_id) and fuse
+   the two lists by reciprocal rank fusion: relevance = sum over lists of 1 / (60 + position).
+2. Return up to ``k`` segments of those queries, read from `segments` through its scalar indices, stored queries
+   that are the searched text first. Neither step reads more than the candidate queries' rows, so the cost does
+   not grow with the number of segment rows.
+3. Say so when no stored query is the searched text, when a run's scores do not compare across videos and when
+   a run keeps fewer moments per query than ``k`` (``SearchAnswer.notices``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,9 +27,10 @@ from drn.errors import InputError
 from drn.text import query_key
 from drn.text.sentence import embed_text
 from moments.index.db import in_list, sql_literal
+from moments.index.queries import EMBEDDING_COLUMN, QueriesTable, embedding_matrix
 from moments.index.results import MATCH_FIELDS, RESULT_COLUMNS, empty_result
 from moments.index.runs import RunRecord
-from moments.index.segments import embedding_matrix, segments_schema
+from moments.index.segments import segments_schema
 
 RRF_K = 60
 # A stored query counts as the searched text when its words are the same, or its MiniLM cosine is at least this.
@@ -34,18 +38,24 @@ RRF_K = 60
 # 0.974), while one-word changes of meaning sit below ("the red square moves left" / "... moves right" 0.950,
 # "the red ball rises" / "the blue ball rises" 0.770, "person opens the door" / "person closes the door" 0.873).
 SAME_QUERY_COSINE = 0.97
+# Candidate queries read per list when the segments reject some: grown 4x a round up to this.
+MAX_CANDIDATE_ROWS = 16_384
+# With a video filter, up to this many (run, query) keys with moments there are ranked among themselves.
+MAX_PASSING_KEYS = 2048
 
 
 def answer_search(
-    table: Any, runs: Callable[[], dict[str, RunRecord]], text: str, k: int = 10, *, video_id: str | None = None,
-    min_score: float | None = None, run_id: str | None = None,
+    segments: Any, queries: QueriesTable, runs: Callable[[], dict[str, RunRecord]], text: str, k: int = 10, *,
+    video_id: str | None = None, min_score: float | None = None, run_id: str | None = None,
 ) -> SearchAnswer:
-    """The best stored segments of the `segments` ``table`` for a free-text search (``runs``: the runs table's
-        records, read when rows are found), with what a user must know about them.
+    """The best stored segments of the `segments` table for a free-text search, found through its ``queries``
+    table (``runs``: the runs table's records, read when rows are found), with what a user must know about them.
 
     1. Find the stored queries nearest to `text` in meaning (cosine on the MiniLM query embedding) and in
-       words (BM25 full text on query_text, when its index exists), one candidate per (run, query), and
-       fuse the two lists by reciprocal rank fusion: relevance = sum over lists of 1 / (60 + position).
+       words (BM25 full text on query_text, when its index exists), one candidate per (run, query) that has
+       segments passing the filters (its best row in the library, or in `video_id`, scoring at least
+       `min_score`, in `run_id`), and fuse the two lists by reciprocal rank fusion: relevance = sum over lists
+       of 1 / (60 + position).
     2. Return up to `k` segments of those queries: stored queries that are the searched text first (the same
        words, or a MiniLM cosine >= SAME_QUERY_COSINE), then the others, each group in relevance order, each
        query's segments best score first (its best across the library, or within `video_id`), filtered by
@@ -54,13 +64,22 @@ def answer_search(
        query_relevance (the fused score) and calibrated (the run's checkpoint was trained with negative
        pairs, so its scores compare across videos; null when the index does not record it).
     3. Say so when no stored query is the searched text (never another query's moments as the answer
-       without that mark), and when a run's scores do not compare across videos (``SearchAnswer.notices``).
+       without that mark), when a run's scores do not compare across videos, and when a run keeps fewer
+       moments per query than `k` (``SearchAnswer.notices``).
     """
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
     vector = embed_text(text)
     best_rows = _best_row_filter(video_id=video_id, min_score=min_score, run_id=run_id)
-    found = _nearest_queries(table, text, vector, best_rows, max(2 * k, 20))
+    stored = queries.open()
+    if stored is None:
+        if segments.count_rows():
+            raise InputError(f"there is no table '{queries.name}' beside the segments: write each run's queries "
+                             "(Index.write_queries; jobs.ground does)", path=queries.uri)
+        found = {}
+    else:
+        found = _nearest_queries(segments, stored, text, vector, best_rows, run_id, max(2 * k, 20),
+                                 in_video=video_id is not None)
     searched = query_key(text)
     for hit in found.values():
         hit["match"] = match_kind(searched, hit["text"], hit["similarity"])
@@ -68,12 +87,16 @@ def answer_search(
     answer = SearchAnswer(text, empty_result(), nearest["text"] if nearest else None,
                           nearest["similarity"] if nearest else None,
                           any(hit["match"] != "other" for hit in found.values()),
-                          filtered=any(f is not None for f in (video_id, min_score, run_id)))
+                          filtered=any(f is not None for f in (video_id, min_score, run_id)), k=k)
     if not found:
         return answer
     chosen = sorted(found.values(), key=lambda hit: (hit["match"] == "other", -hit["relevance"],
                                                      -hit["similarity"]))[:k]
-    answer.rows = _best_segments(table, runs, chosen, k, video_id=video_id, min_score=min_score, run_id=run_id)
+    records = runs()
+    answer.rows = _best_segments(segments, records, chosen, k, video_id=video_id, min_score=min_score)
+    answered = sorted(set(answer.rows.column("run_id").to_pylist()))
+    answer.keep_per_query = {run: records[run].keep_per_query for run in answered
+                             if run in records and 0 < records[run].keep_per_query < k}
     return answer
 
 
@@ -95,6 +118,8 @@ class SearchAnswer:
     nearest_similarity: float | None
     grounded: bool  # some stored query is the searched text (the same words or a close paraphrase)
     filtered: bool = False  # the search had filters (video, min_score, run): "grounded" holds within them
+    k: int = 0  # the rows asked for
+    keep_per_query: dict[str, int] = field(default_factory=dict)  # runs of the rows that keep fewer than k per query
 
     @classmethod
     def of_live_search(cls, text: str, rows: pa.Table) -> SearchAnswer:
@@ -103,7 +128,8 @@ class SearchAnswer:
         return cls(text, rows, nearest_query=text, nearest_similarity=1.0, grounded=True)
 
     def notices(self, live_hint: str = "ground it with --live or add it to the collection") -> list[str]:
-        """One line each: the text was never grounded; a run's scores do not compare across videos."""
+        """One line each: the text was never grounded; a run's scores do not compare across videos; a run keeps
+        fewer moments per query than were asked for."""
         lines = []
         if not self.grounded:
             nearest = (f'; nearest "{self.nearest_query}" ({self.nearest_similarity:.2f})'
@@ -121,38 +147,110 @@ class SearchAnswer:
                     lines.append(f"run {run}: its checkpoint was trained without negative pairs, so its scores rank "
                                  "moments within a video, not videos across the library (retrain with "
                                  "train.negatives.per_positive > 0)")
+        for run, kept in sorted(self.keep_per_query.items()):
+            lines.append(f"run {run}: it keeps only the {kept} best moments of each query across the library "
+                         f"(--keep-per-query {kept}), fewer than the {self.k} asked for; showing what is there")
         return lines
 
 
 def _nearest_queries(
-    table: Any, text: str, vector: np.ndarray, where: str, candidates: int
+    segments: Any, queries: Any, text: str, vector: np.ndarray, best_rows: str, run_id: str | None, candidates: int,
+    *, in_video: bool = False,
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    columns = ["run_id", "query_id", "query_text", "query_embedding"]
-    lists = [
-        table.search(vector, vector_column_name="query_embedding", query_type="vector")
-        .distance_type("cosine").where(where, prefilter=True)
-        .select([*columns, "_distance"]).limit(candidates * 2).to_arrow()
-    ]
-    if _has_full_text_index(table):
-        lists.append(
-            table.search(text.strip(), query_type="fts", fts_columns="query_text")
-            .where(where, prefilter=True).select([*columns, "_score"]).limit(candidates * 2).to_arrow()
-        )
+    """The stored queries nearest to the text in meaning and in words, fused by RRF, each with segments that pass
+    ``best_rows``; each list keeps its ``2 * candidates`` best such queries.
+
+    The lists come from the queries table, and one indexed lookup in `segments` (by run_id and query_id)
+    confirms their keys; when it rejects some, the lists are read again four times longer until they fill (up
+    to MAX_CANDIDATE_ROWS). With a video filter (``in_video``) few queries may have moments in that video:
+    when the scalar indices count at most MAX_PASSING_KEYS, their keys are read and ranked among themselves."""
+    where = f"run_id = {sql_literal(run_id)}" if run_id is not None else None
+    wanted = 2 * candidates
+    if in_video and segments.count_rows(best_rows) <= MAX_PASSING_KEYS:
+        passing = _with_best_rows(segments, None, best_rows)
+        return _fused(_lists_among(queries, text, vector, passing, where, wanted), vector)
+    words = _has_full_text_index(queries)
+    limit = wanted
+    while True:
+        lists = [_vector_hits(queries, vector, where, limit)]
+        if words:
+            lists.append(_word_hits(queries, text, where, limit))
+        passing = _with_best_rows(segments, {key for hits in lists for key in _keys(hits)}, best_rows)
+        kept = [_only(hits, passing, wanted) for hits in lists]
+        if limit >= MAX_CANDIDATE_ROWS or all(hits.num_rows < limit or len(hits_kept) >= wanted
+                                              for hits, hits_kept in zip(lists, kept, strict=True)):
+            return _fused(kept, vector)
+        limit *= 4
+
+
+def _fused(lists: list[pa.Table], vector: np.ndarray) -> dict[tuple[str, str], dict[str, Any]]:
+    """Reciprocal rank fusion of ranked lists of stored queries, with each query's cosine to the text."""
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for hits in lists:
         if hits.num_rows == 0:
             continue
         similarity = embedding_matrix(hits) @ vector
-        seen: set[tuple[str, str]] = set()
-        keys = zip(hits.column("run_id").to_pylist(), hits.column("query_id").to_pylist(), strict=True)
-        texts = hits.column("query_text").to_pylist()
-        for key, sim, stored in zip(keys, similarity.tolist(), texts, strict=True):
-            if key in seen:
-                continue
-            seen.add(key)
+        for position, (key, sim, stored) in enumerate(
+                zip(_keys(hits), similarity.tolist(), hits.column("query_text").to_pylist(), strict=True), start=1):
             hit = found.setdefault(key, {"key": key, "relevance": 0.0, "similarity": sim, "text": stored})
-            hit["relevance"] += 1.0 / (RRF_K + len(seen))
+            hit["relevance"] += 1.0 / (RRF_K + position)
     return found
+
+
+def _lists_among(queries: Any, text: str, vector: np.ndarray, keys: set[tuple[str, str]], where: str | None,
+                 count: int) -> list[pa.Table]:
+    """The ``count`` nearest of the stored queries ``keys`` by cosine (exact), and by words when indexed."""
+    if not keys:
+        return []
+    among = " AND ".join(part for part in (where, in_list("query_id", sorted({q for _, q in keys}))) if part)
+    stored = queries.search().where(among).select(_COLUMNS).limit(None).to_arrow()
+    stored = _only(stored, keys, stored.num_rows)
+    order = np.argsort(-(embedding_matrix(stored) @ vector), kind="stable")[:count]
+    lists = [stored.take(pa.array(order, pa.int64()))]
+    if _has_full_text_index(queries):
+        lists.append(_only(_word_hits(queries, text, among, max(stored.num_rows, 1)), keys, count))
+    return lists
+
+
+_COLUMNS = ["run_id", "query_id", "query_text", EMBEDDING_COLUMN]
+
+
+def _vector_hits(queries: Any, vector: np.ndarray, where: str | None, limit: int) -> pa.Table:
+    search = queries.search(vector, vector_column_name=EMBEDDING_COLUMN, query_type="vector").distance_type("cosine")
+    if where is not None:
+        search = search.where(where, prefilter=True)
+    return search.select([*_COLUMNS, "_distance"]).limit(limit).to_arrow()
+
+
+def _word_hits(queries: Any, text: str, where: str | None, limit: int) -> pa.Table:
+    search = queries.search(text.strip(), query_type="fts", fts_columns="query_text")
+    if where is not None:
+        search = search.where(where, prefilter=True)
+    return search.select([*_COLUMNS, "_score"]).limit(limit).to_arrow()
+
+
+def _keys(hits: pa.Table) -> list[tuple[str, str]]:
+    return list(zip(hits.column("run_id").to_pylist(), hits.column("query_id").to_pylist(), strict=True))
+
+
+def _only(hits: pa.Table, keys: set[tuple[str, str]], count: int) -> pa.Table:
+    """The first ``count`` rows of ``hits`` whose key is in ``keys``."""
+    positions = [at for at, key in enumerate(_keys(hits)) if key in keys][:count]
+    return hits.take(pa.array(positions, pa.int64()))
+
+
+def _with_best_rows(segments: Any, keys: set[tuple[str, str]] | None, best_rows: str) -> set[tuple[str, str]]:
+    """The (run, query) ``keys`` (None: all) that have a segment row matching ``best_rows``, by the scalar indices
+    on run_id, query_id, video_id, rank and library_rank."""
+    if keys is None:
+        rows = segments.search().where(best_rows).select(["run_id", "query_id"]).limit(None).to_arrow()
+        return set(_keys(rows))
+    if not keys:
+        return set()
+    where = " AND ".join([in_list("run_id", sorted({run for run, _ in keys})),
+                          in_list("query_id", sorted({query for _, query in keys})), f"({best_rows})"])
+    rows = segments.search().where(where).select(["run_id", "query_id"]).limit(None).to_arrow()
+    return set(_keys(rows)) & keys
 
 
 def _has_full_text_index(table: Any) -> bool:
@@ -160,8 +258,8 @@ def _has_full_text_index(table: Any) -> bool:
 
 
 def _best_segments(
-    table: Any, runs: Callable[[], dict[str, RunRecord]], chosen: list[dict[str, Any]], k: int, *,
-    video_id: str | None, min_score: float | None, run_id: str | None,
+    table: Any, records: dict[str, RunRecord], chosen: list[dict[str, Any]], k: int, *,
+    video_id: str | None, min_score: float | None,
 ) -> pa.Table:
     keys = [hit["key"] for hit in chosen]
     where = [in_list("run_id", sorted({run for run, _ in keys})),
@@ -180,15 +278,14 @@ def _best_segments(
                             kind="stable").head(k)
     by_key = {hit["key"]: hit for hit in chosen}
     picked = [by_key[key] for key in zip(rows["run_id"], rows["query_id"], strict=True)]
-    records = runs()
     result = pa.Table.from_pandas(rows[list(RESULT_COLUMNS)], preserve_index=False)
     result = result.cast(pa.schema([segments_schema().field(name) for name in RESULT_COLUMNS]))
     result = result.add_column(0, "result_rank", pa.array(range(result.num_rows), pa.int32()))
     values = ([hit["text"] for hit in picked], [hit["similarity"] for hit in picked],
               [hit["match"] for hit in picked], [hit["relevance"] for hit in picked],
               [records[run].calibrated if run in records else None for run in rows["run_id"]])
-    for field, column in zip(MATCH_FIELDS, values, strict=True):
-        result = result.append_column(field, pa.array(column, field.type))
+    for match_field, column in zip(MATCH_FIELDS, values, strict=True):
+        result = result.append_column(match_field, pa.array(column, match_field.type))
     return result
 
 

@@ -193,6 +193,41 @@ class CellsTable:
         similarity = 1.0 - hits.column("_distance").to_numpy()
         return hits.drop_columns(["_distance"]).append_column("similarity", pa.array(similarity, pa.float32()))
 
+    def nearest_many(self, vectors: np.ndarray, limit: int, *, nprobes: int = 20, refine_factor: int = 5,
+                     queries_per_search: int = 256) -> pa.Table:
+        """:meth:`nearest` for many vectors ``[Q, R]`` at once: query_index (row of ``vectors``), video_id, cell,
+        start_s, end_s, similarity; ``queries_per_search`` vectors per LanceDB search."""
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+        parts = []
+        for first in range(0, len(vectors), queries_per_search):
+            chunk = vectors[first:first + queries_per_search]
+            query = (self.table.search(list(chunk), vector_column_name="vector").distance_type("cosine")
+                     .select(["video_id", "cell", "start_s", "end_s", "_distance"]).limit(int(limit)))
+            if self.has_vector_index():
+                query = query.nprobes(int(nprobes)).refine_factor(int(refine_factor))
+            hits = query.to_arrow()
+            if "query_index" not in hits.column_names:  # one vector: LanceDB leaves the column out
+                hits = hits.append_column("query_index", pa.array(np.zeros(hits.num_rows, np.int32)))
+            index = hits.column("query_index").to_numpy().astype(np.int32) + first
+            similarity = 1.0 - hits.column("_distance").to_numpy()
+            parts.append(pa.table({"query_index": index, **{name: hits.column(name) for name in
+                                                          ("video_id", "cell", "start_s", "end_s")},
+                                   "similarity": pa.array(similarity, pa.float32())}))
+        if not parts:
+            return pa.table({"query_index": pa.array([], pa.int32()), "video_id": pa.array([], pa.string()),
+                             "cell": pa.array([], pa.int32()), "start_s": pa.array([], pa.float64()),
+                             "end_s": pa.array([], pa.float64()), "similarity": pa.array([], pa.float32())})
+        return pa.concat_tables(parts)
+
     def delete_videos(self, video_ids: list[str]) -> None:
         if video_ids:
             self.table.delete(in_list("video_id", video_ids))
+
+
+def best_videos(hits: pa.Table, count: int) -> dict[str, float]:
+    """``video_id -> best cell similarity`` of the ``count`` best videos among the ANN hits, best first."""
+    if hits.num_rows == 0:
+        return {}
+    best = hits.group_by("video_id").aggregate([("similarity", "max")])
+    best = best.sort_by([("similarity_max", "descending"), ("video_id", "ascending")]).slice(0, count)
+    return dict(zip(best.column("video_id").to_pylist(), best.column("similarity_max").to_pylist(), strict=True))

@@ -27,6 +27,11 @@ def runs_schema() -> pa.Schema:
         pa.field("features_uri", pa.string()),
         pa.field("negatives_per_positive", pa.int32()),
         pa.field("recorded_at", pa.string()),
+        # how the run chose its pairs: "exhaustive" (every query x every video) or "candidates" (each query's
+        # `candidates` videos from the cells table); rows kept per query across the library (0: unbounded)
+        pa.field("mode", pa.string()),
+        pa.field("candidates", pa.int32()),
+        pa.field("keep_per_query", pa.int32()),
     ])
 
 
@@ -39,6 +44,9 @@ class RunRecord:
     features_uri: str
     negatives_per_positive: int
     recorded_at: str = ""
+    mode: str = "exhaustive"  # "exhaustive" or "candidates"
+    candidates: int = 0  # videos per query in candidate mode (0: every video)
+    keep_per_query: int = 0  # moments kept per query across the library (0: unbounded, as before issue 19)
 
     @property
     def calibrated(self) -> bool:
@@ -56,6 +64,7 @@ def record_run(db: str, record: RunRecord, storage_options: dict[str, str] | Non
         table = connection.open_table(RUNS_TABLE)
     except (ValueError, FileNotFoundError):
         table = connection.create_table(RUNS_TABLE, schema=runs_schema(), exist_ok=True)
+    _add_missing_columns(table)
     table.merge_insert("run_id").when_matched_update_all().when_not_matched_insert_all().execute(data)
 
 
@@ -67,4 +76,17 @@ def read_runs(db: str | Any, storage_options: dict[str, str] | None = None) -> d
         table = connection.open_table(RUNS_TABLE)
     except (ValueError, FileNotFoundError):
         return {}
-    return {row["run_id"]: RunRecord(**row) for row in table.to_arrow().to_pylist()}
+    known = set(runs_schema().names)
+    records = {}
+    for row in table.to_arrow().to_pylist():
+        values = {name: value for name, value in row.items() if name in known and value is not None}
+        records[row["run_id"]] = RunRecord(**values)
+    return records
+
+
+def _add_missing_columns(table: Any) -> None:
+    """Bring a runs table written before a column existed up to today's schema (the new columns empty)."""
+    have = set(table.schema.names)
+    missing = [field for field in runs_schema() if field.name not in have]
+    if missing:
+        table.add_columns(pa.schema(missing))

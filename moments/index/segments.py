@@ -2,8 +2,9 @@
 grounding output, and the checks every write passes.
 
 One row per (run, query, video, rank): the segment's start and end in seconds, its final, matching and IoU
-scores, the query text with its 384-d MiniLM embedding, the checkpoint id and the run id, plus the segment's
-rank among all segments of its query across the library (`library_rank`).
+scores, the query text, the checkpoint id and the run id, plus the segment's rank among all segments of its query
+across the library (`library_rank`). The query's MiniLM embedding lives once per (run, query) in the `queries`
+table (``moments.index.queries``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from drn.errors import InputError
-from drn.text.sentence import EMBEDDING_DIM
 
 SEGMENTS_TABLE = "segments"
 ROW_KEY = ("run_id", "query_id", "video_id", "rank")
 _REQUIRED = (
-    "run_id", "checkpoint_id", "query_id", "query_text", "query_embedding", "video_id", "rank",
+    "run_id", "checkpoint_id", "query_id", "query_text", "video_id", "rank",
     "start_s", "end_s", "score", "match_score", "iou_score",
 )
 
@@ -34,7 +34,6 @@ def segments_schema() -> pa.Schema:
             pa.field("checkpoint_id", pa.string()),
             pa.field("query_id", pa.string()),
             pa.field("query_text", pa.string()),
-            pa.field("query_embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
             pa.field("video_id", pa.string()),
             pa.field("rank", pa.int32()),
             pa.field("library_rank", pa.int32()),
@@ -52,7 +51,6 @@ def segment_rows(
     checkpoint_id: str,
     query_id: str | int,
     query_text: str,
-    query_embedding: Sequence[float] | np.ndarray,
     video_id: str,
     segments: np.ndarray | Sequence[Sequence[float]],
 ) -> list[dict[str, Any]]:
@@ -65,7 +63,6 @@ def segment_rows(
         raise InputError(f"segments must be [K, 5] (start_s, end_s, score, match, iou), got shape {array.shape}")
     if not query_text or not query_text.strip():
         raise InputError(f"query {query_id}: the query text is empty")
-    embedding = np.asarray(query_embedding, dtype=np.float32).reshape(-1).tolist()
     order = np.argsort(-array[:, 2], kind="stable") if array.size else np.zeros(0, dtype=np.int64)
     return [
         {
@@ -73,7 +70,6 @@ def segment_rows(
             "checkpoint_id": str(checkpoint_id),
             "query_id": str(query_id),
             "query_text": query_text,
-            "query_embedding": embedding,
             "video_id": str(video_id),
             "rank": rank,
             "library_rank": None,
@@ -139,22 +135,11 @@ def _check_values(table: pa.Table) -> None:
     end = table.column("end_s").to_numpy()
     if not (np.isfinite(start).all() and np.isfinite(end).all()) or (end < start).any():
         raise InputError("segment rows: fields 'start_s'/'end_s' must be finite with start_s <= end_s")
-    vectors = embedding_matrix(table)
-    norms = np.linalg.norm(vectors, axis=1)
-    if not np.all(np.abs(norms - 1.0) < 1e-3):
-        raise InputError("segment rows: field 'query_embedding' must be L2-normalised (unit length)")
     keys = table.select(list(ROW_KEY)).group_by(list(ROW_KEY)).aggregate([([], "count_all")])
     duplicated = keys.filter(pc.greater(keys.column("count_all"), 1))
     if duplicated.num_rows:
         first = {name: duplicated.column(name)[0].as_py() for name in ROW_KEY}
         raise InputError(f"segment rows: the row key {first} appears more than once in one write")
-
-
-def embedding_matrix(table: pa.Table) -> np.ndarray:
-    """The `query_embedding` column as a [rows, 384] float32 matrix."""
-    column = table.column("query_embedding").combine_chunks()
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, EMBEDDING_DIM)
-
 
 
 def same_schema(found: pa.Schema, expected: pa.Schema) -> bool:

@@ -1,8 +1,9 @@
-"""The LanceDB `segments` table of grounded moments: ``Index``, its writes, library ranks, indices and reads.
+"""The LanceDB `segments` table of grounded moments and its `queries` table: ``Index``, its writes, library
+ranks, indices and reads.
 
 Writes merge on the row key (run, query, video, rank), so a batch written twice, or a killed job resumed, leaves
-every key exactly once. The rows are those of ``moments.index.segments``; search over stored queries is
-``moments.index.answer``.
+every key exactly once. The rows are those of ``moments.index.segments``; the queries (one row per run and query,
+with the embedding) those of ``moments.index.queries``; search over stored queries is ``moments.index.answer``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,18 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from lancedb.index import FTS, Bitmap, BTree, IvfPq
+from lancedb.index import Bitmap, BTree
 
 from drn.errors import InputError
 from moments.index.answer import SearchAnswer, answer_search
 from moments.index.db import check_db_writable, connect, in_list, local_folder, sql_literal
+from moments.index.queries import (
+    EMBEDDING_COLUMN,
+    QueriesTable,
+    is_legacy_segments,
+    migrate_segments,
+    queries_table_name,
+)
 from moments.index.runs import RunRecord, read_runs
 from moments.index.segments import (
     ROW_KEY,
@@ -36,11 +44,14 @@ _SCALAR_INDICES = (("video_id", BTree), ("query_id", BTree), ("run_id", Bitmap),
 
 class Index:
     """The segments index at a LanceDB URI (a local folder or an object-store URI such as `s3://bucket/db`;
-    `s3://` is configured by the AWS environment variables, see `drn.store.object_store` and docs/cluster.md).
+    `s3://` is configured by the AWS environment variables, see `drn.store.object_store` and docs/cluster.md),
+    with its queries table (`queries` beside `segments`, else `<table>_queries`).
 
     `overwrite=True` replaces an existing table whose schema differs; otherwise that is an InputError and the
-    table is left untouched. Readers see the table version that was current when they opened it (or last
-    called `refresh()`), so a job writing at the same time never shows them half a batch.
+    table is left untouched. A segments table written before the queries table existed (its rows carry
+    `query_embedding`) is migrated in place on opening (``moments.index.queries.migrate_segments``). Readers see
+    the table version that was current when they opened it (or last called `refresh()`), so a job writing at the
+    same time never shows them half a batch.
     """
 
     def __init__(
@@ -58,7 +69,10 @@ class Index:
         self._local_path = local_folder(self.uri)
         self._storage_options = storage_options  # None: connect() gives s3:// the AWS environment's settings
         self._db: Any = None
+        self._queries = QueriesTable(self._connect, self.uri, queries_table_name(table), overwrite=overwrite)
         self._table = self._open_existing()
+        if self._table is not None and is_legacy_segments(self._table.schema):
+            migrate_segments(self._table, self._queries)
         if self._table is not None and not same_schema(self._table.schema, segments_schema()):
             if not overwrite:
                 difference = schema_difference(self._table.schema, segments_schema())
@@ -111,6 +125,11 @@ class Index:
         return self._readable()
 
     @property
+    def queries_table(self) -> Any:
+        """The underlying LanceDB queries table (for advanced use); None while there is none."""
+        return self._queries.open()
+
+    @property
     def version(self) -> int:
         """The table version this index reads."""
         return self._readable().version
@@ -121,6 +140,7 @@ class Index:
             self._table = self._open_existing()
         else:
             self._table.checkout_latest()
+        self._queries.refresh()
 
     # ------------------------------------------------------------------ writing
     def write_segments(self, rows: pa.Table | Sequence[dict[str, Any]]) -> int:
@@ -139,6 +159,11 @@ class Index:
             .execute(data)
         )
         return data.num_rows
+
+    def write_queries(self, rows: pa.Table | Sequence[dict[str, Any]]) -> int:
+        """Merge queries rows (``moments.index.queries.query_rows``) on (run_id, query_id), one atomic commit;
+        a run writes them before its segments. Returns the number of rows given."""
+        return self._queries.write(rows)
 
     def update_library_ranks(
         self, run_id: str, query_ids: Iterable[str] | None = None, *, queries_per_pass: int = 2000,
@@ -173,31 +198,26 @@ class Index:
     def ensure_indices(self, vector_index_min_rows: int | None = None) -> list[str]:
         """Create the indices that are missing and bring existing ones up to date with new rows.
 
-        Scalar indices on video_id, query_id (B-tree), run_id, rank (bitmap) and library_rank (B-tree); a
-        native full-text index on query_text; an IVF-PQ cosine index on query_embedding once the table holds
-        at least `vector_index_min_rows` rows. Returns the names of the indices created.
+        Segments: scalar indices on video_id, query_id (B-tree), run_id, rank (bitmap) and library_rank (B-tree).
+        Queries (``moments.index.queries.QueriesTable.ensure_indices``): run_id, query_id, query_key, a native
+        full-text index on query_text, and an IVF-PQ cosine index on query_embedding once that table holds at
+        least `vector_index_min_rows` rows. Returns the names of the indices created (the queries table's as
+        ``<table>.<column>_idx``).
         """
         table = self._readable()
         threshold = self.vector_index_min_rows if vector_index_min_rows is None else vector_index_min_rows
         existing = {tuple(config.columns): config for config in table.list_indices()}
         created: list[str] = []
-        rows = table.count_rows()
-        if rows == 0:
+        if table.count_rows() == 0:
             return created
         for column, kind in _SCALAR_INDICES:
             if (column,) not in existing:
                 table.create_index(column, config=kind())
                 created.append(f"{column}_idx")
-        if ("query_text",) not in existing:
-            table.create_index("query_text", config=FTS(with_position=False))
-            created.append("query_text_idx")
-        if ("query_embedding",) not in existing and rows >= threshold:
-            table.create_index("query_embedding", config=IvfPq(distance_type="cosine"))
-            created.append("query_embedding_idx")
         stale = [config for config in existing.values() if (config.num_unindexed_rows or 0) > 0]
         if stale:
             table.optimize()
-        return created
+        return created + self._queries.ensure_indices(threshold)
 
     # ------------------------------------------------------------------ reading
     def count(self, run_id: str | None = None, video_id: str | None = None) -> int:
@@ -227,13 +247,24 @@ class Index:
         self, run_id: str | None = None, video_id: str | None = None, query_id: str | None = None,
         *, with_embedding: bool = False, limit: int | None = None,
     ) -> pd.DataFrame:
-        """Rows as a DataFrame (without the embedding unless asked), optionally filtered, in table order."""
-        columns = [name for name in segments_schema().names if with_embedding or name != "query_embedding"]
-        query = self._readable().search().select(columns).limit(limit)
+        """Rows as a DataFrame, optionally filtered, in table order; ``with_embedding`` adds each row's
+        query_embedding (after query_text) from the queries table."""
+        query = self._readable().search().select(segments_schema().names).limit(limit)
         where = equal_filter(run_id=run_id, video_id=video_id, query_id=query_id)
         if where:
             query = query.where(where)
-        return query.to_pandas()
+        frame = query.to_pandas()
+        if not with_embedding:
+            return frame
+        runs = sorted(frame["run_id"].unique())
+        stored = self._queries.read(runs[0] if len(runs) == 1 else None,
+                                    ["run_id", "query_id", EMBEDDING_COLUMN]) if runs else None
+        vectors = {} if stored is None else dict(zip(
+            zip(stored.column("run_id").to_pylist(), stored.column("query_id").to_pylist(), strict=True),
+            stored.column(EMBEDDING_COLUMN).to_numpy(zero_copy_only=False), strict=True))
+        embeddings = [vectors.get(key) for key in zip(frame["run_id"], frame["query_id"], strict=True)]
+        frame.insert(frame.columns.get_loc("query_text") + 1, EMBEDDING_COLUMN, embeddings)
+        return frame
 
     def search(
         self, text: str, k: int = 10, video_id: str | None = None, min_score: float | None = None,
@@ -248,8 +279,8 @@ class Index:
     ) -> SearchAnswer:
         """The best stored segments for a free-text search, with what a user must know about them
         (``moments.index.answer.answer_search``: RRF over meaning and words, same-text queries first, notices)."""
-        return answer_search(self._readable(), self.run_records, text, k, video_id=video_id, min_score=min_score,
-                             run_id=run_id)
+        return answer_search(self._readable(), self._queries, self.run_records, text, k, video_id=video_id,
+                             min_score=min_score, run_id=run_id)
 
     def run_records(self) -> dict[str, RunRecord]:
         """What the `runs` table records of each grounding run (empty for indices written before it existed)."""
@@ -270,9 +301,32 @@ class Index:
         return {vid for vid, ids in seen.items() if len(ids) == len(wanted)}
 
     def delete_run(self, run_id: str) -> None:
-        """Remove every row of a run (one commit)."""
+        """Remove every row of a run (one commit per table: its segments, then its queries)."""
         if self.count(run_id=run_id):
             self._readable().delete(f"run_id = {sql_literal(run_id)}")
+        self._queries.delete_run(run_id)
+
+    def keep_best(self, run_id: str, keep: int) -> int:
+        """Keep each query's ``keep`` best segments of a run across the library: delete the rows whose
+        ``library_rank`` (see :meth:`update_library_ranks`, called first) is ``keep`` or more. Returns the number
+        of rows deleted."""
+        if keep < 1:
+            raise InputError(f"keep must be at least 1, not {keep}")
+        where = f"run_id = {sql_literal(run_id)} AND library_rank >= {int(keep)}"
+        if self.count() == 0:
+            return 0
+        table = self._readable()
+        beyond = table.count_rows(where)
+        if beyond:
+            table.delete(where)
+        return beyond
+
+    def run_scores(self, run_id: str) -> pa.Table:
+        """The ``query_id`` and ``score`` of every row of a run (what a bounded rerun starts from)."""
+        if self.count(run_id=run_id) == 0:
+            return pa.table({"query_id": pa.array([], pa.string()), "score": pa.array([], pa.float32())})
+        return (self._readable().search().where(f"run_id = {sql_literal(run_id)}").select(["query_id", "score"])
+                .limit(None).to_arrow())
 
 
 def equal_filter(**equals: str | None) -> str | None:

@@ -5,7 +5,8 @@
 - ``every_video``: one new text grounded against every video now (``ground_every_video``);
 - ``model`` (a checkpoint loaded for grounding, the encoded query side), ``ray_data`` (which videos, resources,
   the actor pool), ``scoring`` (videos x queries -> rows), ``windows`` (long videos), ``queries`` (collections),
-  ``batches`` (actor output and buffered writes), ``corpus`` (corpus evaluation of a grounding run).
+  ``batches`` (actor output and buffered writes), ``bounded`` (each query's best M rows), ``corpus`` (corpus
+  evaluation of a grounding run).
 
 Names load on first use (PEP 562), so that importing the package costs nothing until a job runs.
 """

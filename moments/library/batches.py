@@ -48,20 +48,28 @@ def split_output(table: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
 
 def write_in_batches(batches: Iterable[pa.Table], write: Callable[[pa.Table], int], progress: LibraryProgress,
                      batch_rows: int, on_write: Callable[[int, int], None] | None = None,
-                     fail_after_writes: int | None = None) -> None:
-    """Write the rows of ``batches`` with ``write`` once ``batch_rows`` are pending, and at the end.
+                     fail_after_writes: int | None = None, *, keep: Callable[[pa.Table], pa.Table] | None = None,
+                     on_videos: Callable[[list[str]], None] | None = None) -> None:
+    """Write the rows of ``batches`` with ``write`` once ``batch_rows`` rows were produced, and at the end.
 
     ``progress`` counts the videos written and failed as it goes; ``on_write(videos, rows)`` follows each write.
+    ``keep`` filters each output's rows before they wait to be written (their videos still count as done), and
+    ``on_videos(video_ids)`` follows each write with the videos it finished (before ``on_write``).
     ``fail_after_writes`` (a test hook) raises after that many writes, to show a job resumes where it stopped.
     """
     pending: list[pa.Table] = []
-    pending_rows, pending_videos, writes = 0, set(), 0
+    produced, writes = 0, 0
+    pending_videos: dict[str, None] = {}
 
     def flush() -> None:
-        nonlocal pending, pending_rows, pending_videos, writes
-        progress.rows_written += write(pa.concat_tables(pending))
+        nonlocal pending, produced, pending_videos, writes
+        rows = pa.concat_tables(pending) if pending else None
+        if rows is not None and rows.num_rows:
+            progress.rows_written += write(rows)
+        if on_videos is not None:
+            on_videos(list(pending_videos))
         progress.videos_done += len(pending_videos)
-        pending, pending_rows, pending_videos = [], 0, set()
+        pending, produced, pending_videos = [], 0, {}
         writes += 1
         if on_write is not None:
             on_write(progress.videos_done + progress.videos_failed, progress.rows_written)
@@ -73,10 +81,12 @@ def write_in_batches(batches: Iterable[pa.Table], write: Callable[[pa.Table], in
         progress.videos_failed += len(failures)
         progress.failures += failures
         if rows.num_rows:
-            pending.append(rows)
-            pending_rows += rows.num_rows
-            pending_videos.update(rows.column("video_id").to_pylist())
-        if pending_rows >= batch_rows:
+            pending_videos.update(dict.fromkeys(rows.column("video_id").to_pylist()))
+            produced += rows.num_rows
+            rows = keep(rows) if keep is not None else rows
+            if rows.num_rows:
+                pending.append(rows)
+        if produced >= batch_rows:
             flush()
-    if pending:
+    if pending_videos:
         flush()

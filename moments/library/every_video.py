@@ -11,6 +11,7 @@ import pyarrow as pa
 from drn.errors import InputError
 from drn.store import FeatureStore, absolute_uri
 from moments.index.db import check_db_writable, default_db_uri
+from moments.index.queries import query_rows
 from moments.index.results import rank_across_library, top_results
 from moments.index.runs import record_run
 from moments.index.segments import SEGMENTS_TABLE
@@ -83,6 +84,7 @@ def ground_every_video(
         raise InputError("no video of the feature store could be grounded", path=features)
     ranked = rank_across_library(rows)
     if index is not None:
+        index.write_queries(query_rows(run_id, model.checkpoint_id, side.ids, side.texts, side.embeddings))
         index.write_segments(ranked)
         index.update_library_ranks(run_id, [query.query_id])
         index.ensure_indices()

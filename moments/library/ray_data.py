@@ -84,13 +84,19 @@ def load_videos(store: FeatureStore, video_ids: Iterable[str]) -> tuple[list[Vid
     return load_each(store.load, video_ids)
 
 
-def videos_through_actors(actor: type, video_ids: list[str], resources: Resources, constructor_args: tuple) -> Any:
+def videos_through_actors(actor: type, video_ids: Sequence[str | dict[str, Any]], resources: Resources,
+                          constructor_args: tuple) -> Any:
     """A Ray Data dataset that sends ``video_ids`` in batches of ``resources.videos_per_batch`` through a pool of
-    ``resources.num_actors`` ``actor``s (built with ``constructor_args``), each with the resources' CPUs and GPUs."""
+    ``resources.num_actors`` ``actor``s (built with ``constructor_args``), each with the resources' CPUs and GPUs.
+
+    An item is a video id, or a dict with ``video_id`` and per-video data (e.g. ``query_indices``, the queries that
+    picked the video) that reaches the actor as more columns of its batch; all items carry the same keys.
+    """
     import ray
 
-    blocks = max(1, min(MAX_BLOCKS, -(-len(video_ids) // resources.videos_per_batch)))
-    dataset = ray.data.from_items([{"video_id": vid} for vid in video_ids], override_num_blocks=blocks)
+    items = [item if isinstance(item, dict) else {"video_id": item} for item in video_ids]
+    blocks = max(1, min(MAX_BLOCKS, -(-len(items) // resources.videos_per_batch)))
+    dataset = ray.data.from_items(items, override_num_blocks=blocks)
     return dataset.map_batches(
         actor,
         batch_size=int(resources.videos_per_batch),

@@ -9,6 +9,7 @@ cannot be scored (missing, NaN features, ...) becomes a failure row; the other v
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,6 @@ import pyarrow as pa
 from drn.durations import timeline_duration
 from drn.inference import EncodedQueries, Grounder
 from drn.store import VideoFeatures
-from drn.text.sentence import EMBEDDING_DIM
 from moments.index.table import segments_schema, segments_table
 from moments.library.batches import ERROR_COLUMN
 from moments.library.windows import Window, WindowRule, cut_windows, merge_windows
@@ -58,8 +58,13 @@ class LibraryScorer:
         self.top_k = top_k
         self.pair_batch_size = pair_batch_size
 
-    def score(self, videos: list[VideoFeatures], failures: list[tuple[str, str]] | None = None) -> pa.Table:
-        """Rows for every (query, video) of ``videos`` (top-k each) plus one error row per failed video."""
+    def score(self, videos: list[VideoFeatures], failures: list[tuple[str, str]] | None = None,
+              queries_of: Mapping[str, Sequence[int]] | None = None) -> pa.Table:
+        """Rows for every (query, video) of ``videos`` (top-k each) plus one error row per failed video.
+
+        ``queries_of`` (video_id -> query indices) scores only those queries against each video (every window of
+        a long video goes with its video's queries); None scores every query.
+        """
         failures = list(failures or [])
         windows: list[Window] = []
         grids: list[np.ndarray] = []
@@ -78,33 +83,39 @@ class LibraryScorer:
             grids.append(video_grids)
         tables = []
         if kept:
-            tables.append(self._rows(kept, windows, np.concatenate(grids)))
+            tables.append(self._rows(kept, windows, np.concatenate(grids), queries_of))
         if failures:
             tables.append(_failure_rows(failures, self.labels))
         if not tables:
             return output_schema().empty_table()
         return pa.concat_tables(tables)
 
-    def _rows(self, videos: list[VideoFeatures], windows: list[Window], grids: np.ndarray) -> pa.Table:
+    def _rows(self, videos: list[VideoFeatures], windows: list[Window], grids: np.ndarray,
+              queries_of: Mapping[str, Sequence[int]] | None = None) -> pa.Table:
+        if queries_of is None:  # every query against every window
+            pairs = [(q, w) for q in range(len(self.queries.ids)) for w in range(len(windows))]
+        else:  # each window with the queries of its video, query-major
+            picked = [sorted({int(q) for q in queries_of.get(v.video_id, ())}) for v in videos]
+            pairs = sorted((q, w) for w, window in enumerate(windows) for q in picked[window.video_index])
+        if not pairs:
+            return output_schema().empty_table()
         results = self.grounder.ground(
             grids, self.queries.encoded, video_ids=[str(i) for i in range(len(windows))],
             durations=[timeline_duration(w.features.duration_s, w.features.clip_end_s) for w in windows],
-            pair_batch_size=self.pair_batch_size,
+            pair_batch_size=self.pair_batch_size, pairs=None if queries_of is None else pairs,
         )
-        num_windows = len(windows)
+        parts: dict[tuple[int, int], list[tuple[float, np.ndarray]]] = {}
+        for (q, w), result in zip(pairs, results, strict=True):  # query-major, windows in order
+            window = windows[w]
+            parts.setdefault((q, window.video_index), []).append((window.offset_s, result.segments))
         nms = self.grounder.config.decode.nms_threshold
         query_index, video_index, blocks = [], [], []
-        for q in range(len(self.queries.ids)):
-            by_video: dict[int, list[tuple[float, np.ndarray]]] = {}
-            for w, window in enumerate(windows):
-                result = results[q * num_windows + w]
-                by_video.setdefault(window.video_index, []).append((window.offset_s, result.segments))
-            for v, parts in by_video.items():
-                merged = merge_windows(parts, timeline_duration(videos[v].duration_s, videos[v].clip_end_s), nms,
-                                       self.top_k)
-                query_index.append(q)
-                video_index.append(v)
-                blocks.append(merged)
+        for (q, v), video_parts in parts.items():
+            merged = merge_windows(video_parts, timeline_duration(videos[v].duration_s, videos[v].clip_end_s), nms,
+                                   self.top_k)
+            query_index.append(q)
+            video_index.append(v)
+            blocks.append(merged)
         return self._table(videos, query_index, video_index, blocks)
 
     def _table(self, videos: list[VideoFeatures], query_index: list[int], video_index: list[int],
@@ -115,13 +126,11 @@ class LibraryScorer:
         ranks = np.concatenate([np.argsort(np.argsort(-b[:, 2], kind="stable"), kind="stable") for b in blocks])
         values = np.concatenate(blocks) if blocks else np.zeros((0, 5))
         count = len(values)
-        embeddings = np.ascontiguousarray(self.queries.embeddings[rows_q], dtype=np.float32).ravel()
         table = pa.table({
             "run_id": pa.array([self.labels.run_id] * count, pa.string()),
             "checkpoint_id": pa.array([self.labels.checkpoint_id] * count, pa.string()),
             "query_id": pa.array(np.array(self.queries.ids, dtype=object)[rows_q], pa.string()),
             "query_text": pa.array(np.array(self.queries.texts, dtype=object)[rows_q], pa.string()),
-            "query_embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings), EMBEDDING_DIM),
             "video_id": pa.array(np.array([v.video_id for v in videos], dtype=object)[rows_v], pa.string()),
             "rank": pa.array(ranks.astype(np.int32)),
             "start_s": pa.array(values[:, 0]),

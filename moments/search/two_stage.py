@@ -30,7 +30,7 @@ from drn.store import FeatureStore
 from drn.store.lookup import VideoLookup
 from drn.store.object_store import is_uri
 from drn.text.sentence import check_spellable
-from moments.index.cells import CELLS_TABLE, CellsTable
+from moments.index.cells import CELLS_TABLE, CellsTable, best_videos
 from moments.index.results import empty_result, rank_across_library, top_results
 from moments.library.batches import split_output
 from moments.library.model import check_queries_encodable, encode_query_side, file_sha256, live_query_id, load_model
@@ -167,15 +167,6 @@ class TwoStageSearcher:
         return top_results(rank_across_library(rows), k, text=query.text,
                            calibrated=self.model.negatives_per_positive > 0, min_score=min_score,
                            extra=[field.name for field in SCORE_FIELDS])
-
-
-def best_videos(hits: pa.Table, count: int) -> dict[str, float]:
-    """``video_id -> best cell similarity`` of the ``count`` best videos among the ANN hits, best first."""
-    if hits.num_rows == 0:
-        return {}
-    best = hits.group_by("video_id").aggregate([("similarity", "max")])
-    best = best.sort_by([("similarity_max", "descending"), ("video_id", "ascending")]).slice(0, count)
-    return dict(zip(best.column("video_id").to_pylist(), best.column("similarity_max").to_pylist(), strict=True))
 
 
 def _sha_of(checkpoint: str) -> str:
