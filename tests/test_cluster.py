@@ -266,7 +266,7 @@ def test_grounding_into_lancedb_on_s3_survives_the_loss_of_an_actor_node_and_sea
     use_nodes(cluster, {"g1": 2, "g2": 2})
     args = ["jobs.ground", "--checkpoint", trained["summary"]["best_checkpoint"], "--features", trained["features"],
             "--queries", f"s3://{bucket}/queries.txt", "--db", db, "--run-id", "cluster", "--num-actors", "2",
-            "--videos-per-batch", "2", "--top-k", "3", "--no-progress"]
+            "--videos-per-batch", "2", "--top-k", "3", "--keep-per-query", "all", "--no-progress"]
     job = start_job(cluster, args, tmp_path / "ground.log")
     killed = kill_when(cluster, lambda: True, "GroundingActor", lambda: job.poll() is None,
                        (tmp_path / "ground.log").read_text)

@@ -64,8 +64,8 @@ def test_jobs_ground_takes_a_300_id_videos_list(ray_session, library, tmp_path, 
 
     db = str(tmp_path / "db")
     code = ground.main(["--checkpoint", library["checkpoint"], "--features", library["features"], "--queries",
-                        library["queries"], "--db", db, "--videos", LONG, "--top-k", "1", "--videos-per-batch", "64",
-                        "--no-progress"])
+                        library["queries"], "--db", db, "--videos", LONG, "--top-k", "1", "--keep-per-query", "all",
+                        "--videos-per-batch", "64", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     assert "videos: 300 selected, 0 already done, 300 grounded, 0 failed" in capsys.readouterr().out
     assert sorted(set(Index(db).to_pandas()["video_id"])) == IDS
