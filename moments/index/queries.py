@@ -24,7 +24,14 @@ from drn.errors import InputError
 from drn.text import query_key
 from drn.text.sentence import EMBEDDING_DIM
 from moments.index.db import check_db_writable, in_list, sql_literal
-from moments.index.segments import SEGMENTS_TABLE, same_schema, schema_difference, segments_schema
+from moments.index.segments import (
+    SEGMENTS_TABLE,
+    check_filled,
+    check_unique,
+    same_schema,
+    schema_difference,
+    segments_schema,
+)
 
 QUERIES_TABLE = "queries"
 QUERY_ROW_KEY = ("run_id", "query_id")
@@ -103,20 +110,11 @@ def queries_table(rows: pa.Table | Sequence[dict[str, Any]]) -> pa.Table:
 def _check_values(table: pa.Table) -> None:
     if table.num_rows == 0:
         return
-    for name in _REQUIRED:
-        nulls = table.column(name).null_count
-        if nulls:
-            raise InputError(f"query rows: field '{name}' is empty in {nulls} row(s)")
-    if pc.any(pc.equal(pc.utf8_trim_whitespace(table.column("query_text")), "")).as_py():
-        raise InputError("query rows: field 'query_text' is empty")
+    check_filled(table, _REQUIRED, "query rows")
     norms = np.linalg.norm(embedding_matrix(table), axis=1)
     if not np.all(np.abs(norms - 1.0) < 1e-3):
         raise InputError(f"query rows: field '{EMBEDDING_COLUMN}' must be L2-normalised (unit length)")
-    keys = table.select(list(QUERY_ROW_KEY)).group_by(list(QUERY_ROW_KEY)).aggregate([([], "count_all")])
-    duplicated = keys.filter(pc.greater(keys.column("count_all"), 1))
-    if duplicated.num_rows:
-        first = {name: duplicated.column(name)[0].as_py() for name in QUERY_ROW_KEY}
-        raise InputError(f"query rows: the row key {first} appears more than once in one write")
+    check_unique(table, QUERY_ROW_KEY, "query rows")
 
 
 def embedding_matrix(table: pa.Table) -> np.ndarray:

@@ -120,26 +120,36 @@ def _conform_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def check_filled(table: pa.Table, required: Sequence[str], what: str) -> None:
+    """InputError when a ``required`` field of ``table`` is empty in some row, or its query_text is blank."""
+    for name in required:
+        nulls = table.column(name).null_count
+        if nulls:
+            raise InputError(f"{what}: field '{name}' is empty in {nulls} row(s)")
+    if pc.any(pc.equal(pc.utf8_trim_whitespace(table.column("query_text")), "")).as_py():
+        raise InputError(f"{what}: field 'query_text' is empty")
+
+
+def check_unique(table: pa.Table, key: Sequence[str], what: str) -> None:
+    """InputError when a row key appears more than once in ``table`` (one write)."""
+    keys = table.select(list(key)).group_by(list(key)).aggregate([([], "count_all")])
+    duplicated = keys.filter(pc.greater(keys.column("count_all"), 1))
+    if duplicated.num_rows:
+        first = {name: duplicated.column(name)[0].as_py() for name in key}
+        raise InputError(f"{what}: the row key {first} appears more than once in one write")
+
+
 def _check_values(table: pa.Table) -> None:
     if table.num_rows == 0:
         return
-    for name in _REQUIRED:
-        nulls = table.column(name).null_count
-        if nulls:
-            raise InputError(f"segment rows: field '{name}' is empty in {nulls} row(s)")
-    if pc.any(pc.equal(pc.utf8_trim_whitespace(table.column("query_text")), "")).as_py():
-        raise InputError("segment rows: field 'query_text' is empty")
+    check_filled(table, _REQUIRED, "segment rows")
     if pc.any(pc.less(table.column("rank"), 0)).as_py():
         raise InputError("segment rows: field 'rank' is negative")
     start = table.column("start_s").to_numpy()
     end = table.column("end_s").to_numpy()
     if not (np.isfinite(start).all() and np.isfinite(end).all()) or (end < start).any():
         raise InputError("segment rows: fields 'start_s'/'end_s' must be finite with start_s <= end_s")
-    keys = table.select(list(ROW_KEY)).group_by(list(ROW_KEY)).aggregate([([], "count_all")])
-    duplicated = keys.filter(pc.greater(keys.column("count_all"), 1))
-    if duplicated.num_rows:
-        first = {name: duplicated.column(name)[0].as_py() for name in ROW_KEY}
-        raise InputError(f"segment rows: the row key {first} appears more than once in one write")
+    check_unique(table, ROW_KEY, "segment rows")
 
 
 def same_schema(found: pa.Schema, expected: pa.Schema) -> bool:
