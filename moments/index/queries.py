@@ -28,6 +28,7 @@ from moments.index.segments import (
     SEGMENTS_TABLE,
     check_filled,
     check_unique,
+    conform_rows,
     same_schema,
     schema_difference,
     segments_schema,
@@ -82,26 +83,7 @@ def query_rows(
 def queries_table(rows: pa.Table | Sequence[dict[str, Any]]) -> pa.Table:
     """Check rows against the schema and return them as an Arrow table, `query_key` computed from the text."""
     schema = queries_schema()
-    if not isinstance(rows, pa.Table):
-        rows = list(rows)
-        for number, row in enumerate(rows):
-            unknown = sorted(set(row) - set(schema.names))
-            missing = [name for name in _REQUIRED if name not in row]
-            if unknown or missing:
-                raise InputError(f"query row {number}: missing fields {missing}, unknown fields {unknown}")
-        rows = pa.Table.from_pylist([{"query_key": None, **row} for row in rows], schema=schema)
-    missing = [name for name in _REQUIRED if name not in rows.column_names]
-    unknown = [name for name in rows.column_names if name not in schema.names]
-    if missing or unknown:
-        raise InputError(f"query rows: missing columns {missing}, unknown columns {unknown}")
-    columns = []
-    for field in schema:
-        try:
-            columns.append(rows.column(field.name).cast(field.type) if field.name in rows.column_names
-                           else pa.nulls(rows.num_rows, field.type))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
-            raise InputError(f"query rows: column '{field.name}' is not {field.type}: {error}") from None
-    table = pa.Table.from_arrays(columns, schema=schema)
+    table = conform_rows(rows, schema, _REQUIRED, "query")
     _check_values(table)
     keys = pa.array([query_key(text) for text in table.column("query_text").to_pylist()], pa.string())
     return table.set_column(schema.get_field_index("query_key"), schema.field("query_key"), keys)

@@ -85,38 +85,39 @@ def segment_rows(
 
 def segments_table(rows: pa.Table | Sequence[dict[str, Any]]) -> pa.Table:
     """Check rows against the schema and return them as an Arrow table; bad rows are an InputError."""
-    schema = segments_schema()
-    if isinstance(rows, pa.Table):
-        table = _conform_table(rows, schema)
-    else:
-        rows = list(rows)
-        for number, row in enumerate(rows):
-            unknown = sorted(set(row) - set(schema.names))
-            missing = [name for name in _REQUIRED if name not in row]
-            if unknown or missing:
-                raise InputError(f"segment row {number}: missing fields {missing}, unknown fields {unknown}")
-        try:
-            table = pa.Table.from_pylist(rows, schema=schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as error:
-            raise InputError(f"segment rows do not fit the segments schema: {error}") from None
+    table = conform_rows(rows, segments_schema(), _REQUIRED, "segment")
     _check_values(table)
     return table
 
 
-def _conform_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    missing = [name for name in _REQUIRED if name not in table.column_names]
-    unknown = [name for name in table.column_names if name not in schema.names]
+def conform_rows(rows: pa.Table | Sequence[dict[str, Any]], schema: pa.Schema, required: Sequence[str],
+                 what: str) -> pa.Table:
+    """Rows (dicts or a table) as a table of ``schema``: required fields present, no unknown ones, absent optional
+    columns empty, each column cast to its type; an InputError naming the row or column otherwise."""
+    if not isinstance(rows, pa.Table):
+        rows = list(rows)
+        for number, row in enumerate(rows):
+            unknown = sorted(set(row) - set(schema.names))
+            missing = [name for name in required if name not in row]
+            if unknown or missing:
+                raise InputError(f"{what} row {number}: missing fields {missing}, unknown fields {unknown}")
+        try:
+            return pa.Table.from_pylist(rows, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as error:
+            raise InputError(f"{what} rows do not fit the schema: {error}") from None
+    missing = [name for name in required if name not in rows.column_names]
+    unknown = [name for name in rows.column_names if name not in schema.names]
     if missing or unknown:
-        raise InputError(f"segment table: missing columns {missing}, unknown columns {unknown}")
+        raise InputError(f"{what} table: missing columns {missing}, unknown columns {unknown}")
     columns = []
     for field in schema:
-        if field.name not in table.column_names:
-            columns.append(pa.nulls(table.num_rows, field.type))
+        if field.name not in rows.column_names:
+            columns.append(pa.nulls(rows.num_rows, field.type))
             continue
         try:
-            columns.append(table.column(field.name).cast(field.type))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-            raise InputError(f"segment table: column '{field.name}' is not {field.type}: {error}") from None
+            columns.append(rows.column(field.name).cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+            raise InputError(f"{what} table: column '{field.name}' is not {field.type}: {error}") from None
     return pa.Table.from_arrays(columns, schema=schema)
 
 
