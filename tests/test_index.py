@@ -90,7 +90,8 @@ def test_schema_of_a_new_table(tmp_path, query_vectors) -> None:
     assert schema.names == ["run_id", "checkpoint_id", "query_id", "query_text", "video_id",
                             "rank", "library_rank", "start_s", "end_s", "score", "match_score", "iou_score"]
     queries = queries_schema()
-    assert queries.names == ["run_id", "query_id", "query_text", "query_key", "query_embedding", "checkpoint_id"]
+    assert queries.names == ["run_id", "query_id", "query_text", "query_key", "query_embedding", "checkpoint_id",
+                             "top_moments"]
     assert queries.field("query_embedding").type == pa.list_(pa.float32(), 384)
     index = Index(tmp_path / "db")
     assert index.count() == 0

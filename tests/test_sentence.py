@@ -62,3 +62,15 @@ def test_search_path_imports_neither_torch_nor_sentence_transformers() -> None:
             "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_cached_embedding_equals_a_fresh_one_and_cannot_be_spoiled() -> None:
+    from drn.text.sentence import clear_embedding_cache, embed_text, embed_texts
+
+    clear_embedding_cache()
+    text = "a person puts a cup on the shelf"
+    first = embed_text(text)
+    first[:] = 0.0  # the caller owns its copy: the cache keeps the true vector
+    again = embed_text(f"  {text} ")
+    fresh = embed_texts([text])[0]
+    assert np.array_equal(again, fresh) and np.linalg.norm(again) == pytest.approx(1.0, abs=1e-5)

@@ -63,10 +63,28 @@ def embed_texts(texts: Sequence[str], *, batch_size: int = 128) -> np.ndarray:
 
 
 def embed_text(text: str) -> np.ndarray:
-    """Embed one text: float32 vector [384] of unit L2 norm; an empty text is an InputError."""
+    """Embed one text: float32 vector [384] of unit L2 norm; an empty text is an InputError.
+
+    Searches repeat: the vectors of the last EMBEDDING_CACHE_SIZE texts (after stripping) are kept, and a
+    repeated text gets a copy of its vector (the same values as a fresh embedding, tested)."""
     if not isinstance(text, str) or not text.strip():
         raise InputError("query text is empty; give some words to search for")
-    return embed_texts([text])[0]
+    return _cached_embedding(text.strip()).copy()
+
+
+EMBEDDING_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=EMBEDDING_CACHE_SIZE)
+def _cached_embedding(stripped: str) -> np.ndarray:
+    vector = embed_texts([stripped])[0]
+    vector.flags.writeable = False
+    return vector
+
+
+def clear_embedding_cache() -> None:
+    """Forget the cached vectors of ``embed_text`` (a benchmark's cold start)."""
+    _cached_embedding.cache_clear()
 
 
 def unknown_words(text: str) -> list[str]:

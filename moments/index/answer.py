@@ -15,19 +15,28 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from drn.errors import InputError
 from drn.text import query_key
 from drn.text.sentence import embed_text
 from moments.index.db import in_list, sql_literal
-from moments.index.queries import EMBEDDING_COLUMN, QueriesTable, embedding_matrix
+from moments.index.queries import (
+    EMBEDDING_COLUMN,
+    TOP_MOMENTS,
+    TOP_MOMENTS_COLUMN,
+    QueriesTable,
+    embedding_matrix,
+)
 from moments.index.results import MATCH_FIELDS, RESULT_COLUMNS, empty_result
 from moments.index.runs import RunRecord
 from moments.index.segments import segments_schema
@@ -78,8 +87,8 @@ def answer_search(
                              "(Index.write_queries; jobs.ground does)", path=queries.uri)
         found = {}
     else:
-        found = _nearest_queries(segments, stored, text, vector, best_rows, run_id, max(2 * k, 20),
-                                 in_video=video_id is not None)
+        found = _nearest_queries(segments, queries, text, vector, best_rows, run_id, max(2 * k, 20),
+                                 in_video=video_id is not None, min_score=min_score)
     searched = query_key(text)
     for hit in found.values():
         hit["match"] = match_kind(searched, hit["text"], hit["similarity"])
@@ -154,28 +163,35 @@ class SearchAnswer:
 
 
 def _nearest_queries(
-    segments: Any, queries: Any, text: str, vector: np.ndarray, best_rows: str, run_id: str | None, candidates: int,
-    *, in_video: bool = False,
+    segments: Any, queries: QueriesTable, text: str, vector: np.ndarray, best_rows: str, run_id: str | None,
+    candidates: int, *, in_video: bool = False, min_score: float | None = None,
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """The stored queries nearest to the text in meaning and in words, fused by RRF, each with segments that pass
     ``best_rows``; each list keeps its ``2 * candidates`` best such queries.
 
     The lists come from the queries table, and one indexed lookup in `segments` (by run_id and query_id)
     confirms their keys; when it rejects some, the lists are read again four times longer until they fill (up
-    to MAX_CANDIDATE_ROWS). With a video filter (``in_video``) few queries may have moments in that video:
-    when the scalar indices count at most MAX_PASSING_KEYS, their keys are read and ranked among themselves."""
+    to MAX_CANDIDATE_ROWS). Without a video filter, a query whose row holds its ``top_moments`` needs no lookup:
+    its best moment is the first of them. With a video filter (``in_video``) few queries may have moments in that
+    video: when the scalar indices count at most MAX_PASSING_KEYS, their keys are read and ranked among
+    themselves."""
+    table = queries.open()
     where = f"run_id = {sql_literal(run_id)}" if run_id is not None else None
     wanted = 2 * candidates
     if in_video and segments.count_rows(best_rows) <= MAX_PASSING_KEYS:
         passing = _with_best_rows(segments, None, best_rows)
-        return _fused(_lists_among(queries, text, vector, passing, where, wanted), vector)
-    words = _has_full_text_index(queries)
+        return _fused(_lists_among(table, text, vector, passing, where, wanted, queries.full_text_indexed()),
+                      vector)
+    columns = [*_COLUMNS, TOP_MOMENTS_COLUMN] if not in_video and queries.has_top_moments() else _COLUMNS
+    words = queries.full_text_indexed()
     limit = wanted
     while True:
-        lists = [_vector_hits(queries, vector, where, limit)]
-        if words:
-            lists.append(_word_hits(queries, text, where, limit))
-        passing = _with_best_rows(segments, {key for hits in lists for key in _keys(hits)}, best_rows)
+        if words:  # the two lists at once: LanceDB's work runs outside the GIL
+            in_words = _pool().submit(_word_hits, table, text, where, limit, columns)
+            lists = [_vector_hits(table, vector, where, limit, columns), in_words.result()]
+        else:
+            lists = [_vector_hits(table, vector, where, limit, columns)]
+        passing = _passing(segments, lists, best_rows, min_score)
         kept = [_only(hits, passing, wanted) for hits in lists]
         if limit >= MAX_CANDIDATE_ROWS or all(hits.num_rows < limit or len(hits_kept) >= wanted
                                               for hits, hits_kept in zip(lists, kept, strict=True)):
@@ -183,22 +199,50 @@ def _nearest_queries(
         limit *= 4
 
 
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    """The threads that read the full-text list while the caller reads the vector list."""
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="query-lists")
+
+
+def _passing(segments: Any, lists: list[pa.Table], best_rows: str, min_score: float | None) -> set[tuple[str, str]]:
+    """The keys of the hits that have a segment passing ``best_rows``: from their ``top_moments`` where the hits
+    hold them (the best moment, at least ``min_score``), else by one lookup in `segments`."""
+    passing: set[tuple[str, str]] = set()
+    unknown: set[tuple[str, str]] = set()
+    for hits in lists:
+        moments = (hits.column(TOP_MOMENTS_COLUMN).to_pylist() if TOP_MOMENTS_COLUMN in hits.column_names
+                   else [None] * hits.num_rows)
+        for key, top in zip(_keys(hits), moments, strict=True):
+            if top is None:
+                unknown.add(key)
+            elif top and (min_score is None or top[0]["score"] >= min_score):
+                passing.add(key)
+    return passing | _with_best_rows(segments, unknown - passing, best_rows)
+
+
 def _fused(lists: list[pa.Table], vector: np.ndarray) -> dict[tuple[str, str], dict[str, Any]]:
-    """Reciprocal rank fusion of ranked lists of stored queries, with each query's cosine to the text."""
+    """Reciprocal rank fusion of ranked lists of stored queries, with each query's cosine to the text (and its
+    checkpoint and ``top_moments`` where the lists hold them)."""
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for hits in lists:
         if hits.num_rows == 0:
             continue
         similarity = embedding_matrix(hits) @ vector
-        for position, (key, sim, stored) in enumerate(
-                zip(_keys(hits), similarity.tolist(), hits.column("query_text").to_pylist(), strict=True), start=1):
-            hit = found.setdefault(key, {"key": key, "relevance": 0.0, "similarity": sim, "text": stored})
+        checkpoints = hits.column("checkpoint_id").to_pylist()
+        moments = (hits.column(TOP_MOMENTS_COLUMN).to_pylist() if TOP_MOMENTS_COLUMN in hits.column_names
+                   else [None] * hits.num_rows)
+        for position, (key, sim, stored, checkpoint, top) in enumerate(
+                zip(_keys(hits), similarity.tolist(), hits.column("query_text").to_pylist(), checkpoints, moments,
+                    strict=True), start=1):
+            hit = found.setdefault(key, {"key": key, "relevance": 0.0, "similarity": sim, "text": stored,
+                                         "checkpoint_id": checkpoint, "moments": top})
             hit["relevance"] += 1.0 / (RRF_K + position)
     return found
 
 
 def _lists_among(queries: Any, text: str, vector: np.ndarray, keys: set[tuple[str, str]], where: str | None,
-                 count: int) -> list[pa.Table]:
+                 count: int, words: bool) -> list[pa.Table]:
     """The ``count`` nearest of the stored queries ``keys`` by cosine (exact), and by words when indexed."""
     if not keys:
         return []
@@ -207,26 +251,27 @@ def _lists_among(queries: Any, text: str, vector: np.ndarray, keys: set[tuple[st
     stored = _only(stored, keys, stored.num_rows)
     order = np.argsort(-(embedding_matrix(stored) @ vector), kind="stable")[:count]
     lists = [stored.take(pa.array(order, pa.int64()))]
-    if _has_full_text_index(queries):
+    if words:
         lists.append(_only(_word_hits(queries, text, among, max(stored.num_rows, 1)), keys, count))
     return lists
 
 
-_COLUMNS = ["run_id", "query_id", "query_text", EMBEDDING_COLUMN]
+_COLUMNS = ["run_id", "query_id", "query_text", "checkpoint_id", EMBEDDING_COLUMN]
 
 
-def _vector_hits(queries: Any, vector: np.ndarray, where: str | None, limit: int) -> pa.Table:
+def _vector_hits(queries: Any, vector: np.ndarray, where: str | None, limit: int,
+                 columns: list[str] = _COLUMNS) -> pa.Table:
     search = queries.search(vector, vector_column_name=EMBEDDING_COLUMN, query_type="vector").distance_type("cosine")
     if where is not None:
         search = search.where(where, prefilter=True)
-    return search.select([*_COLUMNS, "_distance"]).limit(limit).to_arrow()
+    return search.select([*columns, "_distance"]).limit(limit).to_arrow()
 
 
-def _word_hits(queries: Any, text: str, where: str | None, limit: int) -> pa.Table:
+def _word_hits(queries: Any, text: str, where: str | None, limit: int, columns: list[str] = _COLUMNS) -> pa.Table:
     search = queries.search(text.strip(), query_type="fts", fts_columns="query_text")
     if where is not None:
         search = search.where(where, prefilter=True)
-    return search.select([*_COLUMNS, "_score"]).limit(limit).to_arrow()
+    return search.select([*columns, "_score"]).limit(limit).to_arrow()
 
 
 def _keys(hits: pa.Table) -> list[tuple[str, str]]:
@@ -253,14 +298,49 @@ def _with_best_rows(segments: Any, keys: set[tuple[str, str]] | None, best_rows:
     return set(_keys(rows)) & keys
 
 
-def _has_full_text_index(table: Any) -> bool:
-    return any(tuple(config.columns) == ("query_text",) for config in table.list_indices())
-
-
 def _best_segments(
     table: Any, records: dict[str, RunRecord], chosen: list[dict[str, Any]], k: int, *,
     video_id: str | None, min_score: float | None,
 ) -> pa.Table:
+    """Up to ``k`` segments of the chosen queries, in their order, each query's best score first: from their
+    ``top_moments`` when they hold them and ``k`` <= TOP_MOMENTS without a video filter, else from `segments`."""
+    if video_id is None and k <= TOP_MOMENTS and all(hit["moments"] is not None for hit in chosen):
+        rows = _rows_of_top_moments(chosen, k, min_score)
+    else:
+        rows = _rows_of_segments(table, chosen, k, video_id=video_id, min_score=min_score)
+    rows = rows.sort_by([("_order", "ascending"), ("score", "descending"), ("video_id", "ascending"),
+                         ("rank", "ascending")]).slice(0, k)
+    picked = [chosen[position] for position in rows.column("_order").to_pylist()]
+    schema = segments_schema()
+    result = pa.table({name: rows.column(name).cast(schema.field(name).type) for name in RESULT_COLUMNS})
+    result = result.add_column(0, "result_rank", pa.array(range(result.num_rows), pa.int32()))
+    values = ([hit["text"] for hit in picked], [hit["similarity"] for hit in picked],
+              [hit["match"] for hit in picked], [hit["relevance"] for hit in picked],
+              [records[run].calibrated if run in records else None for run in result.column("run_id").to_pylist()])
+    for match_field, column in zip(MATCH_FIELDS, values, strict=True):
+        result = result.append_column(match_field, pa.array(column, match_field.type))
+    return result
+
+
+def _rows_of_top_moments(chosen: list[dict[str, Any]], k: int, min_score: float | None) -> pa.Table:
+    """The chosen queries' moments with library_rank < k (scoring at least ``min_score``), from ``top_moments``,
+    with ``_order``: the query's position among the chosen."""
+    rows = []
+    for order, hit in enumerate(chosen):
+        run, query = hit["key"]
+        for moment in hit["moments"]:
+            if moment["library_rank"] < k and (min_score is None or moment["score"] >= min_score):
+                rows.append({**moment, "run_id": run, "query_id": query, "query_text": hit["text"],
+                             "checkpoint_id": hit["checkpoint_id"], "_order": order})
+    schema = segments_schema()
+    fields = [schema.field(name) for name in RESULT_COLUMNS]
+    return pa.Table.from_pylist(rows, schema=pa.schema([*fields, pa.field("_order", pa.int64())]))
+
+
+def _rows_of_segments(table: Any, chosen: list[dict[str, Any]], k: int, *, video_id: str | None,
+                      min_score: float | None) -> pa.Table:
+    """The chosen queries' best segments read from `segments` (library_rank < k, or rank < k in ``video_id``),
+    with ``_order``: the query's position among the chosen."""
     keys = [hit["key"] for hit in chosen]
     where = [in_list("run_id", sorted({run for run, _ in keys})),
              in_list("query_id", sorted({query for _, query in keys}))]
@@ -270,23 +350,11 @@ def _best_segments(
         where.append(f"(library_rank < {int(k)} OR library_rank IS NULL)")
     if min_score is not None:
         where.append(f"score >= {float(min_score)!r}")
-    rows = table.search().where(" AND ".join(where)).select(list(RESULT_COLUMNS)).limit(None).to_pandas()
+    rows = table.search().where(" AND ".join(where)).select(list(RESULT_COLUMNS)).limit(None).to_arrow()
     order = {hit["key"]: position for position, hit in enumerate(chosen)}
-    rows["_order"] = [order.get(key, -1) for key in zip(rows["run_id"], rows["query_id"], strict=True)]
-    rows = rows[rows["_order"] >= 0]
-    rows = rows.sort_values(["_order", "score", "video_id", "rank"], ascending=[True, False, True, True],
-                            kind="stable").head(k)
-    by_key = {hit["key"]: hit for hit in chosen}
-    picked = [by_key[key] for key in zip(rows["run_id"], rows["query_id"], strict=True)]
-    result = pa.Table.from_pandas(rows[list(RESULT_COLUMNS)], preserve_index=False)
-    result = result.cast(pa.schema([segments_schema().field(name) for name in RESULT_COLUMNS]))
-    result = result.add_column(0, "result_rank", pa.array(range(result.num_rows), pa.int32()))
-    values = ([hit["text"] for hit in picked], [hit["similarity"] for hit in picked],
-              [hit["match"] for hit in picked], [hit["relevance"] for hit in picked],
-              [records[run].calibrated if run in records else None for run in rows["run_id"]])
-    for match_field, column in zip(MATCH_FIELDS, values, strict=True):
-        result = result.append_column(match_field, pa.array(column, match_field.type))
-    return result
+    positions = [order.get(key, -1) for key in _keys(rows)]
+    rows = rows.append_column("_order", pa.array(positions, pa.int64()))
+    return rows.filter(pc.greater_equal(rows.column("_order"), 0))
 
 
 

@@ -1,9 +1,16 @@
 """The LanceDB `queries` table beside `segments` (DESIGN.md section 7): one row per (run, query).
 
 Each row holds the query's text, its normalised key (``drn.text.query_key``), its 384-d unit MiniLM embedding and
-the checkpoint id. Search finds the stored queries here (cosine on the embedding, BM25 on the text), then reads
-their segments from `segments` through the scalar indices on run_id and query_id, so its cost follows the number
-of queries, never the number of segment rows. Writes merge on (run_id, query_id).
+the checkpoint id, and ``top_moments``: the query's TOP_MOMENTS best moments across the library (library_rank
+order), written with the library ranks (``Index.update_library_ranks``). Search finds the stored queries here
+(cosine on the embedding, BM25 on the text) and, for up to TOP_MOMENTS results without a video filter, answers
+from their ``top_moments`` alone; otherwise it reads their segments from `segments` through the scalar indices on
+run_id and query_id. Either way its cost follows the number of queries, never the number of segment rows. Writes
+merge on (run_id, query_id).
+
+``top_moments`` is null where it is not known (a run being written, or a table written before the column
+existed): search then reads `segments` for that query. A queries table without the column gains it on opening
+where the index is writable (``add_top_moments_column``; the index fills it).
 
 An index written before this table existed (segment rows that carry ``query_embedding``) is migrated in place
 (``migrate_segments``): the queries table is written in full first, and only then is the column dropped, so a
@@ -40,6 +47,16 @@ EMBEDDING_COLUMN = "query_embedding"
 _REQUIRED = ("run_id", "query_id", "query_text", "query_embedding", "checkpoint_id")
 _SCALAR_INDICES = (("run_id", Bitmap), ("query_id", BTree), ("query_key", BTree))
 _MIGRATION_CHUNK_ROWS = 20_000
+TOP_MOMENTS_COLUMN = "top_moments"
+# Moments kept per query in the queries table: a search for up to this many results needs no read of `segments`.
+TOP_MOMENTS = 10
+MOMENT_FIELDS = ("video_id", "rank", "library_rank", "start_s", "end_s", "score", "match_score", "iou_score")
+
+
+def moment_type() -> pa.DataType:
+    """One moment of ``top_moments``: the segment fields that a query's row does not hold already."""
+    segments = segments_schema()
+    return pa.struct([segments.field(name) for name in MOMENT_FIELDS])
 
 
 def queries_schema() -> pa.Schema:
@@ -51,7 +68,13 @@ def queries_schema() -> pa.Schema:
         pa.field("query_key", pa.string()),
         pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32(), EMBEDDING_DIM)),
         pa.field("checkpoint_id", pa.string()),
+        pa.field(TOP_MOMENTS_COLUMN, pa.list_(moment_type())),
     ])
+
+
+def without_top_moments(schema: pa.Schema) -> pa.Schema:
+    """The queries schema as it was before ``top_moments`` (tables written then open, read the old way)."""
+    return pa.schema([field for field in schema if field.name != TOP_MOMENTS_COLUMN])
 
 
 def queries_table_name(segments_table: str = SEGMENTS_TABLE) -> str:
@@ -119,6 +142,8 @@ class QueriesTable:
         self.name = name
         self.overwrite = overwrite
         self._table: Any = None
+        self._known: tuple[int, tuple[bool, bool]] | None = None  # (table version, what ``_facts`` found)
+        self.moments_pending = False  # the column was just added: the index must fill it (Index does on opening)
 
     def open(self) -> Any:
         """The LanceDB table, or None while there is none."""
@@ -127,7 +152,9 @@ class QueriesTable:
                 table = self._connect().open_table(self.name)
             except (ValueError, FileNotFoundError):
                 return None
-            if not same_schema(table.schema, queries_schema()):
+            if same_schema(table.schema, without_top_moments(queries_schema())):
+                table = self._add_top_moments_column(table)
+            elif not same_schema(table.schema, queries_schema()):
                 if not self.overwrite:
                     raise InputError(f"table '{self.name}' exists with another schema "
                                      f"({schema_difference(table.schema, queries_schema())}); nothing was changed. "
@@ -135,6 +162,47 @@ class QueriesTable:
                 table = self._create(mode="overwrite")
             self._table = table
         return self._table
+
+    def _add_top_moments_column(self, table: Any) -> Any:
+        """Give a table written before ``top_moments`` the column (empty), where the index is writable; elsewhere
+        it is read as it is and search reads `segments` for every query."""
+        try:
+            check_db_writable(self.uri)
+            table.add_columns(pa.schema([queries_schema().field(TOP_MOMENTS_COLUMN)]))
+        except (InputError, OSError, RuntimeError, ValueError):
+            table.checkout_latest()  # read-only here, or another process added it at the same time
+        if TOP_MOMENTS_COLUMN in table.schema.names:
+            self.moments_pending = True
+        return table
+
+    def has_top_moments(self) -> bool:
+        """The table has the ``top_moments`` column (False while there is no table)."""
+        return self._facts()[0]
+
+    def full_text_indexed(self) -> bool:
+        """query_text has a full-text index."""
+        return self._facts()[1]
+
+    def _facts(self) -> tuple[bool, bool]:
+        """(has top_moments, has a full-text index on query_text), looked up once per table version."""
+        table = self.open()
+        if table is None:
+            return False, False
+        version = table.version
+        if self._known is None or self._known[0] != version:
+            indexed = any(tuple(config.columns) == ("query_text",) for config in table.list_indices())
+            self._known = (version, (TOP_MOMENTS_COLUMN in table.schema.names, indexed))
+        return self._known[1]
+
+    def write_top_moments(self, moments: pa.Table) -> int:
+        """Set ``top_moments`` of existing rows from a table of run_id, query_id and top_moments (one commit);
+        keys without a row are ignored. Returns the number of rows given."""
+        table = self.open()
+        if moments.num_rows == 0 or table is None or TOP_MOMENTS_COLUMN not in table.schema.names:
+            return 0
+        check_db_writable(self.uri)
+        table.merge_insert(list(QUERY_ROW_KEY)).when_matched_update_all().execute(moments)
+        return moments.num_rows
 
     def _create(self, mode: str = "create") -> Any:
         check_db_writable(self.uri)
@@ -165,8 +233,9 @@ class QueriesTable:
 
     def read(self, run_id: str | None = None, columns: Sequence[str] | None = None) -> pa.Table:
         """Rows (all columns unless ``columns``), optionally of one run; empty while there is no table."""
-        names = list(columns or queries_schema().names)
         table = self.open()
+        names = list(columns or [name for name in queries_schema().names
+                                 if table is None or name in table.schema.names])
         if table is None:
             return pa.schema([queries_schema().field(name) for name in names]).empty_table()
         query = table.search().select(names).limit(None)

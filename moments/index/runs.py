@@ -76,6 +76,36 @@ def read_runs(db: str | Any, storage_options: dict[str, str] | None = None) -> d
         table = connection.open_table(RUNS_TABLE)
     except (ValueError, FileNotFoundError):
         return {}
+    return _records(table)
+
+
+@dataclass
+class RunsSnapshot:
+    """The runs table's records as of one table version (``table``: the open table, None while there is none)."""
+
+    table: Any
+    version: int | None
+    records: dict[str, RunRecord]
+
+
+def runs_snapshot(connection: Any, previous: RunsSnapshot | None = None) -> RunsSnapshot:
+    """The runs table's records, read again only when its version moved since ``previous`` (a search reads them
+    every time: checking the version costs a fraction of reading the table)."""
+    table = previous.table if previous is not None else None
+    if table is None:
+        try:
+            table = connection.open_table(RUNS_TABLE)
+        except (ValueError, FileNotFoundError):
+            return RunsSnapshot(None, None, {})
+    else:
+        table.checkout_latest()
+    version = table.version
+    if previous is not None and previous.table is not None and previous.version == version:
+        return previous
+    return RunsSnapshot(table, version, _records(table))
+
+
+def _records(table: Any) -> dict[str, RunRecord]:
     known = set(runs_schema().names)
     records = {}
     for row in table.to_arrow().to_pylist():

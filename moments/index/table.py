@@ -22,12 +22,16 @@ from moments.index.answer import SearchAnswer, answer_search
 from moments.index.db import check_db_writable, connect, in_list, local_folder, sql_literal
 from moments.index.queries import (
     EMBEDDING_COLUMN,
+    MOMENT_FIELDS,
+    TOP_MOMENTS,
+    TOP_MOMENTS_COLUMN,
     QueriesTable,
     is_legacy_segments,
     migrate_segments,
+    moment_type,
     queries_table_name,
 )
-from moments.index.runs import RunRecord, read_runs
+from moments.index.runs import RunRecord, RunsSnapshot, runs_snapshot
 from moments.index.segments import (
     ROW_KEY,
     SEGMENTS_TABLE,
@@ -82,6 +86,9 @@ class Index:
                     path=self.uri,
                 )
             self._table = self._create(mode="overwrite")
+        self._run_records: RunsSnapshot | None = None  # the runs table, read again only when it changes
+        if self._table is not None and self._queries.open() is not None and self._queries.moments_pending:
+            self._fill_top_moments()
 
     # ------------------------------------------------------------------ table handling
     def _connect(self) -> Any:
@@ -128,6 +135,11 @@ class Index:
     def queries_table(self) -> Any:
         """The underlying LanceDB queries table (for advanced use); None while there is none."""
         return self._queries.open()
+
+    @property
+    def stored_queries(self) -> QueriesTable:
+        """The queries table's reader and writer (``moments.index.queries.QueriesTable``)."""
+        return self._queries
 
     @property
     def version(self) -> int:
@@ -193,7 +205,36 @@ class Index:
             update = update.cast(pa.schema([segments_schema().field(name) for name in update.column_names]))
             table.merge_insert(list(ROW_KEY)).when_matched_update_all().execute(update)
             updated += update.num_rows
+        self.update_top_moments(run_id, ids, queries_per_pass=queries_per_pass)
         return updated
+
+    def update_top_moments(self, run_id: str, query_ids: Sequence[str], *, queries_per_pass: int = 2000) -> int:
+        """Write each query's TOP_MOMENTS best moments across the library (library_rank order) into its queries
+        row, where search reads them: an empty list when it has no segments, null while any of its segments has no
+        library rank. The rows are rewritten: :meth:`ensure_indices` indexes them again. Returns the number of
+        queries rows written."""
+        if not self._queries.has_top_moments():
+            return 0
+        table = self._readable()
+        written = 0
+        for start in range(0, len(query_ids), queries_per_pass):
+            chunk = sorted({str(query) for query in query_ids[start:start + queries_per_pass]})
+            where = (f"run_id = {sql_literal(run_id)} AND {in_list('query_id', chunk)} AND "
+                     f"(library_rank < {TOP_MOMENTS} OR library_rank IS NULL)")
+            rows = table.search().where(where).select(["query_id", *MOMENT_FIELDS]).limit(None).to_arrow()
+            written += self._queries.write_top_moments(_top_moments_rows(run_id, chunk, rows))
+        return written
+
+    def _fill_top_moments(self) -> None:
+        """Fill ``top_moments`` of a queries table that has just gained the column, run by run."""
+        keys = self._queries.read(columns=["run_id", "query_id"])
+        runs: dict[str, list[str]] = {}
+        for run, query in zip(keys.column("run_id").to_pylist(), keys.column("query_id").to_pylist(), strict=True):
+            runs.setdefault(run, []).append(query)
+        for run, query_ids in sorted(runs.items()):
+            self.update_top_moments(run, query_ids)
+        self._queries.ensure_indices(self.vector_index_min_rows)  # the rewritten rows, indexed again
+        self._queries.moments_pending = False
 
     def ensure_indices(self, vector_index_min_rows: int | None = None) -> list[str]:
         """Create the indices that are missing and bring existing ones up to date with new rows.
@@ -283,8 +324,10 @@ class Index:
                              min_score=min_score, run_id=run_id)
 
     def run_records(self) -> dict[str, RunRecord]:
-        """What the `runs` table records of each grounding run (empty for indices written before it existed)."""
-        return read_runs(self._connect())
+        """What the `runs` table records of each grounding run (empty for indices written before it existed);
+        read again only when the table has a new version."""
+        self._run_records = runs_snapshot(self._connect(), self._run_records)
+        return self._run_records.records
 
     def completed_videos(self, run_id: str, query_ids: Sequence[str]) -> set[str]:
         """Videos that already have rows of every query in the run (their rank-0 rows are there)."""
@@ -319,6 +362,9 @@ class Index:
         beyond = table.count_rows(where)
         if beyond:
             table.delete(where)
+            if keep < TOP_MOMENTS:  # the queries' top moments name rows that are gone
+                self.update_top_moments(run_id, self._queries.read(run_id, ["query_id"]).column("query_id")
+                                        .to_pylist())
         return beyond
 
     def run_scores(self, run_id: str) -> pa.Table:
@@ -333,3 +379,22 @@ def equal_filter(**equals: str | None) -> str | None:
     """``a = 'x' AND b = 'y'`` for the given values that are not None; None when all are."""
     parts = [f"{column} = {sql_literal(value)}" for column, value in equals.items() if value is not None]
     return " AND ".join(parts) or None
+
+
+def _top_moments_rows(run_id: str, query_ids: Sequence[str], rows: pa.Table) -> pa.Table:
+    """The ``top_moments`` of each query from its segment rows with library_rank < TOP_MOMENTS (or none): its
+    moments in library_rank order; [] without rows; null when a row has no library rank yet."""
+    moments: dict[str, list[dict[str, Any]] | None] = {query: [] for query in query_ids}
+    for row in rows.sort_by([("query_id", "ascending"), ("library_rank", "ascending")]).to_pylist():
+        query = row.pop("query_id")
+        if moments[query] is None:
+            continue
+        if row["library_rank"] is None:
+            moments[query] = None
+        else:
+            moments[query].append(row)
+    return pa.table({
+        "run_id": pa.array([run_id] * len(moments), pa.string()),
+        "query_id": pa.array(list(moments), pa.string()),
+        TOP_MOMENTS_COLUMN: pa.array(list(moments.values()), pa.list_(moment_type())),
+    })
