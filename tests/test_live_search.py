@@ -17,6 +17,7 @@ import torch
 
 from drn.checkpoint import save_checkpoint
 from drn.config import load_config
+from drn.errors import InputError
 from drn.model import DRN
 from drn.retrieval_training import train_retrieval
 from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord
@@ -166,6 +167,22 @@ def test_rows_have_the_fields_of_indexed_search(library, indexed) -> None:
     assert table["score"] == sorted(table["score"], reverse=True)
     assert set(table["query_text"]) == {"the golf event"} and all(s <= e for s, e in zip(
         table["start_s"], table["end_s"], strict=True))
+
+
+def test_a_video_filter_grounds_that_video_even_when_retrieval_would_not_pick_it(library, indexed) -> None:
+    searcher = TwoStageSearcher(indexed, options=TwoStageOptions(candidates=1))
+    text = "the golf event"
+    picked = {row["video_id"] for row in searcher.search(text, k=50).to_pylist()}
+    reference = searcher.reference_search(text, k=1000).to_pylist()
+    other = next(row["video_id"] for row in reversed(reference) if row["video_id"] not in picked)
+    rows = searcher.search(text, k=3, video_id=other).to_pylist()
+    assert rows and {row["video_id"] for row in rows} == {other}
+    theirs = [row for row in reference if row["video_id"] == other][:3]
+    key = ("start_s", "end_s", "score", "drn_score", "retrieval_score")
+    assert np.allclose([[row[name] for name in key] for row in rows], [[row[name] for name in key] for row in theirs],
+                       atol=1e-5)
+    with pytest.raises(InputError, match="has no cells"):
+        searcher.search(text, video_id="no-such-video")
 
 
 def test_video_lookup_reads_what_the_store_reads(library) -> None:

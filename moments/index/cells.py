@@ -22,7 +22,7 @@ import pyarrow as pa
 from lancedb.index import BTree, IvfPq
 
 from drn.errors import InputError
-from moments.index.db import connect, in_list, local_folder
+from moments.index.db import connect, in_list, local_folder, sql_literal
 
 CELLS_TABLE = "cells"
 CELL_KEY = ("video_id", "cell")
@@ -218,6 +218,17 @@ class CellsTable:
                              "cell": pa.array([], pa.int32()), "start_s": pa.array([], pa.float64()),
                              "end_s": pa.array([], pa.float64()), "similarity": pa.array([], pa.float32())})
         return pa.concat_tables(parts)
+
+    def video_similarity(self, vector: np.ndarray, video_id: str) -> float | None:
+        """The best cosine between ``vector`` and the cells of one video, exactly (None: the video has no cells)."""
+        table = (self.table.search().where(f"video_id = {sql_literal(video_id)}").select(["vector"]).limit(None)
+                 .to_arrow())
+        if table.num_rows == 0:
+            return None
+        cells = table.column("vector").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+        cells = cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-12)
+        query = np.asarray(vector, dtype=np.float32)
+        return float(np.max(cells @ (query / max(float(np.linalg.norm(query)), 1e-12))))
 
     def delete_videos(self, video_ids: list[str]) -> None:
         if video_ids:

@@ -110,10 +110,18 @@ class TwoStageSearcher:
         self._all_cells: tuple[np.ndarray, np.ndarray] | None = None  # every cell vector, read on first use
 
     def search(self, text: str, k: int = 10, *, min_score: float | None = None,
-               options: TwoStageOptions | None = None) -> pa.Table:
-        """The ``k`` best moments for ``text`` across the library, in two stages (see the module docstring)."""
+               options: TwoStageOptions | None = None, video_id: str | None = None) -> pa.Table:
+        """The ``k`` best moments for ``text`` across the library, in two stages (see the module docstring); with
+        ``video_id``, that video's alone: it is grounded whether or not retrieval would pick it (one DRN pass),
+        its retrieval score the exact best cosine of its cells. A video without cells is an InputError."""
         options = options or self.options
         query, side, vector = self._encode(text, k)
+        if video_id is not None:
+            similarity = self.cells.video_similarity(vector, video_id)
+            if similarity is None:
+                raise InputError(f"video {video_id!r} has no cells in the '{self.cells.name}' table: it is not in "
+                                 "the library that jobs.index_library indexed", path=self.db)
+            return self._ground_candidates(query, side, {video_id: similarity}, k, min_score, options)
         hits = self.cells.nearest(vector, options.cells, nprobes=options.nprobes, refine_factor=options.refine_factor)
         return self._ground_candidates(query, side, best_videos(hits, options.candidates), k, min_score, options)
 
