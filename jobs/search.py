@@ -5,8 +5,9 @@ in words, and their best segments across the library. `--live` grounds a new tex
 nearest video cells in the `cells` table that `jobs.index_library` wrote, then DRN on those candidate videos
 only (`moments.search.two_stage`). `--exhaustive` grounds it against every video (`ground_every_video`).
 With `DRN_SERVE=http://host:port` set, indexed searches go to a running search service (`python -m jobs.serve`),
-which has the index and the model loaded already. Each path imports only what it needs: indexed search needs
-neither torch nor sentence-transformers.
+which has the index and the model loaded already; its access token comes from `DRN_SERVE_TOKEN`, the file
+`DRN_SERVE_TOKEN_FILE` or `--token-file`. Each path imports only what it needs: indexed search needs neither torch
+nor sentence-transformers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyarrow as pa
 from drn.errors import InputError
 from jobs.cli import flag_names, job_main
 from moments.index.results import format_results
+from moments.serve.auth import refuse_token_values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-score", type=float, default=None, metavar="X", help="only segments scoring >= X")
     parser.add_argument("--run-id", default=None, metavar="R", help="only segments of this grounding run")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per segment) instead of a table")
+    parser.add_argument("--token-file", default=None, metavar="PATH",
+                        help="with DRN_SERVE: the file holding the search service's access token (default: "
+                        "$DRN_SERVE_TOKEN, else the file $DRN_SERVE_TOKEN_FILE)")
+    refuse_token_values(parser)
     live = parser.add_argument_group(
         "live search (ground TEXT now; two stages: ANN over the cells table, then DRN on the candidate videos)")
     live.add_argument("--live", action="store_true",
@@ -111,13 +117,13 @@ def run_search(args: argparse.Namespace) -> tuple[pa.Table, list[str]]:
 def run_remote(args: argparse.Namespace, address: str) -> tuple[pa.Table, list[str]]:
     """Ask the search service at `address` ($DRN_SERVE), which has the index and the model loaded already."""
     from drn.errors import InputError
-    from moments.serve.client import SERVE_ENV, remote_search
+    from moments.serve.client import SERVE_ENV, remote_search, service_token
 
     if args.db is not None or args.table != "segments":
         raise InputError(f"--db/--table name a local index, but {SERVE_ENV} sends searches to the service at "
                          f"{address}; unset {SERVE_ENV} to search another index")
     rows, notices = remote_search(address, args.text, k=args.k, video=args.video, min_score=args.min_score,
-                                  run_id=args.run_id)
+                                  run_id=args.run_id, token=service_token(args.token_file))
     return pa.Table.from_pylist(rows), notices
 
 
@@ -139,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from moments.serve.client import service_address
 
     remote = None if live else service_address()  # DRN_SERVE: a running service answers, fast
+    if args.token_file is not None and not remote:
+        raise InputError("--token-file is the search service's token: it goes with DRN_SERVE=http://host:port and "
+                         "an indexed search (not --live or --exhaustive)")
     if live:
         from moments.index import SearchAnswer
 

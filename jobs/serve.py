@@ -2,7 +2,9 @@
 
 Starts a Ray Serve application (moments.serve.app) that loads the index and the sentence model once and serves a
 JSON API and a web page that plays the moments it finds. It binds to 127.0.0.1 unless --host says otherwise, and
-runs until Ctrl-C (or SIGTERM). On a cluster, `serve deploy configs/serve/moments.yaml` deploys the same application
+runs until Ctrl-C (or SIGTERM). Beyond loopback it needs an access token (--token-file, $DRN_SERVE_TOKEN,
+$DRN_SERVE_TOKEN_FILE or --generate-token) and refuses to start without one unless --insecure-no-token
+(moments.serve.auth). On a cluster, `serve deploy configs/serve/moments.yaml` deploys the same application
 (docs/serve.md, docs/cluster.md).
 """
 
@@ -22,6 +24,18 @@ from typing import TYPE_CHECKING
 from drn.errors import InputError
 from drn.store.object_store import is_uri
 from jobs.cli import job_main
+from moments.serve.auth import (
+    DEFAULT_TOKEN_FILE,
+    INSECURE_FLAG,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    Access,
+    ServiceToken,
+    generate_token_file,
+    is_loopback,
+    refuse_token_values,
+    token_from,
+)
 
 if TYPE_CHECKING:
     from moments.serve.backend import ServiceSettings
@@ -50,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     parser.add_argument("--replicas", type=int, default=1, help="replicas of the service (default: 1)")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per replica (default: 1)")
+    access = parser.add_argument_group(
+        "access (a token is required beyond loopback; the page asks for it once, programs send Authorization: "
+        "Bearer)")
+    access.add_argument("--token-file", default=None, metavar="PATH",
+                        help=f"file holding the access token, one line (default: ${TOKEN_ENV}, else the file "
+                        f"${TOKEN_FILE_ENV}); never give the token itself on the command line")
+    access.add_argument("--generate-token", action="store_true",
+                        help=f"make a new random token at start-up and write it to --token-file (default "
+                        f"{DEFAULT_TOKEN_FILE}) with mode 0600, replacing the token it held")
+    access.add_argument(INSECURE_FLAG, action="store_true",
+                        help="listen beyond loopback without a token: anyone who can connect can search and "
+                        "watch every video")
+    refuse_token_values(parser)
     parser.add_argument("--detach", action="store_true",
                         help="return once the app is up, leaving it on the Ray cluster (RAY_ADDRESS); a local Ray "
                         "started by this command stops with it")
@@ -69,35 +96,53 @@ def check_paths(args: argparse.Namespace) -> None:
         raise InputError(f"--num-cpus must not be negative, not {args.num_cpus}")
 
 
-def health(url: str) -> dict:
-    """The service's /api/health answer (ready or not)."""
+def access_from(args: argparse.Namespace) -> Access:
+    """The service's Access from the flags and the environment; refused (InputError) before anything starts when
+    the service would listen beyond loopback without a token."""
+    if args.generate_token:
+        token, path = generate_token_file(args.token_file)
+        print(f"new access token written to {path} (mode 0600)", flush=True)
+    else:
+        token = token_from(args.token_file)
+    access = Access(token, insecure_no_token=args.insecure_no_token)
+    access.check_host(args.host)
+    return access
+
+
+def health(url: str, token: ServiceToken | None = None) -> dict:
+    """The service's /api/health answer (ready or not; with the token, what is loaded)."""
+    headers = {"Authorization": token.authorization()} if token is not None else {}
     try:
-        with urllib.request.urlopen(url + "api/health", timeout=30) as response:
+        with urllib.request.urlopen(urllib.request.Request(url + "api/health", headers=headers),
+                                    timeout=30) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         return json.loads(error.read() or b"{}")
 
 
-def serve_and_wait(settings: ServiceSettings, host: str, port: int, *, replicas: int = 1, num_cpus: float = 1.0,
-                   detach: bool = False) -> str:
+def serve_and_wait(settings: ServiceSettings, host: str, port: int, *, access: Access | None = None,
+                   replicas: int = 1, num_cpus: float = 1.0, detach: bool = False) -> str:
     """Start the service (Ray is joined or started by ``pipeline.ray_runtime.start_ray``), print its URL and
-    state, and wait for Ctrl-C (or return at once with `detach`). Returns the URL."""
+    state, and wait for Ctrl-C (or return at once with `detach`). Returns the URL.
+
+    `access` None: the token of the environment ($DRN_SERVE_TOKEN, $DRN_SERVE_TOKEN_FILE), if any."""
     from ray import serve
 
-    from moments.serve.app import LOOPBACK, check_port_free, start_service
+    from moments.serve.app import check_port_free, start_service
     from pipeline.ray_runtime import start_ray
 
+    access = access if access is not None else Access(token_from())
+    access.check_host(host)
     check_port_free(host, port)
     start_ray()
-    url = start_service(settings, host, port, num_replicas=replicas, num_cpus=num_cpus)
-    state = health(url)
+    url = start_service(settings, host, port, access=access, num_replicas=replicas, num_cpus=num_cpus)
+    state = health(url, access.token)
     if state.get("ready"):
         print(f"ready: {state.get('rows')} segments, {state.get('videos') or 0} playable videos", flush=True)
     else:
         print(f"not ready yet: {state.get('reason')} (it checks again on each request)", flush=True)
-    if host != LOOPBACK:
-        print(f"warning: listening on {host}: anyone who can reach this machine can search and watch the videos",
-              flush=True)
+    for line in access_notes(access, host):
+        print(line, flush=True)
     print(f"search service at {url}  (DRN_SERVE={url.rstrip('/')} makes jobs.search use it)", flush=True)
     if detach:
         return url
@@ -112,6 +157,20 @@ def serve_and_wait(settings: ServiceSettings, host: str, port: int, *, replicas:
     return url
 
 
+def access_notes(access: Access, host: str) -> list[str]:
+    """What the user must know about access: where the token is, and the risks of this listener."""
+    notes = []
+    if access.token is not None:
+        notes.append(f"access: token required, from {access.token.source}; the page asks for it once, and "
+                     f"jobs.search sends it from ${TOKEN_ENV} or the file ${TOKEN_FILE_ENV}")
+    if not is_loopback(host):
+        notes.append(f"warning: listening on {host} without a token ({INSECURE_FLAG}): anyone who can reach this "
+                     "machine can search and watch the videos" if access.token is None else
+                     f"warning: listening on {host} over plain HTTP: the token crosses the network in clear unless "
+                     "a TLS proxy is in front")
+    return notes
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -120,11 +179,12 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_paths(args)
+    access = access_from(args)  # before Ray starts: no token beyond loopback ends here
     from moments.serve.backend import ServiceSettings
 
     settings = ServiceSettings(db=args.db, table=args.table, features=args.features, videos=args.videos,
                                checkpoint=args.checkpoint)
-    serve_and_wait(settings, args.host, args.port, replicas=args.replicas, num_cpus=args.num_cpus,
+    serve_and_wait(settings, args.host, args.port, access=access, replicas=args.replicas, num_cpus=args.num_cpus,
                    detach=args.detach)
     return 0
 

@@ -1,21 +1,26 @@
-"""`ray job submit` against a real local head: extract, train and ground run as Ray jobs with --working-dir.
+"""`ray job submit` against a real local head with Ray's token authentication: extract, train and ground run as
+Ray jobs with --working-dir.
 
-The test starts its own head (`ray start --head`) in a dedicated temporary folder on free ports, submits the
-three jobs through the job server with the repository as working_dir, checks what each wrote, and stops that head
-only: the processes whose command line names the folder, and their children, by id (`ray stop` would stop every
-Ray on the machine, the pytest session's included).
+The test starts its own head (`ray start --head`, `RAY_AUTH_MODE=token` and a new `RAY_AUTH_TOKEN`) in a dedicated
+temporary folder on free ports, submits the three jobs through the job server with the repository as working_dir
+(the client presents the same token; each job's driver inherits the head's token from its environment), checks
+what each wrote, checks that the `ray job` CLI is refused without the token or with a wrong one and answered with
+it, and stops that head only: the processes whose command line names the folder, and their children, by id
+(`ray stop` would stop every Ray on the machine, the pytest session's included).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -74,13 +79,28 @@ def stop_head(temp_dir: str) -> None:
     psutil.wait_procs(alive, timeout=10)
 
 
+@dataclass(frozen=True)
+class Head:
+    address: str  # the dashboard's (job server's) URL
+    token: str  # Ray's authentication token of this head
+    env: dict[str, str]  # an environment that holds the token, as a client's or a node's must
+
+    def client_env(self, token: str | None) -> dict[str, str]:
+        """The environment of a `ray` CLI client: token mode with `token`, or (None) no token at all."""
+        env = {key: value for key, value in self.env.items() if not key.startswith("RAY_AUTH_")}
+        return {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token} if token else {
+            **env, "RAY_AUTH_MODE": "disabled"}
+
+
 @pytest.fixture
-def ray_head(monkeypatch):
-    """A local Ray head with the job server; yields its dashboard address; stopped (only it) afterwards."""
+def ray_head():
+    """A local Ray head with the job server and token authentication; stopped (only it) afterwards."""
     temp_dir = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")  # short: Ray's socket paths must stay short
     gcs, dashboard, agent, client = free_ports(4)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    token = secrets.token_hex(32)  # Ray's own format: 256 bits as hex
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH_")}
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+                "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"})
     command = [str(VENV_BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(gcs),
                "--dashboard-port", str(dashboard), "--dashboard-agent-listen-port", str(agent),
                "--ray-client-server-port", str(client), "--include-dashboard", "true", "--temp-dir", temp_dir,
@@ -88,7 +108,7 @@ def ray_head(monkeypatch):
     try:
         started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stderr[-2000:]
-        yield f"http://127.0.0.1:{dashboard}"
+        yield Head(f"http://127.0.0.1:{dashboard}", token, env)
     finally:
         stop_head(temp_dir)
         leaked = head_processes(temp_dir)
@@ -98,7 +118,7 @@ def ray_head(monkeypatch):
 
 def submit(client, entrypoint: list[str]) -> str:
     """Submit once the head's job agent is up (it starts a few seconds after the head)."""
-    runtime_env = {"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": {"RAY_AUTH_MODE": "disabled"}}
+    runtime_env = {"working_dir": str(REPO), "excludes": EXCLUDES}  # the driver inherits the head's token
     deadline = time.monotonic() + 90
     while True:
         try:
@@ -139,7 +159,9 @@ def test_extract_train_and_ground_run_as_ray_jobs(tmp_path, ray_head):
     texts = [json.loads(line)["query"] for line in (Path(annotations) / "test.jsonl").read_text().splitlines()]
     queries.write_text("".join(t + "\n" for t in dict.fromkeys(texts)))
     python = sys.executable
-    client = JobSubmissionClient(ray_head)
+    # the token as a header, which is what the SDK sends from RAY_AUTH_TOKEN; this process's own Ray state (the
+    # session's local Ray) is left alone
+    client = JobSubmissionClient(ray_head.address, headers={"Authorization": f"Bearer {ray_head.token}"})
 
     extract = submit(client, [python, "-m", "jobs.extract", "--videos", videos, "--out", str(features),
                               "--weights", "random", "--fps", "4", "--clip-stride", "16", "--no-progress"])
@@ -166,3 +188,15 @@ def test_extract_train_and_ground_run_as_ray_jobs(tmp_path, ray_head):
     rows = index.to_pandas(run_id="submitted")
     assert len(rows) > 0 and set(rows.video_id) == set(store.ok_video_ids())
     assert set(rows.query_text) == set(texts)
+
+    listed = ray_jobs(ray_head, ray_head.token)
+    assert listed.returncode == 0 and all(job in listed.stdout for job in (extract, train, ground)), listed.stderr
+    for token, words in ((None, "Authentication required"), (secrets.token_hex(32), "Invalid authentication token")):
+        refused = ray_jobs(ray_head, token)
+        assert refused.returncode != 0 and words in refused.stdout + refused.stderr, refused.stderr[-2000:]
+
+
+def ray_jobs(head: Head, token: str | None) -> subprocess.CompletedProcess:
+    """`ray job list` against the head, as a client holding `token` in RAY_AUTH_TOKEN (None: no token)."""
+    return subprocess.run([str(VENV_BIN / "ray"), "job", "list", "--address", head.address],
+                          env=head.client_env(token), capture_output=True, text=True, timeout=120)

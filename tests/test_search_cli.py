@@ -127,3 +127,11 @@ def test_help_names_every_option() -> None:
     for option in ("--db", "--k", "--video", "--min-score", "--run-id", "--json", "--live", "--checkpoint",
                    "--features", "--save"):
         assert option in text
+
+
+def test_a_token_file_goes_with_the_service_only(db, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("DRN_SERVE", raising=False)
+    (tmp_path / "token").write_text("t" * 32)
+    assert main(["a door", "--db", db, "--token-file", str(tmp_path / "token")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --token-file is the search service's token") and err.count("\n") == 1

@@ -1,15 +1,19 @@
-"""The search service on a real Ray Serve: JSON API, media, bad requests, readiness, and jobs.search via DRN_SERVE.
+"""The search service on a real Ray Serve: access, JSON API, media, bad requests, readiness, and jobs.search via
+DRN_SERVE.
 
-One Serve instance for the whole module, with two applications: `moments` at / (started by `jobs.serve`, on a
-small real library: H.264 videos, a feature store manifest and a LanceDB index) and `empty` at /empty/ on a db
-that has no table yet.
+One Serve instance for the whole module, with two applications: `moments` at / (started by `jobs.serve` with
+`--token-file`, on a small real library: H.264 videos, a feature store manifest and a LanceDB index) and `empty`
+at /empty/ on a db that has no table yet, with the same token. Every request sends the token unless a test says
+otherwise; the access tests send none, a wrong one, an empty one, or one in the URL, and see 401.
 """
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -30,8 +34,10 @@ from drn.text.sentence import embed_texts
 from jobs import search as search_job
 from jobs import serve as serve_job
 from moments.index import Index, query_rows, segment_rows
+from moments.serve.auth import COOKIE, Access, ServiceToken
 
 REPO = Path(__file__).resolve().parents[1]
+TOKEN = secrets.token_urlsafe(32)
 pytestmark = pytest.mark.slow
 
 
@@ -53,13 +59,38 @@ class Answer:
         return json.loads(self.body)
 
 
-def fetch(url: str, headers: dict[str, str] | None = None) -> Answer:
-    request = urllib.request.Request(url, headers=headers or {})
+def fetch(url: str, headers: dict[str, str] | None = None, *, token: str | None = TOKEN) -> Answer:
+    """GET `url`, sending `token` as a bearer token (None: no Authorization header, unless `headers` has one)."""
+    headers = dict(headers or {})
+    if token is not None:
+        headers.setdefault("Authorization", f"Bearer {token}")
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return Answer(response.status, {k.lower(): v for k, v in response.headers.items()}, response.read())
     except urllib.error.HTTPError as error:
         return Answer(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
+
+
+def send(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None) -> Answer:
+    """One request, redirects not followed, every header of the answer kept (Set-Cookie included)."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
+                           headers=headers or {})
+        response = connection.getresponse()
+        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+def sign_in(url: str, token: str, form: bool = False) -> Answer:
+    """POST the token to the application at `url` as the page does (JSON), or as a plain HTML form."""
+    if form:
+        body = urllib.parse.urlencode({"token": token}).encode()
+        return send(url + "api/login", "POST", body, {"Content-Type": "application/x-www-form-urlencoded"})
+    return send(url + "api/login", "POST", json.dumps({"token": token}).encode(), {"Content-Type": "application/json"})
 
 
 def free_port() -> int:
@@ -81,11 +112,14 @@ def service(library, ray_session, tmp_path_factory):
     from moments.serve.backend import ServiceSettings
 
     port = free_port()
+    token_file = tmp_path_factory.mktemp("secret") / "token"
+    token_file.write_text(TOKEN + "\n")
     code = serve_job.main(["--db", library.db, "--features", library.features, "--port", str(port),
-                           "--num-cpus", "0", "--detach"])
+                           "--num-cpus", "0", "--token-file", str(token_file), "--detach"])
     assert code == 0
     empty_db = tmp_path_factory.mktemp("empty") / "lancedb"
-    start_service(ServiceSettings(db=str(empty_db)), port=port, name="empty", route_prefix="/empty", num_cpus=0)
+    start_service(ServiceSettings(db=str(empty_db)), port=port, access=Access(ServiceToken(TOKEN)), name="empty",
+                  route_prefix="/empty", num_cpus=0)
     try:
         yield Service(f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{port}/empty/", empty_db, library)
     finally:
@@ -95,6 +129,143 @@ def service(library, ray_session, tmp_path_factory):
 def api(service: Service, path: str, **params) -> Answer:
     query = urllib.parse.urlencode({key: value for key, value in params.items() if value is not None})
     return fetch(service.url + path + (f"?{query}" if query else ""))
+
+
+# ---------------------------------------------------------------------------------------------------------- access
+ROUTES = [  # (method, path): every route of the application, each answered 200 with the token
+    ("GET", ""),
+    ("GET", "static/app.js"),
+    ("GET", "static/style.css"),
+    ("GET", "api/health"),
+    ("GET", "api/search?q=a+red+square&k=3"),
+    ("GET", "api/videos"),
+    ("GET", "api/videos/synth_0000?limit=3"),
+    ("GET", "api/clip?video=synth_0000"),
+    ("GET", "api/clip?video=synth_0000&start=1&end=3"),
+    ("GET", "api/frames?video=synth_0000&t=1&width=64"),
+    ("POST", "api/login"),
+    ("POST", "api/logout"),
+]
+ROUTE_IDS = [f"{method} /{path.split('?')[0]}" for method, path in ROUTES]
+LOGIN_BODY = json.dumps({"token": TOKEN}).encode()
+
+
+def call(service: Service, method: str, path: str, headers: dict[str, str] | None = None) -> Answer:
+    body = LOGIN_BODY if path == "api/login" else b"" if method == "POST" else None
+    return send(service.url + path, method, body, {"Content-Type": "application/json", **(headers or {})})
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES, ids=ROUTE_IDS)
+def test_every_route_answers_401_without_the_token_and_200_with_it(service, method, path) -> None:
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    allowed = call(service, method, path, bearer)
+    assert allowed.status == 200, allowed.body[:300]
+    if path == "api/health":  # readiness only, for load balancers: no paths, no counts
+        anonymous = call(service, method, path)
+        assert anonymous.status == 200 and anonymous.json() == {"ready": True}
+        assert set(allowed.json()) > {"ready", "rows", "videos", "video_root", "db", "pid"}
+        return
+    if path == "api/login":  # the sign-in itself: the token in the body, or 401
+        anonymous = send(service.url + path, "POST", b"{}", {"Content-Type": "application/json"})
+    else:
+        anonymous = call(service, method, path)
+    assert anonymous.status == 401, anonymous.body[:300]
+    assert anonymous.headers["cache-control"] == "no-store"
+    if path == "":  # the page answers with its sign-in form
+        assert anonymous.headers["content-type"].startswith("text/html")
+        assert b'action="/api/login"' in anonymous.body and b'type="password"' in anonymous.body
+        assert b"static/app.js" not in anonymous.body
+    else:
+        assert anonymous.headers["content-type"].startswith("application/json") and anonymous.json()["error"]
+
+
+def test_unknown_paths_answer_401_without_the_token_and_404_with_it(service) -> None:
+    for path in ("nothing-here", "api/nothing", "static/index.html", "-/anything"):
+        assert fetch(service.url + path, token=None).status == 401, path
+        assert fetch(service.url + path).status == 404, path
+
+
+def forged_session(token: str, expires: int) -> str:
+    return f"{COOKIE}={ServiceToken(token).session_value(expires)}"
+
+
+REFUSED_CREDENTIALS = {  # (headers, query added to the URL)
+    "wrong token": ({"Authorization": f"Bearer {secrets.token_urlsafe(32)}"}, ""),
+    "token with one character changed": ({"Authorization": f"Bearer {TOKEN[:-1]}{'A' if TOKEN[-1] != 'A' else 'B'}"},
+                                         ""),
+    "token prefix": ({"Authorization": f"Bearer {TOKEN[:20]}"}, ""),
+    "empty token": ({"Authorization": "Bearer "}, ""),
+    "bearer without a token": ({"Authorization": "Bearer"}, ""),
+    "empty header": ({"Authorization": ""}, ""),
+    "another scheme": ({"Authorization": f"Basic {TOKEN}"}, ""),
+    "token in the query string": ({}, f"token={TOKEN}"),
+    "access_token in the query string": ({}, f"access_token={TOKEN}"),
+    "right header, token also in the query string": ({"Authorization": f"Bearer {TOKEN}"}, f"token={TOKEN}"),
+    "token as a cookie": ({"Cookie": f"{COOKIE}={TOKEN}"}, ""),
+    "expired session": ({"Cookie": forged_session(TOKEN, int(time.time()) - 5)}, ""),
+    "session of another token": ({"Cookie": forged_session(secrets.token_urlsafe(32), int(time.time()) + 600)}, ""),
+    "wrong token despite a live session": ({"Authorization": "Bearer " + "x" * 40,
+                                            "Cookie": forged_session(TOKEN, int(time.time()) + 600)}, ""),
+}
+
+
+@pytest.mark.parametrize("credential", sorted(REFUSED_CREDENTIALS))
+@pytest.mark.parametrize(("method", "path"), [route for route in ROUTES if route[1] not in ("api/health", "api/login")],
+                         ids=[i for i, route in zip(ROUTE_IDS, ROUTES, strict=True)
+                              if route[1] not in ("api/health", "api/login")])
+def test_wrong_empty_and_query_string_tokens_are_refused(service, credential, method, path) -> None:
+    headers, query = REFUSED_CREDENTIALS[credential]
+    if query:
+        path += ("&" if "?" in path else "?") + query
+    answer = call(service, method, path, headers)
+    assert answer.status == 401, (credential, answer.body[:300])
+
+
+def test_health_refuses_a_wrong_token_and_tells_the_anonymous_nothing_but_readiness(service) -> None:
+    assert fetch(service.url + "api/health", token="x" * 40).status == 401
+    assert fetch(service.url + f"api/health?token={TOKEN}", token=None).status == 401
+    for url in (service.url, service.empty_url):
+        anonymous = fetch(url + "api/health", token=None)
+        assert set(anonymous.json()) == {"ready"}
+        assert str(service.library.root) not in anonymous.body.decode() and "rows" not in anonymous.body.decode()
+    assert fetch(service.empty_url + "api/health", token=None).status == 503  # not ready, reason not shown
+
+
+def test_signing_in_sets_an_httponly_samesite_cookie_that_alone_opens_every_route(service) -> None:
+    for token, reason in (("", "the token is empty"), ("  ", "the token is empty"), ("x" * 40, "wrong token"),
+                          (TOKEN[:-1], "wrong token")):
+        refused = sign_in(service.url, token)
+        assert refused.status == 401 and refused.json()["error"] == reason and "set-cookie" not in refused.headers
+    assert send(service.url + "api/login", "POST", b"not json", {"Content-Type": "application/json"}).status == 400
+    answer = sign_in(service.url, TOKEN)
+    assert answer.status == 200 and answer.json()["signed_in"] is True
+    cookie = answer.headers["set-cookie"]
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite", "path"} <= attributes and "SameSite=Strict" in cookie and "Path=/;" in cookie
+    assert "max-age" not in attributes and "expires" not in attributes  # ends with the browser session
+    session = cookie.split(";")[0]
+    assert TOKEN not in session  # an HMAC of the token, never the token
+    for method, path in ROUTES:
+        if path not in ("api/login",):
+            assert call(service, method, path, {"Cookie": session}).status == 200, path
+    part = fetch(service.url + "api/clip?video=synth_0000", {"Range": "bytes=0-99", "Cookie": session}, token=None)
+    assert part.status == 206 and len(part.body) == 100  # what a <video> asks for, with the cookie only
+    signed_out = call(service, "POST", "api/logout", {"Cookie": session})
+    assert "Max-Age=0" in signed_out.headers["set-cookie"]
+
+
+def test_a_form_without_javascript_signs_in_and_lands_on_the_page(service) -> None:
+    answer = sign_in(service.empty_url, TOKEN, form=True)
+    assert answer.status == 303 and answer.headers["location"] == "/empty/"
+    assert "Path=/empty/;" in answer.headers["set-cookie"]  # the cookie of the app under /empty/ only
+    session = answer.headers["set-cookie"].split(";")[0]
+    assert fetch(service.empty_url, {"Cookie": session}, token=None).status == 200
+    wrong = sign_in(service.empty_url, "y" * 40, form=True)
+    assert wrong.status == 401 and b"Not signed in: wrong token" in wrong.body
+    page = fetch(service.url.rstrip("/") + "/empty", token=None)  # the app's root without its slash
+    assert page.status == 401 and b'action="/empty/api/login"' in page.body
+    url_token = fetch(service.url + f"?token={TOKEN}", token=None)
+    assert url_token.status == 401 and b"a token in the URL is refused" in url_token.body
 
 
 # ---------------------------------------------------------------------------------------------------------- health
@@ -249,9 +420,12 @@ BAD_REQUESTS = [
 ]
 
 
+@pytest.mark.parametrize("with_token", [True, False], ids=["token", "no-token"])
 @pytest.mark.parametrize(("path", "status", "message"), BAD_REQUESTS, ids=[case[0][:60] for case in BAD_REQUESTS])
-def test_bad_requests_get_a_4xx_json_message(service, path, status, message) -> None:
-    answer = fetch(service.url + path)
+def test_bad_requests_get_a_4xx_json_message(service, path, status, message, with_token) -> None:
+    answer = fetch(service.url + path, token=TOKEN if with_token else None)
+    if not with_token:  # refused before the parameters are even read
+        status, message = 401, "needs its token"
     assert answer.status == status, answer.body[:300]
     assert answer.headers["content-type"].startswith("application/json")
     assert message in answer.json()["error"]
@@ -276,8 +450,11 @@ HEAVY_CHECK = (
 )
 
 
-def run_cli(*args: str, serve_url: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DRN_SERVE": serve_url, "PYTHONPATH": str(REPO)}
+def run_cli(*args: str, serve_url: str, token_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """jobs.search in a process of its own; `token_env` (default: DRN_SERVE_TOKEN) says how it finds the token."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DRN_SERVE")}
+    env.update({"DRN_SERVE": serve_url, "PYTHONPATH": str(REPO),
+                **({"DRN_SERVE_TOKEN": TOKEN} if token_env is None else token_env)})
     return subprocess.run([sys.executable, "-c", HEAVY_CHECK, *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120)
 
@@ -298,15 +475,33 @@ def test_jobs_search_asks_the_service_when_drn_serve_is_set(service, capsys, mon
     assert [line for line in lines if not line.startswith("note:")][0].split()[:3] == ["#", "query", "matched"]
 
 
-def test_jobs_search_reports_service_errors_in_one_line(service) -> None:
-    cases = [(("   ",), service.url, "the search service answered 400: q is empty"),
-             (("a door", "--db", service.library.db), service.url, "unset DRN_SERVE"),
-             (("a door",), f"http://127.0.0.1:{free_port()}", "cannot reach the search service")]
-    for args, url, message in cases:
-        done = run_cli(*args, serve_url=url)
+def test_jobs_search_reads_the_token_from_a_file(service, tmp_path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    for args, env in ((("--token-file", str(token_file)), {}), ((), {"DRN_SERVE_TOKEN_FILE": str(token_file)})):
+        done = run_cli("a green triangle", "--json", "--k", "2", *args, serve_url=service.url, token_env=env)
+        assert done.returncode == 0, done.stderr
+        assert len(done.stdout.splitlines()) == 3 and done.stdout.splitlines()[-1] == "LOADED []"
+
+
+def test_jobs_search_reports_service_errors_in_one_line(service, tmp_path) -> None:
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    cases = [(("   ",), service.url, None, "the search service answered 400: q is empty"),
+             (("a door", "--db", service.library.db), service.url, None, "unset DRN_SERVE"),
+             (("a door",), f"http://127.0.0.1:{free_port()}", None, "cannot reach the search service"),
+             (("a door",), service.url, {}, "answered 401: this service needs its token"),
+             (("a door",), service.url, {}, "set DRN_SERVE_TOKEN, or DRN_SERVE_TOKEN_FILE"),
+             (("a door",), service.url, {"DRN_SERVE_TOKEN": "z" * 43}, "answered 401: wrong token"),
+             (("a door",), service.url, {"DRN_SERVE_TOKEN": ""}, "$DRN_SERVE_TOKEN is empty"),
+             (("a door", "--token-file", str(short)), service.url, {}, "must have 16 to 512 characters"),
+             (("a door", "--token-file", str(tmp_path / "none")), service.url, {}, "no such token file")]
+    for args, url, token_env, message in cases:
+        done = run_cli(*args, serve_url=url, token_env=token_env)
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+        assert TOKEN not in done.stderr and "z" * 43 not in done.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------- readiness

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from drn.errors import InputError
 from drn.store import FeatureStoreWriter, StoreMetadata, VideoRecord
 from jobs import serve as serve_job
 from moments.serve import params
@@ -89,7 +90,10 @@ def test_serve_config_is_valid_and_builds_the_app(tmp_path, monkeypatch) -> None
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-    from moments.serve.app import MomentsService, app_builder, settings_from_args
+    from moments.serve.app import MomentsService, access_from_args, app_builder, settings_from_args
+
+    for name in ("DRN_SERVE_TOKEN", "DRN_SERVE_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
 
     config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "configs" / "serve" / "moments.yaml").read_text()))
     assert config.http_options.host == "127.0.0.1"
@@ -105,8 +109,23 @@ def test_serve_config_is_valid_and_builds_the_app(tmp_path, monkeypatch) -> None
     with pytest.raises(ValueError, match="unknown"):
         app_builder({"db": "x", "colour": "red"})
 
+    assert access_from_args(app.args).token is None  # loopback: no token needed
+    (tmp_path / "token").write_text("t" * 32 + "\n")
+    access = access_from_args({**app.args, "token_file": "token"})  # relative: from the current folder
+    assert access.token.matches("t" * 32) and not access.insecure_no_token
+    assert isinstance(app_builder({**app.args, "token_file": "token", "insecure_no_token": False}), serve.Application)
+    monkeypatch.setenv("DRN_SERVE_TOKEN_FILE", str(tmp_path / "token"))  # runtime_env: env_vars
+    assert access_from_args(app.args).token.matches("t" * 32)
+    with pytest.raises(ValueError, match="insecure_no_token must be true or false"):
+        access_from_args({"insecure_no_token": "yes"})
+    with pytest.raises(InputError, match="no such token file"):
+        app_builder({**app.args, "token_file": "missing"})
 
-def test_jobs_serve_refuses_bad_settings_before_starting_anything(tmp_path, capsys) -> None:
+
+def test_jobs_serve_refuses_bad_settings_before_starting_anything(tmp_path, capsys, monkeypatch) -> None:
+    for name in ("DRN_SERVE_TOKEN", "DRN_SERVE_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "short").write_text("abc")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -116,13 +135,18 @@ def test_jobs_serve_refuses_bad_settings_before_starting_anything(tmp_path, caps
             (["--db", str(tmp_path), "--features", str(tmp_path / "none")], "--features: no such file"),
             (["--db", str(tmp_path), "--port", "70000"], "--port must be between"),
             (["--db", str(tmp_path), "--replicas", "0"], "--replicas must be at least 1"),
+            (["--db", str(tmp_path), "--host", "0.0.0.0"], "listens beyond this machine, so the service needs a token"),
+            (["--db", str(tmp_path), "--host", "::"], "needs a token"),
+            (["--db", str(tmp_path), "--token-file", str(tmp_path / "none")], "no such token file"),
+            (["--db", str(tmp_path), "--token-file", str(tmp_path / "short")], "must have 16 to 512 characters"),
         ]
         for argv, message in cases:
             assert serve_job.main(argv) == 2
             err = capsys.readouterr().err
             assert err.startswith("error: ") and message in err and err.count("\n") == 1
     text = serve_job.build_parser().format_help()
-    for option in ("--db", "--features", "--videos", "--checkpoint", "--host", "--port", "--replicas"):
+    for option in ("--db", "--features", "--videos", "--checkpoint", "--host", "--port", "--replicas", "--token-file",
+                   "--generate-token", "--insecure-no-token"):
         assert option in text
     assert "127.0.0.1" in text
 
@@ -152,5 +176,5 @@ def test_the_pages_files_ship_as_package_data() -> None:
     globs = re.findall(r'"([^"]+)"', re.search(r'^"moments\.serve" = \[(.*?)\]', section, re.M).group(1))
     package = REPO / "moments" / "serve"
     files = sorted(path.relative_to(package).as_posix() for path in (package / "web").iterdir())
-    assert files == ["web/app.js", "web/index.html", "web/style.css"]
+    assert files == ["web/app.js", "web/index.html", "web/login.html", "web/style.css"]
     assert all(any(fnmatch.fnmatch(name, pattern) for pattern in globs) for name in files)

@@ -1,7 +1,9 @@
-"""The web page in a real headless Chromium (Debian's package, driven by Playwright) against a real Serve app.
+"""The web page in a real headless Chromium (Debian's package, driven by Playwright) against a real Serve app that
+has an access token.
 
-Open the page, type a query, see results with thumbnails; click one and the player lands inside the segment and
-loops it; filters narrow the results; a screenshot is saved as a test artifact (the folder is printed).
+Open the page: it asks for the token (a wrong one is refused), then signs in; type a query, see results with
+thumbnails (fetched with the session cookie); click one and the player lands inside the segment and loops it;
+filters narrow the results; a screenshot is saved as a test artifact (the folder is printed).
 Without Chromium the tests skip with one line saying how to install it; CI sets DRN_REQUIRE_BROWSER=1, which
 turns that skip into a failure.
 """
@@ -9,6 +11,7 @@ turns that skip into a failure.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import time
@@ -23,6 +26,7 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-d
                  "--disable-background-networking", "--disable-component-update", "--no-first-run",
                  "--autoplay-policy=no-user-gesture-required"]
 INSTALL = "apt-get install -y chromium chromium-driver && pip install playwright (never `playwright install`)"
+TOKEN = secrets.token_urlsafe(32)
 pytestmark = pytest.mark.slow
 
 
@@ -57,13 +61,15 @@ def page_url(tmp_path_factory, ray_session):
     from ray import serve
 
     from moments.serve.app import start_service
+    from moments.serve.auth import Access, ServiceToken
     from moments.serve.backend import ServiceSettings
 
     library = build_served_library(tmp_path_factory.mktemp("page"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    url = start_service(ServiceSettings(db=library.db, features=library.features), port=port, num_cpus=0)
+    url = start_service(ServiceSettings(db=library.db, features=library.features), port=port,
+                        access=Access(ServiceToken(TOKEN)), num_cpus=0)
     try:
         yield url, library
     finally:
@@ -82,17 +88,64 @@ def browser(page_url):
             chromium.close()
 
 
+def sign_in(tab, token: str) -> None:
+    """Type the token into the sign-in page and press Sign in."""
+    tab.fill("#token", token)
+    tab.click("#login button[type=submit]")
+
+
 @pytest.fixture
-def page(browser, page_url):
+def context(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context, page_url):
     tab = context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda error: errors.append(str(error)))
-    tab.goto(page_url[0])
+    first = tab.goto(page_url[0])
+    assert first.status == 401  # the page asks for the token first
+    sign_in(tab, TOKEN)
     tab.wait_for_selector("#status.ready", timeout=60_000)
     yield tab
-    context.close()
     assert errors == []  # no script error on the page
+
+
+def test_the_page_asks_for_the_token_refuses_a_wrong_one_and_keeps_it_for_the_tab(context, page_url) -> None:
+    tab = context.new_page()
+    answer = tab.goto(page_url[0] + "?q=a+blue+circle")
+    assert answer.status == 401 and tab.locator("#token").get_attribute("type") == "password"
+    sign_in(tab, "not-the-token-" + "x" * 20)
+    tab.wait_for_selector("#login-message:not([hidden])", timeout=20_000)
+    assert "wrong token" in tab.locator("#login-message").inner_text()
+    assert tab.evaluate("() => sessionStorage.getItem('drn-moments-token')") is None
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(ARTIFACTS / "web-sign-in.png"))
+
+    sign_in(tab, TOKEN)
+    tab.wait_for_selector("#status.ready", timeout=60_000)  # the page itself, signed in
+    assert "?q=a+blue+circle" in tab.url
+    tab.wait_for_function("() => Number(document.body.dataset.searches || 0) >= 1", timeout=30_000)
+    assert tab.locator(".result").count() > 0  # the search in the address ran once signed in
+    assert tab.evaluate("() => sessionStorage.getItem('drn-moments-token')") == TOKEN
+    cookies = context.cookies()
+    assert len(cookies) == 1 and cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict"
+    assert TOKEN not in cookies[0]["value"] and tab.evaluate("() => document.cookie") == ""  # out of scripts' reach
+    assert tab.evaluate("() => fetch('api/videos').then(r => r.status)") == 200  # the cookie alone
+    assert tab.evaluate("() => fetch('api/videos', {credentials: 'omit'}).then(r => r.status)") == 401
+
+    context.clear_cookies()  # the session is over (expired, or a new token): the tab signs in again by itself
+    tab.reload()
+    tab.wait_for_selector("#status.ready", timeout=60_000)
+    assert len(context.cookies()) == 1
+
+    tab.click("#sign-out")
+    tab.wait_for_selector("#login", timeout=20_000)
+    assert context.cookies() == [] and tab.evaluate("() => sessionStorage.getItem('drn-moments-token')") is None
+    assert tab.goto(page_url[0]).status == 401
 
 
 PLAYER_STATE = """() => {

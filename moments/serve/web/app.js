@@ -21,8 +21,32 @@ function api(path, params) {
   return BASE + path + (text ? "?" + text : "");
 }
 
+// ------------------------------------------------------------------ the access token
+// With a token configured, the sign-in page (the service's 401 answer to this page) keeps the token in this tab's
+// sessionStorage and the service sets a session cookie; fetch calls send the token as a header, <video> and <img>
+// rely on the cookie. A 401 means the session ended or the token changed: reload, and the sign-in page takes over.
+const TOKEN_KEY = "drn-moments-token";
+const SIGNED_IN_AGAIN = "drn-moments-signed-in-again";
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? {Authorization: `Bearer ${token}`} : {};
+}
+
+function signInAgain() {
+  sessionStorage.removeItem(TOKEN_KEY);  // a token the service refuses is of no further use
+  location.reload();
+}
+
+async function signOut() {
+  await fetch(BASE + "api/logout", {method: "POST", headers: authHeaders(), credentials: "same-origin"});
+  sessionStorage.removeItem(TOKEN_KEY);
+  location.reload();
+}
+
 async function getJson(path, params) {
-  const response = await fetch(api(path, params));
+  const response = await fetch(api(path, params), {headers: authHeaders(), credentials: "same-origin"});
+  if (response.status === 401) signInAgain();
   let body = null;
   try { body = await response.json(); } catch (error) { body = {error: `${response.status} ${response.statusText}`}; }
   if (!response.ok) {
@@ -48,6 +72,7 @@ async function watchHealth() {
   const badge = $("status");
   try {
     const health = await getJson("api/health");
+    $("sign-out").hidden = !health.token_required;
     badge.textContent = `ready · ${health.rows} segments · ${health.videos ?? 0} videos`;
     badge.className = "status ready";
     badge.dataset.ready = "true";
@@ -296,6 +321,8 @@ function tick() {  // timeupdate fires only about 4 times a second: check the lo
 
 // ------------------------------------------------------------------ start
 function start() {
+  sessionStorage.removeItem(SIGNED_IN_AGAIN);  // signed in: the sign-in page may use the kept token again later
+  $("sign-out").addEventListener("click", signOut);
   $("search").addEventListener("submit", search);
   player().addEventListener("timeupdate", keepInMoment);
   const query = new URLSearchParams(location.search);
