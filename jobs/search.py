@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", default=None, help="LanceDB URI: a folder or s3://... (default: $DRN_DB or ./lancedb)")
     parser.add_argument("--table", default="segments", help="table name (default: segments)")
     parser.add_argument("--k", type=int, default=10, help="number of segments to show (default: 10)")
-    parser.add_argument("--video", default=None, metavar="ID", help="only segments of this video")
+    parser.add_argument("--video", default=None, metavar="ID",
+                        help="only segments of this video (with --live: that video is grounded, one DRN pass)")
     parser.add_argument("--min-score", type=float, default=None, metavar="X", help="only segments scoring >= X")
     parser.add_argument("--run-id", default=None, metavar="R", help="only segments of this grounding run")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per segment) instead of a table")
@@ -80,7 +81,7 @@ def run_live(args: argparse.Namespace) -> pa.Table:
         raise InputError(f"there is no '{table}' table for two-stage --live search: build it first with "
                          f"python -m jobs.index_library --checkpoint CHECKPOINT --features STORE --db {db} "
                          "(or search every video with --exhaustive)", path=db) from None
-    return searcher.search(args.text, k=args.k, min_score=args.min_score)
+    return searcher.search(args.text, k=args.k, min_score=args.min_score, video_id=args.video)
 
 
 def run_exhaustive(args: argparse.Namespace) -> pa.Table:
@@ -135,8 +136,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("choose --live (two stages) or --exhaustive (every video), not both")
     if args.save and not args.exhaustive:
         parser.error("--save works with --exhaustive (two-stage results cover the candidate videos only)")
-    if args.live and args.video:
-        parser.error("--video works with indexed search and --exhaustive")
     if args.k < 1:
         parser.error("--k must be at least 1")
     live = args.live or args.exhaustive

@@ -146,6 +146,8 @@ def test_the_search_service_searches_and_searches_live_on_s3(s3_db, s3_env, tmp_
     assert live["live"] is True and live["count"] == 3
     assert {row["query_text"] for row in live["results"]} == {"the alpha event"}
     assert {row["video_id"] for row in live["results"]} <= {f"v{n}" for n in range(len(WORDS))}
+    in_video = backend.search({"q": "the alpha event", "k": "3", "live": "1", "video": "v3"})
+    assert in_video["count"] > 0 and {row["video_id"] for row in in_video["results"]} == {"v3"}
     searcher = backend.two_stage_searcher()
     assert searcher is backend.two_stage_searcher() and searcher.cells.uri == s3_db  # made once, kept
 

@@ -295,6 +295,10 @@ def test_exhaustive_and_live_from_the_command_line(library, indexed, capsys) -> 
     assert [len(found) for found in rows.values()] == [3, 3]
     assert rows["--live"][0]["video_id"] == f"v{WORDS.index('mike'):03d}"
     assert "retrieval_score" in rows["--live"][0] and "retrieval_score" not in rows["--exhaustive"][0]
+    assert search_job.main(["the mike event", "--live", "--video", "v000", "--db", indexed, "--k", "2", "--json",
+                            "--candidates", "1"]) == 0  # a video that retrieval would not pick, grounded all the same
+    in_video = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(in_video) == 2 and {row["video_id"] for row in in_video} == {"v000"}
 
 
 def test_indexed_search_imports_neither_torch_nor_sentence_transformers(tmp_path) -> None:

@@ -384,6 +384,8 @@ BAD_REQUESTS = [
     ("api/search?q=", 400, "q is empty"),
     ("api/search", 400, "q is empty"),
     ("api/search?q=%20%20%20", 400, "q is empty"),
+    ("api/search?q=%00%00", 400, "q is empty"),
+    ("api/search?q=%07%1b%7f", 400, "q is empty"),
     ("api/search?q=door&k=ten", 400, "k must be a whole number"),
     ("api/search?q=door&k=1.5", 400, "k must be a whole number"),
     ("api/search?q=door&k=-3", 400, "k must be between 1 and"),

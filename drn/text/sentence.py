@@ -41,6 +41,12 @@ def _blas_controller():
     return ThreadpoolController()
 
 
+def is_blank(text: object) -> bool:
+    """True for what holds no word to search for: not a string, empty, or only spaces and control or other
+    invisible characters (``"%00%00"`` decoded)."""
+    return not isinstance(text, str) or not any(char.isprintable() and not char.isspace() for char in text)
+
+
 def embed_texts(texts: Sequence[str], *, batch_size: int = 128) -> np.ndarray:
     """Embed texts in batches: float32 array [N, 384] with rows of unit L2 norm.
 
@@ -48,7 +54,7 @@ def embed_texts(texts: Sequence[str], *, batch_size: int = 128) -> np.ndarray:
     """
     texts = list(texts)
     for position, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
+        if is_blank(text):
             raise InputError(f"query text {position} is empty; give some words to search for")
     if not texts:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
@@ -67,7 +73,7 @@ def embed_text(text: str) -> np.ndarray:
 
     Searches repeat: the vectors of the last EMBEDDING_CACHE_SIZE texts (after stripping) are kept, and a
     repeated text gets a copy of its vector (the same values as a fresh embedding, tested)."""
-    if not isinstance(text, str) or not text.strip():
+    if is_blank(text):
         raise InputError("query text is empty; give some words to search for")
     return _cached_embedding(text.strip()).copy()
 
@@ -94,7 +100,7 @@ def unknown_words(text: str) -> list[str]:
 
 def check_spellable(text: str, where: str = "the query text") -> None:
     """InputError for an empty text, or one in which MiniLM can spell no word at all (only [UNK] pieces)."""
-    if not isinstance(text, str) or not text.strip():
+    if is_blank(text):
         raise InputError(f"{where} is empty; give some words to search for")
     model = load_sentence_model()
     pieces = model.token_ids([text.strip()])[0][1:-1]

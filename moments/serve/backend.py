@@ -189,10 +189,10 @@ class SearchBackend:
             raise BadRequest(f"no retrieval stage in this index: live search needs the '{CELLS_TABLE}' table that "
                              "python -m jobs.index_library writes; search without live=1 to use the grounded "
                              "queries", status=409, parameter="live")
-        results = self.two_stage_searcher().search(text, k=k, min_score=minimum)
-        for column, value in (("video_id", video), ("run_id", run)):
-            if value is not None:
-                results = results.filter(pc.equal(results[column], value))
+        # with a video, that video is grounded (one DRN pass) whether or not retrieval would have picked it
+        results = self.two_stage_searcher().search(text, k=k, min_score=minimum, video_id=video)
+        if run is not None:
+            results = results.filter(pc.equal(results["run_id"], run))
         return results
 
     def knows_video(self, video_id: str) -> bool:

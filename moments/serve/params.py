@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from drn.text.sentence import is_blank
+
 MAX_QUERY_CHARS = 1000  # MiniLM reads 256 word pieces at most; a longer text is not a search
 MAX_K = 1000
 DEFAULT_K = 10
@@ -43,7 +45,7 @@ def quoted(value: str, width: int = 40) -> str:
 
 def query_text(value: str | None) -> str:
     """The search text: present, not blank, at most MAX_QUERY_CHARS characters."""
-    if value is None or not value.strip():
+    if value is None or is_blank(value):  # blank, or only control characters (%00%00)
         raise BadRequest("q is empty: give some words to search for, e.g. ?q=someone+opens+a+door", parameter="q")
     if len(value) > MAX_QUERY_CHARS:
         raise BadRequest(f"q is {len(value):,} characters long; a search text has at most {MAX_QUERY_CHARS:,}",
