@@ -88,7 +88,7 @@ class Index:
             self._table = self._create(mode="overwrite")
         self._run_records: RunsSnapshot | None = None  # the runs table, read again only when it changes
         if self._table is not None and self._queries.open() is not None and self._queries.moments_pending:
-            self._fill_top_moments()
+            self.fill_top_moments()
 
     # ------------------------------------------------------------------ table handling
     def _connect(self) -> Any:
@@ -225,8 +225,9 @@ class Index:
             written += self._queries.write_top_moments(_top_moments_rows(run_id, chunk, rows))
         return written
 
-    def _fill_top_moments(self) -> None:
-        """Fill ``top_moments`` of a queries table that has just gained the column, run by run."""
+    def fill_top_moments(self) -> None:
+        """Write ``top_moments`` of every stored query, run by run, and index the rewritten rows (done on opening
+        a queries table that has just gained the column; rows written with their library ranks need it too)."""
         keys = self._queries.read(columns=["run_id", "query_id"])
         runs: dict[str, list[str]] = {}
         for run, query in zip(keys.column("run_id").to_pylist(), keys.column("query_id").to_pylist(), strict=True):
