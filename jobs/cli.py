@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from drn.errors import InputError, shown
 from pipeline.capacity import ClusterCapacityError
+from pipeline.ray_runtime import ray_is_running, stop_ray
 
 Main = Callable[[Sequence[str] | None], int]
 NAME_MAX = 255  # the longest file or folder name most file systems take
@@ -24,25 +25,54 @@ def job_main(main: Main) -> Main:
 
     An argument too long to be a path (an ``OSError`` "File name too long", e.g. a long list given where a file
     was expected) is bad input too: the message names the flag and shows the start of the value.
+
+    On any error the job ends cleanly before its message (:func:`end_ray`): Ray Data's executors are stopped,
+    then Ray is shut down when the job connected to it, so the message is the last thing the job prints.
     """
 
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> int:
+        owns_ray = not ray_is_running()  # a notebook's or a test's Ray stays up
         try:
             return main(argv)
-        except InputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except ClusterCapacityError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except OSError as exc:
-            if exc.errno != errno.ENAMETOOLONG:
+        except BaseException as error:
+            ending = error_ending(error, argv)
+            end_ray(owns_ray, error)
+            if ending is None:
                 raise
-            print(f"error: {too_long_message(sys.argv[1:] if argv is None else list(argv), exc)}", file=sys.stderr)
-            return 2
+            message, status = ending
+            print_last(f"error: {message}")
+            return status
 
     return wrapper
+
+
+def error_ending(error: BaseException, argv: Sequence[str] | None) -> tuple[str, int] | None:
+    """(message, exit status) for an error a job reports in one line; None for any other (raised as it is)."""
+    if isinstance(error, InputError):
+        return str(error), 2
+    if isinstance(error, ClusterCapacityError):
+        return str(error), 1
+    if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
+        return too_long_message(sys.argv[1:] if argv is None else list(argv), error), 2
+    return None
+
+
+def end_ray(owns_ray: bool, error: BaseException) -> None:
+    """Stop Ray Data's executors (failed with ``error``) and wait for their threads; shut Ray down when the job
+    started or joined it."""
+    if "ray" not in sys.modules:
+        return
+    try:
+        stop_ray(shutdown=owns_ray, reason=error)
+    except Exception as failure:  # the job's own error still comes last, in one line
+        print(f"note: stopping Ray failed: {shown(failure, 200)}", file=sys.stderr, flush=True)
+
+
+def print_last(line: str) -> None:
+    """Print ``line`` to stderr after whatever stdout still buffers, both flushed."""
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
 
 
 def too_long_message(argv: Sequence[str], error: OSError) -> str:

@@ -112,10 +112,13 @@ def run(args: argparse.Namespace) -> int:
         if record.status == "failed":
             bar.set_postfix_str(f"failed: {record.video_id}")
 
-    summary = run_extraction(sources, args.out, config, weights=weights, weights_sha256=sha, resources=resources,
-                             retry_failed=args.retry_failed, videos_per_shard=args.videos_per_shard,
-                             on_video=advance, capacity_wait_s=args.capacity_wait_s)
-    bar.close()
+    try:
+        summary = run_extraction(sources, args.out, config, weights=weights, weights_sha256=sha,
+                                 resources=resources, retry_failed=args.retry_failed,
+                                 videos_per_shard=args.videos_per_shard, on_video=advance,
+                                 capacity_wait_s=args.capacity_wait_s)
+    finally:
+        bar.close()  # here, not at exit: a bar closed at exit prints after the job's error line
     print(f"done: {summary.done}  failed: {summary.failed}  skipped: {summary.skipped}  clips: {summary.clips}  "
           f"(C3D computed in {summary.compute_dtype}, stored as {args.store_dtype})")
     if summary.failures:

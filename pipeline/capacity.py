@@ -12,7 +12,10 @@ it), and :func:`watch` consumes the job's output while checking the alive nodes:
 * when they fall short for ``wait_s`` seconds (time for an autoscaler to replace a node), it raises
   :class:`ClusterCapacityError` naming the missing resource; the job ends non-zero and, rerun once the cluster
   has room, resumes (extraction skips the videos in the store, grounding the videos with rows);
-* when rows stop coming although the cluster is large enough, it says so every ``notice_s`` seconds.
+* when rows stop coming although the cluster is large enough, it says so every ``notice_s`` seconds;
+* when it stops early (that error, or the job's own), it shuts down the Ray Data executors feeding it and waits
+  for its reader thread: nothing of the dataset runs on, and ``jobs.cli.job_main`` can shut Ray down and print
+  the error as the job's last line.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from pipeline.ray_runtime import running_executors, stop_executors
+
 DEFAULT_WAIT_S = 120.0
 DEFAULT_NOTICE_S = 60.0
 POLL_S = 1.0
+STOP_TIMEOUT_S = 30.0  # the longest a stopped watch waits for its reader thread
 T = TypeVar("T")
 
 
@@ -105,37 +111,22 @@ def watch(
     """Yield ``items`` (consumed in a background thread) while checking the cluster (module docstring).
 
     Raises :class:`ClusterCapacityError` when the alive nodes cannot hold ``needs`` for ``wait_s`` seconds in a
-    row while no item comes; errors of ``items`` are raised here as they are.
+    row while no item comes; errors of ``items`` are raised here as they are. When it stops before ``items`` end
+    (that error, or the caller stopping), the Ray Data executors started meanwhile (those that feed ``items``)
+    are shut down and the background thread has ended before it returns: nothing of the job runs on.
     """
     check = _Check(needs, wait_s, nodes)
     check.now()  # refuse at once a cluster that cannot run the job now and does not grow within wait_s
-    inbox: queue.Queue = queue.Queue(maxsize=4)
-    stop = threading.Event()
-    done = object()
-
-    def pump() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        inbox.put((item, None), timeout=poll_s)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            inbox.put((done, None))
-        except BaseException as error:  # handed to the consumer
-            inbox.put((done, error))
-
-    thread = threading.Thread(target=pump, name=f"{needs.job}-output", daemon=True)
-    thread.start()
+    before = running_executors()
+    reader = _Reader(items, poll_s, name=f"{needs.job}-output")
+    reader.start()
     quiet_since = time.monotonic()
     last_notice = quiet_since
+    reason: BaseException | None = None
     try:
         while True:
             try:
-                item, error = inbox.get(timeout=poll_s)
+                item, error = reader.inbox.get(timeout=poll_s)
             except queue.Empty:
                 check.poll()
                 now = time.monotonic()
@@ -144,15 +135,65 @@ def watch(
                     say(f"note: no output from the {needs.job} for {now - quiet_since:.0f} s; the cluster can hold "
                         f"what it needs ({needs.describe()}), so Ray is still working (lost work is re-run)")
                 continue
-            if item is done:
+            if item is _DONE:
                 if error is not None:
                     raise error
                 return
             check.reset()
             quiet_since = last_notice = time.monotonic()
             yield item
+    except BaseException as error:  # ours, the items', or the caller's stop (GeneratorExit)
+        reason = error
+        raise
     finally:
-        stop.set()
+        reader.stop(running_executors() - before, reason)
+
+
+_DONE = object()
+
+
+class _Reader(threading.Thread):
+    """Consumes ``items`` into ``inbox`` (entries ``(item, None)``, then ``(_DONE, error or None)``); once
+    ``stopping`` is set it takes nothing more and closes ``items`` (a Ray Data iterator then stops its executor)."""
+
+    def __init__(self, items: Iterable, poll_s: float, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.items, self.poll_s = items, poll_s
+        self.inbox: queue.Queue = queue.Queue(maxsize=4)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        iterator = None
+        try:
+            iterator = iter(self.items)
+            for item in iterator:
+                if not self._offer((item, None)):
+                    return
+            self._offer((_DONE, None))
+        except BaseException as error:  # handed to the consumer
+            self._offer((_DONE, error))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    def stop(self, feeding: set, reason: BaseException | None) -> None:
+        """Take nothing more. Stopped early (``reason``) while still reading Ray Data's output: stop the
+        executors ``feeding`` it (its iteration then ends) and wait for this thread."""
+        self.stopping.set()
+        if reason is not None and self.is_alive() and feeding:
+            stop_executors(feeding, reason)
+            self.join(STOP_TIMEOUT_S)
+
+    def _offer(self, entry: tuple) -> bool:
+        """Put ``entry`` in the inbox unless the consumer has stopped; whether it was put."""
+        while not self.stopping.is_set():
+            try:
+                self.inbox.put(entry, timeout=self.poll_s)
+                return True
+            except queue.Full:
+                continue
+        return False
 
 
 def require(needs: PipelineNeeds, *, wait_s: float = DEFAULT_WAIT_S,
