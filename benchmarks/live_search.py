@@ -9,6 +9,10 @@ build and recall.
     .venv/bin/python benchmarks/live_search.py training
     # a check at a tiny size (about 2 minutes)
     .venv/bin/python benchmarks/live_search.py latency --sizes 300 --configs demo --queries 5 --exhaustive-sample 100
+    # two-stage search whatever the store: the project's store vs one file of one row group, with and without the
+    # inputs table (in process, and the CLI end to end)
+    .venv/bin/python benchmarks/live_search.py stores --sizes 1000 --configs paper --clips-per-video 94
+    .venv/bin/python benchmarks/live_search.py stores --sizes 60 --configs demo --queries 3 --cli-runs 1  # a check
 
 **latency**: for each config (``paper``: configs/charades_sta.yaml, D 4096, T 32, 38.8 M parameters; ``demo``:
 configs/demo.yaml, D 4096, T 16) and library size, a feature store of N videos of 30 s with T clips each (the grid
@@ -28,6 +32,14 @@ stage trained in this process, cells of the test videos, then every distinct tes
 video: corpus R@1 and R@10 at IoU 0.5 and video R@1/R@10 (``drn.corpus``, the conventions of DESIGN.md section 7)
 for DRN alone on every video (today's ``--exhaustive``), the same fused score on every video, and two-stage search
 at several fusion weights and candidate counts.
+
+**stores**: a store of N videos of 30 s (``--clips-per-video`` float16 clips each; default T) as the project writes
+it (one file of 1,000 videos, a row group per chunk) and the same clips rewritten as one Parquet file of one row
+group (what other writers produce); each indexed with ``run_index_library`` (cells and the inputs table). For each
+store, with the inputs table and without it (the same db with the inputs table dropped: an index built before it,
+whose candidates are read from the store): p50/p95 of ``TwoStageSearcher.search`` in process, the first search
+after loading, and the wall time of ``python -m jobs.search TEXT --live --db D --json`` end to end (``--cli-runs``
+runs, median), with the inputs table's size on disk.
 """
 
 from __future__ import annotations
@@ -36,6 +48,8 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from common import (  # the benchmarks' folder: shared helpers (moved there unchanged)
     CONFIGS,
@@ -62,6 +77,8 @@ from drn.checkpoint import save_checkpoint
 from drn.config import load_config
 from drn.model import DRN, count_parameters
 from drn.store import FeatureStore
+from moments.index import connect
+from moments.index.live_inputs import inputs_table_name
 from moments.library import Resources
 from moments.library.batches import split_output
 from moments.library.cell_indexing import run_index_library
@@ -201,6 +218,106 @@ def run_latency(args: argparse.Namespace) -> None:
                   f"| {r.build_s:.0f} | {r.db_mb:.0f} | {r.store_gb:.1f} | {candidates} | {p50:.0f} / {p95:.0f} "
                   f"| {peak:.0f} | {r.exhaustive_p50_s:.1f} / {r.exhaustive_p95_s:.1f}{mark} "
                   f"| {r.exhaustive_peak_mb:.0f} |")
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------- stores
+def one_row_group_copy(source: Path, target: Path) -> Path:
+    """The store at ``source`` rewritten as one ``clips/`` file of one row group and one ``videos/`` file."""
+    if target.exists():
+        shutil.rmtree(target)
+    (target / "clips").mkdir(parents=True)
+    (target / "videos").mkdir()
+    clips = pq.read_table(sorted((source / "clips").glob("*.parquet")))
+    pq.write_table(clips, target / "clips" / "all.parquet", row_group_size=clips.num_rows)
+    pq.write_table(pq.read_table(sorted((source / "videos").glob("*.parquet"))), target / "videos" / "all.parquet")
+    return target
+
+
+def row_groups(store: Path) -> str:
+    files = sorted((store / "clips").glob("*.parquet"))
+    return f"{len(files)} file(s), {sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)} row group(s)"
+
+
+def cli_seconds(db: Path, text: str, runs: int) -> float:
+    """Median wall time of ``python -m jobs.search TEXT --live --db D --json`` (a fresh process each run)."""
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "jobs.search", text, "--live", "--db", str(db), "--json"], cwd=REPO,
+                       check=True, capture_output=True)
+        times.append(time.perf_counter() - began)
+    return float(np.median(times))
+
+
+def stores_case(name: str, count: int, args: argparse.Namespace, work: Path) -> list[dict]:
+    config = load_config(CONFIGS[name], [f"model.retrieval_dim={args.retrieval_dim}"])
+    clips = args.clips_per_video or config.model.num_segments
+    case = work / f"stores-{name}-{count}-{clips}"
+    own, checkpoint = case / "features", case / "model.pt"
+    case.mkdir(parents=True, exist_ok=True)
+    if not (own / "videos").is_dir():
+        write_store(own, count, clips, config.model.feature_dim, seed=count)
+    flat = one_row_group_copy(own, case / "flat")
+    random_checkpoint(checkpoint, CONFIGS[name], args.retrieval_dim)
+    texts = [SEARCHES[i % len(SEARCHES)] for i in range(args.queries)]
+    options = TwoStageOptions(cells=args.cells, candidates=args.candidates)
+    cpus = os.cpu_count() or 1
+    rows = []
+    for layout, store in (("project's", own), ("one row group", flat)):
+        db = case / f"db-{store.name}"
+        if db.exists():
+            shutil.rmtree(db)
+        started = time.perf_counter()
+        summary = run_index_library(str(checkpoint), str(store), str(db),
+                                    resources=Resources(num_actors=max(1, cpus // 2), cpus_per_actor=min(2, cpus),
+                                                        videos_per_batch=64))
+        build_s = time.perf_counter() - started
+        legacy = case / f"db-{store.name}-no-inputs"  # an index built before the inputs table
+        if legacy.exists():
+            shutil.rmtree(legacy)
+        shutil.copytree(db, legacy)
+        connect(str(legacy)).drop_table(inputs_table_name("cells"))
+        inputs_mb = folder_size(db / f"{inputs_table_name('cells')}.lance") / 1e6
+        for with_inputs, path in ((True, db), (False, legacy)):
+            began = time.perf_counter()
+            searcher = TwoStageSearcher(str(path), options=options)
+            searcher.search(texts[0], k=10)
+            first_s = time.perf_counter() - began
+            times = []
+            for text in texts:
+                began = time.perf_counter()
+                searcher.search(text, k=10)
+                times.append(time.perf_counter() - began)
+            p50, p95 = percentiles(times)
+            rows.append({"config": name, "videos": count, "clips": clips, "store": layout,
+                         "layout": row_groups(store), "inputs": with_inputs, "p50_ms": p50 * 1000,
+                         "p95_ms": p95 * 1000, "first_s": first_s, "cli_s": cli_seconds(path, texts[0], args.cli_runs),
+                         "build_s": build_s, "inputs_mb": inputs_mb, "store_mb": folder_size(store) / 1e6,
+                         "inputs_rows": summary.inputs_in_table})
+            print(json.dumps(rows[-1]), flush=True)
+    if not args.keep:
+        shutil.rmtree(case)
+    return rows
+
+
+def run_stores(args: argparse.Namespace) -> None:
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="live-stores-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine()}; load before {load_average()}; work folder {work}", flush=True)
+    rows = [row for name in args.configs for count in args.sizes for row in stores_case(name, count, args, work)]
+    print(f"\nload after {load_average()}; machine: {machine()}\n")
+    print(f"Two-stage search, {args.cells} cells, {args.candidates} candidates, k = 10, {args.queries} queries; "
+          f"CLI: python -m jobs.search TEXT --live --db D --json, median of {args.cli_runs} run(s).\n")
+    print("| config | videos | clips/video | store | clips files | inputs table | p50 / p95 (ms) | first search (s) "
+          "| CLI end to end (s) | index build (s) | inputs table (MB) | store (MB) |")
+    print("|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['config']} | {r['videos']:,} | {r['clips']} | {r['store']} | {r['layout']} "
+              f"| {'yes' if r['inputs'] else 'no (store read)'} | {r['p50_ms']:.0f} / {r['p95_ms']:.0f} "
+              f"| {r['first_s']:.2f} | {r['cli_s']:.2f} | {r['build_s']:.0f} | {r['inputs_mb']:.1f} "
+              f"| {r['store_mb']:.1f} |")
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -406,11 +523,22 @@ def main() -> None:
     latency.add_argument("--exhaustive-sample", type=int, default=2000,
                          help="at most this many videos for the exhaustive search (time scaled to the library)")
     latency.add_argument("--keep", action="store_true", help="keep the stores (they are large)")
+    stores = sub.add_parser("stores", help="the project's store vs one row group, with and without inputs table")
+    stores.add_argument("--sizes", type=int, nargs="+", default=[1000])
+    stores.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["paper"])
+    stores.add_argument("--clips-per-video", type=int, default=0, help="clips of each 30 s video (0: the grid's T)")
+    stores.add_argument("--queries", type=int, default=20, help="searches timed per case")
+    stores.add_argument("--cli-runs", type=int, default=3, help="command-line searches timed per case")
+    stores.add_argument("--candidates", type=int, default=20, help="candidate videos grounded by DRN")
+    stores.add_argument("--keep", action="store_true", help="keep the stores and databases")
     for name, command in (("latency", latency), ("recall", sub.add_parser("recall", help="two-stage vs exhaustive")),
-                          ("training", sub.add_parser("training", help="own stage vs joint training"))):
+                          ("training", sub.add_parser("training", help="own stage vs joint training")),
+                          ("stores", stores)):
         command.add_argument("--workdir", default=None, help="work folder (default: a temporary one, removed)")
-        command.add_argument("--retrieval-dim", type=int, default=128 if name == "latency" else 64)
+        command.add_argument("--retrieval-dim", type=int, default=128 if name in ("latency", "stores") else 64)
         command.add_argument("--cells", type=int, default=300, help="cells taken by ANN")
+        if name == "stores":
+            continue
         if name == "latency":
             command.add_argument("--candidates", type=int, nargs="+", default=[5, 10, 20],
                                  help="candidate videos grounded by DRN (each timed)")
@@ -428,7 +556,7 @@ def main() -> None:
         command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    {"latency": run_latency, "recall": run_recall, "training": run_training}[args.command](args)
+    {"latency": run_latency, "recall": run_recall, "training": run_training, "stores": run_stores}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ def run_live(args: argparse.Namespace) -> pa.Table:
         raise InputError(f"there is no '{table}' table for two-stage --live search: build it first with "
                          f"python -m jobs.index_library --checkpoint CHECKPOINT --features STORE --db {db} "
                          "(or search every video with --exhaustive)", path=db) from None
+    for notice in searcher.notices:  # e.g. an index without its inputs table: how to add it
+        print(f"note: {notice}", file=sys.stderr)
     return searcher.search(args.text, k=args.k, min_score=args.min_score, video_id=args.video)
 
 

@@ -1,8 +1,11 @@
-"""The cells table (jobs.index_library on real Ray Data and LanceDB) and two-stage live search against DRN on every
-video: same top moments, reruns, a growing store, refusals and bad input."""
+"""The cells table and the inputs table beside it (jobs.index_library on real Ray Data and LanceDB) and two-stage live
+search against DRN on every video: same top moments, the same rows from the inputs table as from the feature store
+(one Parquet row group or many), an index without the inputs table, reruns, a growing store, refusals and bad
+input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -14,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import torch
+from test_live_inputs import one_row_group_store
 
 from drn.checkpoint import save_checkpoint
 from drn.config import load_config
@@ -28,8 +32,9 @@ from drn.training import fit, stages_from_config
 from drn.training_setup import prepare_training_data
 from jobs import index_library as index_job
 from jobs import search as search_job
-from moments.index import RESULT_COLUMNS, Index, query_rows, segment_rows
+from moments.index import RESULT_COLUMNS, Index, connect, query_rows, segment_rows
 from moments.index.cells import CellsTable
+from moments.index.live_inputs import LiveInputsTable, input_rows
 from moments.library import Resources, ground_every_video
 from moments.library.cell_indexing import run_index_library
 from moments.search.two_stage import TwoStageOptions, TwoStageSearcher, fuse
@@ -119,6 +124,22 @@ def sorted_rows(db: str) -> pa.Table:
     return CellsTable(db).table.to_arrow().sort_by([("video_id", "ascending"), ("cell", "ascending")])
 
 
+def sorted_inputs(db: str) -> pa.Table:
+    return LiveInputsTable(db, "cells_inputs").table.to_arrow().sort_by([("video_id", "ascending"),
+                                                                         ("window", "ascending")])
+
+
+def assert_same_rows(found: pa.Table, expected: pa.Table, atol: float = 1e-6) -> None:
+    """The same rows in the same order: text columns equal, numbers within ``atol``."""
+    assert found.column_names == expected.column_names and found.num_rows == expected.num_rows
+    for name in expected.column_names:
+        a, b = found.column(name).to_pylist(), expected.column(name).to_pylist()
+        if pa.types.is_floating(expected.schema.field(name).type):
+            assert np.allclose(a, b, atol=atol), name
+        else:
+            assert a == b, name
+
+
 def other_checkpoint(path: Path, retrieval_dim: int = 16, trained: bool = True) -> str:
     torch.manual_seed(1)
     config = load_config(None, [*SMALL[:-6], f"model.retrieval_dim={retrieval_dim}"])
@@ -196,14 +217,101 @@ def test_video_lookup_reads_what_the_store_reads(library) -> None:
         assert np.array_equal(video.clip_start_s, expected.clip_start_s)
 
 
+# --- the inputs table: DRN's grids by key, whatever the store ---------------------------------------------------
+
+def test_the_inputs_table_gives_the_rows_of_the_feature_store(library, indexed) -> None:
+    """Candidates' grids read from the inputs table == clips read from the store, cut and pooled (same rows,
+    exactly); the store is never opened."""
+    inputs = LiveInputsTable(indexed, "cells_inputs")
+    assert inputs.count() == len(WORDS) and inputs.info.cells == CellsTable(indexed).info
+    assert (inputs.info.num_segments, inputs.info.feature_dim, inputs.info.dtype) == (8, DIM, "float32")
+    fast = TwoStageSearcher(indexed, options=FEW)
+    slow = TwoStageSearcher(indexed, options=FEW, use_inputs=False)
+    assert fast.notices == [] and slow.notices == []
+    for text in library["texts"][:5]:
+        assert fast.search(text, k=10).equals(slow.search(text, k=10)), text
+    assert fast.reference_search(text, k=40).equals(slow.reference_search(text, k=40))  # all 20 videos
+    assert fast.search(text, k=3, video_id="v007").equals(slow.search(text, k=3, video_id="v007"))
+    assert fast._lookup is None  # no feature store opened
+
+
+def test_float16_grids_keep_the_top_moments(library, indexed, tmp_path) -> None:
+    """The library's store is float32; a float16 inputs table (--inputs-dtype float16) moves DRN's scores a little
+    and keeps every query's top moments."""
+    db = str(tmp_path / "half")
+    shutil.copytree(indexed, db)
+    full = LiveInputsTable(db, "cells_inputs")
+    stored = full.read([f"v{n:03d}" for n in range(len(WORDS))])
+    connect(db).drop_table("cells_inputs")
+    half = LiveInputsTable(db, "cells_inputs")
+    half.create(dataclasses.replace(full.info, dtype="float16"))
+    half.write(input_rows(half.info, list(stored.values())))
+    fast, exact = TwoStageSearcher(db, options=FEW), TwoStageSearcher(indexed, options=FEW)
+    worst = 0.0
+    for text in library["texts"]:
+        found, expected = fast.search(text, k=5), exact.search(text, k=5)
+        assert found.select(["video_id"]).equals(expected.select(["video_id"])), text
+        assert found.to_pylist()[0]["start_s"] == pytest.approx(expected.to_pylist()[0]["start_s"], abs=0.05)
+        worst = max(worst, float(np.abs(found.column("drn_score").to_numpy()
+                                        - expected.column("drn_score").to_numpy()).max()))
+    assert worst < 1e-2, worst
+
+
+@pytest.mark.slow
+def test_live_search_on_a_one_row_group_store(library, trained, indexed, tmp_path, ray_session) -> None:
+    """The library written as one Parquet file of one row group: the store path on it, and an index built from it
+    (inputs table included), give the rows of the normal store."""
+    flat = str(one_row_group_store(Path(library["features"]), tmp_path / "flat"))
+    normal = TwoStageSearcher(indexed, options=FEW, use_inputs=False)
+    on_flat = TwoStageSearcher(indexed, features=flat, options=FEW, use_inputs=False)
+    db = str(tmp_path / "db")
+    summary = run_index_library(trained, flat, db)
+    assert (summary.videos_done, summary.inputs_written, summary.inputs_in_table) == (len(WORDS),) * 3
+    assert sorted_inputs(db).select(["video_id", "window", "grid"]).equals(
+        sorted_inputs(indexed).select(["video_id", "window", "grid"]))
+    flat_index = TwoStageSearcher(db, options=FEW)
+    for text in library["texts"][:5]:
+        expected = normal.search(text, k=10)
+        assert on_flat.search(text, k=10).equals(expected), text
+        assert_same_rows(flat_index.search(text, k=10), expected)  # cells encoded in other batches: within 1e-6
+
+
+@pytest.mark.slow
+def test_an_index_without_the_inputs_table(library, trained, indexed, tmp_path, capsys) -> None:
+    """An index built before the inputs table: live search works (from the store) with a one-line notice naming the
+    command; running jobs.index_library again adds only the inputs table; then no store is needed."""
+    old = str(tmp_path / "old")
+    shutil.copytree(indexed, old)
+    connect(old).drop_table("cells_inputs")
+    argv = ["the kilo event", "--live", "--db", old, "--k", "3", "--json"]
+    assert search_job.main(argv) == 0
+    out, err = capsys.readouterr()
+    notes = [line for line in err.splitlines() if "cells_inputs" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: this index has no 'cells_inputs' table")
+    command = f"python -m jobs.index_library --checkpoint {trained} --features {library['features']} --db {old}"
+    assert command in notes[0]
+    before = [json.loads(line) for line in out.splitlines()]
+    cells_version = CellsTable(old).table.version
+    summary = run_index_library(trained, library["features"], old)
+    assert (summary.videos_skipped, summary.videos_done, summary.rows_written, summary.inputs_written) == (
+        0, len(WORDS), 0, len(WORDS))
+    assert CellsTable(old).table.version == cells_version  # the cells were not written again
+    assert sorted_inputs(old).equals(sorted_inputs(indexed))
+    assert search_job.main([*argv, "--features", str(tmp_path / "no-store-here")]) == 0  # the store is not read
+    out, err = capsys.readouterr()
+    assert "cells_inputs" not in err and [json.loads(line) for line in out.splitlines()] == before
+
+
 # --- the index job -----------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_rerun_and_resume_leave_the_same_rows(library, trained, indexed, tmp_path) -> None:
-    before = sorted_rows(indexed)
+    before, inputs_before = sorted_rows(indexed), sorted_inputs(indexed)
+    versions = CellsTable(indexed).table.version, LiveInputsTable(indexed, "cells_inputs").table.version
     again = run_index_library(trained, library["features"], indexed)
-    assert (again.videos_skipped, again.videos_done, again.rows_written) == (len(WORDS), 0, 0)
-    assert sorted_rows(indexed).equals(before)
+    assert (again.videos_skipped, again.videos_done, again.rows_written, again.inputs_written) == (len(WORDS), 0, 0, 0)
+    assert sorted_rows(indexed).equals(before) and sorted_inputs(indexed).equals(inputs_before)
+    assert (CellsTable(indexed).table.version, LiveInputsTable(indexed, "cells_inputs").table.version) == versions
     info = CellsTable(indexed).info
     assert info.checkpoint == trained and info.features == library["features"] and info.dim == 16
     db = str(tmp_path / "killed")
@@ -219,6 +327,7 @@ def test_rerun_and_resume_leave_the_same_rows(library, trained, indexed, tmp_pat
         before.select(["video_id", "cell", "start_s", "end_s"]))
     assert np.allclose(np.stack(after.column("vector").to_numpy(zero_copy_only=False)),
                        np.stack(before.column("vector").to_numpy(zero_copy_only=False)), atol=1e-6)
+    assert sorted_inputs(db).equals(inputs_before)  # every video's windows, once, the same grids
 
 
 @pytest.mark.slow
@@ -280,7 +389,7 @@ def test_bad_input_gets_one_line(library, indexed, tmp_path, capsys) -> None:
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and reason in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "empty").exists()
-    for argv in (["x", "--live", "--exhaustive"], ["x", "--live", "--save"], ["x", "--live", "--video", "v001"]):
+    for argv in (["x", "--live", "--exhaustive"], ["x", "--live", "--save"]):  # --live --video grounds the video
         with pytest.raises(SystemExit):
             search_job.main(argv)
 

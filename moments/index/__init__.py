@@ -6,7 +6,8 @@
   finds the stored queries, and the migration of indices written before it;
 - ``answer``: search over stored queries (``Index.answer``, ``SearchAnswer``);
 - ``results``: the result columns of every search, the library-wide ranking, the printed table;
-- ``cells``: the retrieval stage's `cells` table; ``runs``: the `runs` table; ``run_videos``: the videos each
+- ``cells``: the retrieval stage's `cells` table; ``live_inputs``: beside it, each video's model-side grids, which
+  live search reads by key instead of the feature store; ``runs``: the `runs` table; ``run_videos``: the videos each
   grounding run has finished (what a resumed or grown run skips).
 
 Names load on first use (PEP 562): the service's client and the printed table need no LanceDB.
@@ -18,6 +19,7 @@ _EXPORTS = {
     "moments.index.answer": ("SAME_QUERY_COSINE", "SearchAnswer", "match_kind"),
     "moments.index.cells": ("CELLS_TABLE", "CellsInfo", "CellsTable"),
     "moments.index.db": ("connect", "default_db_uri", "sql_literal", "in_list"),
+    "moments.index.live_inputs": ("InputsInfo", "LiveInputsTable", "VideoGrids", "inputs_table_name"),
     "moments.index.results": (
         "RESULT_COLUMNS", "empty_result", "format_results", "rank_across_library", "result_schema", "top_results",
         "with_match_columns",

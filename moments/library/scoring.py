@@ -16,11 +16,13 @@ import numpy as np
 import pyarrow as pa
 
 from drn.durations import timeline_duration
+from drn.grid import pool_to_grid
 from drn.inference import EncodedQueries, Grounder
 from drn.store import VideoFeatures
+from moments.index.live_inputs import VideoGrids
 from moments.index.table import segments_schema, segments_table
 from moments.library.batches import ERROR_COLUMN
-from moments.library.windows import Window, WindowRule, cut_windows, merge_windows
+from moments.library.windows import WindowRule, cut_windows, merge_windows
 
 
 @dataclass
@@ -66,59 +68,69 @@ class LibraryScorer:
         a long video goes with its video's queries); None scores every query.
         """
         failures = list(failures or [])
-        windows: list[Window] = []
-        grids: list[np.ndarray] = []
-        kept: list[VideoFeatures] = []
+        prepared: list[VideoGrids] = []
         for video in videos:
             try:
-                cut = cut_windows(video, self.rule, len(kept))
-                if not cut:
-                    raise ValueError("no clip inside any window")
-                video_grids = self.grounder.grids([w.features for w in cut])[0]
+                prepared.append(self.prepare(video))
             except Exception as error:  # one bad video never stops the batch
                 failures.append((video.video_id, f"{type(error).__name__}: {error}"))
-                continue
-            kept.append(video)
-            windows += cut
-            grids.append(video_grids)
+        return self.score_grids(prepared, failures, queries_of)
+
+    def prepare(self, video: VideoFeatures) -> VideoGrids:
+        """A video cut into the rule's windows and pooled to the model's grid: what ``score_grids`` takes."""
+        self.grounder.check_features(np.asarray(video.features).shape[-1], f"video {video.video_id!r}")
+        return window_grids(video, self.rule, self.grounder.num_segments)
+
+    def score_grids(self, videos: list[VideoGrids], failures: list[tuple[str, str]] | None = None,
+                    queries_of: Mapping[str, Sequence[int]] | None = None) -> pa.Table:
+        """:meth:`score` from prepared videos (e.g. read from the live inputs table): the same rows for the same
+        grids. A video whose grids do not fit the model becomes an error row."""
+        failures = list(failures or [])
+        shape = (self.grounder.num_segments, self.grounder.config.model.feature_dim)
+        kept = []
+        for video in videos:
+            if video.num_windows == 0 or video.grids.shape[1:] != shape:
+                failures.append((video.video_id, f"ValueError: grids of shape {video.grids.shape}, the model "
+                                                 f"takes [windows, {shape[0]}, {shape[1]}]"))
+            else:
+                kept.append(video)
         tables = []
         if kept:
-            tables.append(self._rows(kept, windows, np.concatenate(grids), queries_of))
+            tables.append(self._rows(kept, queries_of))
         if failures:
             tables.append(_failure_rows(failures, self.labels))
         if not tables:
             return output_schema().empty_table()
         return pa.concat_tables(tables)
 
-    def _rows(self, videos: list[VideoFeatures], windows: list[Window], grids: np.ndarray,
-              queries_of: Mapping[str, Sequence[int]] | None = None) -> pa.Table:
+    def _rows(self, videos: list[VideoGrids], queries_of: Mapping[str, Sequence[int]] | None = None) -> pa.Table:
+        owner = np.repeat(np.arange(len(videos)), [v.num_windows for v in videos])  # window -> video index
+        offsets = np.concatenate([v.offsets_s for v in videos])
         if queries_of is None:  # every query against every window
-            pairs = [(q, w) for q in range(len(self.queries.ids)) for w in range(len(windows))]
+            pairs = [(q, w) for q in range(len(self.queries.ids)) for w in range(len(owner))]
         else:  # each window with the queries of its video, query-major
             picked = [sorted({int(q) for q in queries_of.get(v.video_id, ())}) for v in videos]
-            pairs = sorted((q, w) for w, window in enumerate(windows) for q in picked[window.video_index])
+            pairs = sorted((q, w) for w, v in enumerate(owner) for q in picked[v])
         if not pairs:
             return output_schema().empty_table()
         results = self.grounder.ground(
-            grids, self.queries.encoded, video_ids=[str(i) for i in range(len(windows))],
-            durations=[timeline_duration(w.features.duration_s, w.features.clip_end_s) for w in windows],
+            np.concatenate([np.asarray(v.grids, dtype=np.float32) for v in videos]), self.queries.encoded,
+            video_ids=[str(i) for i in range(len(owner))], durations=np.concatenate([v.durations_s for v in videos]),
             pair_batch_size=self.pair_batch_size, pairs=None if queries_of is None else pairs,
         )
         parts: dict[tuple[int, int], list[tuple[float, np.ndarray]]] = {}
         for (q, w), result in zip(pairs, results, strict=True):  # query-major, windows in order
-            window = windows[w]
-            parts.setdefault((q, window.video_index), []).append((window.offset_s, result.segments))
+            parts.setdefault((q, int(owner[w])), []).append((float(offsets[w]), result.segments))
         nms = self.grounder.config.decode.nms_threshold
         query_index, video_index, blocks = [], [], []
         for (q, v), video_parts in parts.items():
-            merged = merge_windows(video_parts, timeline_duration(videos[v].duration_s, videos[v].clip_end_s), nms,
-                                   self.top_k)
+            merged = merge_windows(video_parts, videos[v].duration_s, nms, self.top_k)
             query_index.append(q)
             video_index.append(v)
             blocks.append(merged)
         return self._table(videos, query_index, video_index, blocks)
 
-    def _table(self, videos: list[VideoFeatures], query_index: list[int], video_index: list[int],
+    def _table(self, videos: list[VideoGrids], query_index: list[int], video_index: list[int],
                blocks: list[np.ndarray]) -> pa.Table:
         sizes = np.array([len(b) for b in blocks], dtype=np.int64)
         rows_q = np.repeat(np.array(query_index, dtype=np.int64), sizes)
@@ -141,6 +153,19 @@ class LibraryScorer:
         })
         table = segments_table(table)  # conforms the column order and types, and checks the values
         return table.append_column(ERROR_COLUMN, pa.nulls(table.num_rows, pa.string()))
+
+
+def window_grids(video: VideoFeatures, rule: WindowRule, num_segments: int) -> VideoGrids:
+    """One video cut into ``rule``'s windows (``cut_windows``), each pooled to ``num_segments`` segments."""
+    cut = cut_windows(video, rule)
+    if not cut:
+        raise ValueError("no clip inside any window")
+    return VideoGrids(
+        video.video_id, timeline_duration(video.duration_s, video.clip_end_s),
+        np.array([w.offset_s for w in cut], dtype=np.float64),
+        np.array([timeline_duration(w.features.duration_s, w.features.clip_end_s) for w in cut], dtype=np.float64),
+        np.stack([pool_to_grid(w.features, num_segments) for w in cut]),
+    )
 
 
 def _failure_rows(failures: list[tuple[str, str]], labels: RunLabels) -> pa.Table:

@@ -3,8 +3,11 @@
 1. Encode the sentence once: DRN's query side, then the retrieval stage's query projection (one unit vector).
 2. Stage one, retrieval: the ``cells`` nearest cells by ANN in the LanceDB `cells` table (``moments.index.cells``),
    grouped by video; a video's retrieval score is its best cell's cosine; the ``candidates`` best videos go on.
-3. Stage two, DRN on the candidates only: their clip features are read by row group (``drn.store.lookup``), cut
-   into the checkpoint's windows and grounded (``moments.library.scoring.LibraryScorer``, as the batch job does).
+3. Stage two, DRN on the candidates only: their windows' grids are read from the inputs table beside the cells
+   (``moments.index.live_inputs``, one read by key for all candidates) and grounded
+   (``moments.library.scoring.LibraryScorer.score_grids``, the batch job's code path). An index built before that
+   table existed (or a candidate the table lacks) reads the clip features from the feature store instead, by row
+   group (``drn.store.lookup``), and cuts and pools them the same way; ``notices`` then says how to add the table.
 4. Fuse: ``score = (1 - w) * drn_score + w * (1 + retrieval_score) / 2`` with ``w = fusion_weight``. The retrieval
    score is the video's, so within a video DRN's order is kept and only the order across videos changes.
    Moments are ranked across the library by that score (ties: video id, then rank).
@@ -12,12 +15,14 @@
 The rows have the fields of indexed search and of ``ground_every_video`` (``result_rank``,
 ``moments.index.RESULT_COLUMNS`` and the match columns: ``matched_query`` is the text itself, ``calibrated``
 whether the checkpoint was trained with negative pairs) plus ``drn_score`` and ``retrieval_score``.
-``TwoStageSearcher`` loads the model, the table and the store once (what a service or a benchmark keeps).
+``TwoStageSearcher`` loads the model and the tables once (what a service or a benchmark keeps); the feature store
+is opened only when a candidate must be read from it.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +36,7 @@ from drn.store.lookup import VideoLookup
 from drn.store.object_store import is_uri
 from drn.text.sentence import check_spellable
 from moments.index.cells import CELLS_TABLE, CellsTable, best_videos
+from moments.index.live_inputs import LiveInputsTable, VideoGrids, inputs_table_name
 from moments.index.results import empty_result, rank_across_library, top_results
 from moments.library.batches import split_output
 from moments.library.model import check_queries_encodable, encode_query_side, file_sha256, live_query_id, load_model
@@ -70,10 +76,14 @@ def fuse(drn_score: np.ndarray, retrieval_score: np.ndarray, weight: float) -> n
 
 
 class TwoStageSearcher:
-    """The checkpoint named by (or matching) a `cells` table, that table and the feature store, loaded once."""
+    """The checkpoint named by (or matching) a `cells` table, that table and its inputs table, loaded once.
+
+    ``use_inputs=False`` ignores the inputs table and reads every candidate from the feature store (the path of
+    an index built before it; for comparisons). ``notices`` holds one line when search falls back to the store."""
 
     def __init__(self, db: str | os.PathLike, checkpoint: str | None = None, features: str | None = None, *,
-                 table: str = CELLS_TABLE, options: TwoStageOptions | None = None, device: str = "cpu") -> None:
+                 table: str = CELLS_TABLE, options: TwoStageOptions | None = None, device: str = "cpu",
+                 use_inputs: bool = True) -> None:
         self.db = os.fspath(db)
         self.options = options or TwoStageOptions()
         sha = _sha_of(checkpoint) if checkpoint is not None else None  # a named checkpoint must exist
@@ -101,13 +111,45 @@ class TwoStageSearcher:
             raise InputError(f"the checkpoint's retrieval vectors are {self.head.dim}-d, the table's {info.dim}-d",
                              path=checkpoint)
         self.features = features or info.features
-        self.store = FeatureStore(self.features)
-        self.model.grounder.check_features(self.store.metadata.feature_dim, self.features)
-        self.videos = VideoLookup(self.store)
+        self.notices: list[str] = []
+        self.inputs = self._open_inputs(table) if use_inputs else None
+        self._lookup: VideoLookup | None = None  # the feature store, opened when a candidate must be read there
+        if self.inputs is None:
+            self._store_lookup()  # check the store now: every search will read it
         window_s, stride_s, max_whole_s = info.window_settings
         self.rule = WindowRule(window_s, stride_s, max_whole_s, "the cells table")
         self.labels = RunLabels(f"live-{self.model.checkpoint_id}", self.model.checkpoint_id)
         self._all_cells: tuple[np.ndarray, np.ndarray] | None = None  # every cell vector, read on first use
+
+    def _open_inputs(self, cells_table: str) -> LiveInputsTable | None:
+        """The inputs table when it fits this build; else None, with a notice that says how to (re)build it."""
+        name = inputs_table_name(cells_table)
+        inputs = LiveInputsTable(self.db, name)
+        info = self.cells.info
+        rebuild = shlex.join(["python", "-m", "jobs.index_library", "--checkpoint", info.checkpoint, "--features",
+                              info.features, "--db", self.db, *([] if cells_table == CELLS_TABLE else
+                                                                 ["--table", cells_table])])
+        if not inputs.exists:
+            self.notices.append(f"this index has no '{name}' table, so live search reads each candidate video from "
+                                f"the feature store (slow for large row groups or object storage); run {rebuild} "
+                                "to add it (the cells are kept)")
+            return None
+        found, grounder = inputs.info, self.model.grounder
+        if (found.cells.sha256, found.cells.window) != (info.sha256, info.window) or \
+                found.num_segments != grounder.num_segments:
+            self.notices.append(f"the '{name}' table was built with another checkpoint or window rule than the "
+                                f"'{cells_table}' table, so live search reads the feature store; run {rebuild} "
+                                "--overwrite to rebuild both")
+            return None
+        grounder.check_features(found.feature_dim, f"{self.db} (table {name})")
+        return inputs
+
+    def _store_lookup(self) -> VideoLookup:
+        if self._lookup is None:
+            store = FeatureStore(self.features)
+            self.model.grounder.check_features(store.metadata.feature_dim, self.features)
+            self._lookup = VideoLookup(store)
+        return self._lookup
 
     def search(self, text: str, k: int = 10, *, min_score: float | None = None,
                options: TwoStageOptions | None = None, video_id: str | None = None) -> pa.Table:
@@ -160,12 +202,11 @@ class TwoStageSearcher:
         """DRN on the candidate videos, fused with their retrieval scores, ranked across them."""
         if not candidates:
             return empty_result(SCORE_FIELDS)
-        videos, failures = self.videos.load(candidates)
-        if not videos:
-            raise InputError(f"no candidate video could be read from the feature store ({failures[0][1]})",
-                             path=self.features)
         scorer = LibraryScorer(self.model.grounder, side, self.rule, self.labels, top_k=options.top_k)
-        rows, _ = split_output(scorer.score(videos))
+        videos, failures = self.candidate_grids(list(candidates), scorer)
+        if not videos:
+            raise InputError(f"no candidate video could be read ({failures[0][1]})", path=self.features)
+        rows, _ = split_output(scorer.score_grids(videos))
         retrieval = np.array([candidates[v] for v in rows.column("video_id").to_pylist()], dtype=np.float64)
         drn = rows.column("score").to_numpy().astype(np.float64)
         rows = rows.set_column(rows.schema.get_field_index("score"), "score",
@@ -175,6 +216,25 @@ class TwoStageSearcher:
         return top_results(rank_across_library(rows), k, text=query.text,
                            calibrated=self.model.negatives_per_positive > 0, min_score=min_score,
                            extra=[field.name for field in SCORE_FIELDS])
+
+    def candidate_grids(self, video_ids: list[str], scorer: LibraryScorer
+                        ) -> tuple[list[VideoGrids], list[tuple[str, str]]]:
+        """The candidates' windows and grids: from the inputs table (one read), the rest from the feature store
+        (cut and pooled as ``scorer`` does); ``(video_id, error)`` for those that cannot be had."""
+        found = self.inputs.read(video_ids) if self.inputs is not None else {}
+        missing = [vid for vid in video_ids if vid not in found]
+        failures: list[tuple[str, str]] = []
+        if missing:
+            try:
+                videos, failures = self._store_lookup().load(missing)
+            except InputError as error:  # the store is gone or unreadable: those candidates fail, not the search
+                videos, failures = [], [(vid, str(error)) for vid in missing]
+            for video in videos:
+                try:
+                    found[video.video_id] = scorer.prepare(video)
+                except Exception as error:  # one bad video never stops the search
+                    failures.append((video.video_id, f"{type(error).__name__}: {error}"))
+        return [found[vid] for vid in video_ids if vid in found], failures
 
 
 def _sha_of(checkpoint: str) -> str:
