@@ -40,7 +40,7 @@ from drn.inference import EncodedQueries
 from drn.retrieval import RetrievalHead, require_trained_retrieval
 from drn.store import FeatureStore, absolute_uri
 from moments.index.cells import CELLS_TABLE, CellsTable, best_videos
-from moments.index.db import check_db_writable, default_db_uri
+from moments.index.db import check_db_writable, default_db_uri, sql_literal
 from moments.index.queries import query_rows
 from moments.index.run_videos import RunVideos
 from moments.index.runs import RunRecord, record_run
@@ -207,6 +207,19 @@ def completed_videos(index: Index, done_log: RunVideos, run_id: str, query_ids: 
     return done
 
 
+def finished_scores(index: Index, run_id: str, done: set[str]) -> pa.Table:
+    """``query_id`` and ``score`` of the rows of ``run_id`` that belong to the videos it finished (``done``): what
+    a resumed or grown run's best M start from. The rows of a video written but not recorded as finished (a job
+    killed between the two commits) are left out: that video is grounded again and offers them then, and offered
+    twice they would count twice against their query's best M and push out rows that belong there."""
+    if not done or index.count(run_id=run_id) == 0:
+        return pa.table({"query_id": pa.array([], pa.string()), "score": pa.array([], pa.float32())})
+    rows = (index.table.search().where(f"run_id = {sql_literal(run_id)}").select(["video_id", "query_id", "score"])
+            .limit(None).to_arrow())
+    finished = pc.is_in(rows.column("video_id"), value_set=pa.array(sorted(done), pa.string()))
+    return rows.filter(finished).select(["query_id", "score"])
+
+
 class GroundingActor:
     """One Ray Data actor: the model and the encoded queries, loaded once; batches of video ids in, rows out."""
 
@@ -343,7 +356,8 @@ class GroundingJob:
             queries_of = pick_candidates(plan, side, video_ids, self.candidates)
             pending = [vid for vid in video_ids if vid in queries_of]
             summary.videos_unpicked = len(video_ids) - len(pending)
-        todo = summary.to_do(pending, completed_videos(index, done_log, run_id, collection.ids), self.max_videos)
+        done = completed_videos(index, done_log, run_id, collection.ids)
+        todo = summary.to_do(pending, done, self.max_videos)
         if todo:
             if side is None:
                 side = encode_query_side(model.grounder, collection.queries)
@@ -354,7 +368,7 @@ class GroundingJob:
             keeper = None
             if keep:
                 keeper = BestPerQuery(collection.ids, keep)
-                existing = index.run_scores(run_id)  # a resumed or grown run: the best so far are in the table
+                existing = finished_scores(index, run_id, done)  # a resumed or grown run: the best so far
                 keeper.offer(existing.column("query_id"), existing.column("score").to_numpy())
             self._write_all(index, batches, summary, keeper, done_log, queries_of)
         summary.seconds = time.perf_counter() - started
