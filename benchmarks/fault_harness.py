@@ -85,6 +85,7 @@ class JobRunner:
     own local Ray in the private folder ``ray_dir``; with it, jobs join that cluster (``RAY_ADDRESS``)."""
 
     def __init__(self, ray_dir: Path, address: str | None = None) -> None:
+        self._born: dict[int, float] = {}  # session (the job's pid) -> when it was started, in epoch seconds
         self.ray_dir, self.address = str(ray_dir), address
         self.env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
         self.env.update({"RAY_TMPDIR": self.ray_dir, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0",
@@ -101,6 +102,7 @@ class JobRunner:
             started, started_ns = time.perf_counter(), time.time_ns()
             proc = subprocess.Popen(list(argv), cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
+            self._born[proc.pid] = time.time() - 1.0  # its processes start after this (pids are reused)
             wait_s = timeout_s if kill_after_s is None else kill_after_s
             try:
                 code: int | None = proc.wait(timeout=wait_s)
@@ -134,7 +136,9 @@ class JobRunner:
                 if process.pid == os.getpid() or process.info["status"] == psutil.STATUS_ZOMBIE:
                     continue
                 named = not self.address and any(self.ray_dir in part for part in process.info["cmdline"] or [])
-                if named or os.getsid(process.pid) == session:
+                # a process of this session, started after the job: never another program's whose pid came back
+                ours = os.getsid(process.pid) == session and process.create_time() >= self._born.get(session, 0.0)
+                if named or ours:
                     found.append(process)
             except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError, PermissionError):
                 continue
