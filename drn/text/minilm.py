@@ -64,44 +64,19 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
     return centred / np.sqrt(variance + eps) * weight + bias
 
 
-class MiniLM:
-    """The sentence encoder: ``encode(texts) -> [N, 384]`` float32 unit rows."""
+class WordPieceSentences:
+    """What every MiniLM runtime shares: MiniLM's WordPiece tokenizer ([CLS] ... [SEP], cut at 256 tokens) and
+    the batching of ``encode``; a runtime gives ``_forward(tokens, mask) -> [B, dim]`` unit rows and ``dim``."""
 
-    def __init__(self, model_dir: str | Path) -> None:
-        from safetensors import safe_open
+    dim: int
+
+    def _load_tokenizer(self, model_dir: Path) -> None:
         from tokenizers import Tokenizer
 
-        model_dir = Path(model_dir)
-        config = json.loads((model_dir / "config.json").read_text())
-        self.heads = int(config["num_attention_heads"])
-        self.eps = float(config["layer_norm_eps"])
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.unknown_id = self.tokenizer.token_to_id(UNKNOWN_TOKEN)
-        with safe_open(str(model_dir / "model.safetensors"), "np") as fh:
-            w = {name: fh.get_tensor(name).astype(np.float32, copy=False) for name in fh.keys()}
-        self.word = w["embeddings.word_embeddings.weight"]
-        self.position = w["embeddings.position_embeddings.weight"]
-        self.token_type = w["embeddings.token_type_embeddings.weight"][0]
-        self.embedding_norm = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
-        self.layers = []
-        for i in range(int(config["num_hidden_layers"])):
-            p = f"encoder.layer.{i}."
-            qkv = np.concatenate([w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")])
-            self.layers.append({
-                "qkv": np.ascontiguousarray(qkv.T),
-                "qkv_bias": np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")]),
-                "out": np.ascontiguousarray(w[p + "attention.output.dense.weight"].T),
-                "out_bias": w[p + "attention.output.dense.bias"],
-                "norm1": (w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
-                "up": np.ascontiguousarray(w[p + "intermediate.dense.weight"].T),
-                "up_bias": w[p + "intermediate.dense.bias"],
-                "down": np.ascontiguousarray(w[p + "output.dense.weight"].T),
-                "down_bias": w[p + "output.dense.bias"],
-                "norm2": (w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"]),
-            })
-        self.dim = int(self.word.shape[1])
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """WordPiece ids of each text with [CLS] and [SEP], cut at 256 tokens."""
@@ -128,6 +103,45 @@ class MiniLM:
                 mask[r, : len(ids[i])] = 1.0
             out[rows] = self._forward(tokens, mask)
         return out
+
+    def _forward(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class MiniLM(WordPieceSentences):
+    """The sentence encoder: ``encode(texts) -> [N, 384]`` float32 unit rows."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        from safetensors import safe_open
+
+        model_dir = Path(model_dir)
+        config = json.loads((model_dir / "config.json").read_text())
+        self.heads = int(config["num_attention_heads"])
+        self.eps = float(config["layer_norm_eps"])
+        self._load_tokenizer(model_dir)
+        with safe_open(str(model_dir / "model.safetensors"), "np") as fh:
+            w = {name: fh.get_tensor(name).astype(np.float32, copy=False) for name in fh.keys()}
+        self.word = w["embeddings.word_embeddings.weight"]
+        self.position = w["embeddings.position_embeddings.weight"]
+        self.token_type = w["embeddings.token_type_embeddings.weight"][0]
+        self.embedding_norm = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
+        self.layers = []
+        for i in range(int(config["num_hidden_layers"])):
+            p = f"encoder.layer.{i}."
+            qkv = np.concatenate([w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")])
+            self.layers.append({
+                "qkv": np.ascontiguousarray(qkv.T),
+                "qkv_bias": np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")]),
+                "out": np.ascontiguousarray(w[p + "attention.output.dense.weight"].T),
+                "out_bias": w[p + "attention.output.dense.bias"],
+                "norm1": (w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
+                "up": np.ascontiguousarray(w[p + "intermediate.dense.weight"].T),
+                "up_bias": w[p + "intermediate.dense.bias"],
+                "down": np.ascontiguousarray(w[p + "output.dense.weight"].T),
+                "down_bias": w[p + "output.dense.bias"],
+                "norm2": (w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"]),
+            })
+        self.dim = int(self.word.shape[1])
 
     def _forward(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
         batch, length = tokens.shape

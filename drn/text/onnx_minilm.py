@@ -20,13 +20,12 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from drn.text.minilm import MAX_TOKENS, UNKNOWN_TOKEN
+from drn.text.minilm import WordPieceSentences
 
 if TYPE_CHECKING:
     import onnx
@@ -145,7 +144,7 @@ def onnx_graph(model_dir: str | Path, folder: str | Path | None = None) -> str |
     return str(path)
 
 
-class OnnxMiniLM:
+class OnnxMiniLM(WordPieceSentences):
     """The sentence encoder on onnxruntime: ``encode(texts) -> [N, 384]`` float32 unit rows, as ``MiniLM``."""
 
     def __init__(self, model_dir: str | Path, *, threads: int = 1, folder: str | Path | None = None,
@@ -153,13 +152,9 @@ class OnnxMiniLM:
         """``threads``: onnxruntime's intra-op threads; ``folder``: the graph cache (default ``cache_dir()``);
         ``graph``: another graph of the same inputs and output (a benchmark's variant) instead of the cached one."""
         import onnxruntime
-        from tokenizers import Tokenizer
 
         model_dir = Path(model_dir)
-        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(MAX_TOKENS)
-        self.unknown_id = self.tokenizer.token_to_id(UNKNOWN_TOKEN)
+        self._load_tokenizer(model_dir)
         self.dim = int(json.loads((model_dir / "config.json").read_text())["hidden_size"])
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -172,28 +167,5 @@ class OnnxMiniLM:
         self.session = onnxruntime.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
                                                     providers=["CPUExecutionProvider"])
 
-    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """WordPiece ids of each text with [CLS] and [SEP], cut at 256 tokens."""
-        return [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
-
-    def unknown_words(self, text: str) -> list[str]:
-        """The words of ``text`` that the WordPiece vocabulary cannot spell (they become [UNK])."""
-        encoding = self.tokenizer.encode(text)
-        return [text[start:end] for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True)
-                if token == self.unknown_id]
-
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Mean-pooled, L2-normalised sentence embeddings ``[N, 384]`` (batches of similar length)."""
-        ids = self.token_ids(texts)
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for first in range(0, len(order), batch_size):
-            rows = order[first:first + batch_size]
-            length = max(len(ids[i]) for i in rows)
-            tokens = np.zeros((len(rows), length), dtype=np.int64)
-            mask = np.zeros((len(rows), length), dtype=np.int64)
-            for r, i in enumerate(rows):
-                tokens[r, : len(ids[i])] = ids[i]
-                mask[r, : len(ids[i])] = 1
-            out[rows] = self.session.run([OUTPUT], {"input_ids": tokens, "attention_mask": mask})[0]
-        return out
+    def _forward(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT], {"input_ids": tokens, "attention_mask": mask.astype(np.int64)})[0]
