@@ -94,11 +94,20 @@ class NegativesConfig:
     video annotated with the same text (``drn.text.query_key``) or a near paraphrase (MiniLM sentence cosine >=
     ``paraphrase_cosine``). ``hard_fraction`` of them are hard negatives (videos of the nearest other texts of the
     split), the rest other videos of the batch. 0 turns them off and trains exactly as without them.
+
+    Annotations miss moments, so a video not annotated with a text may still show it. ``use_labels``: where the
+    dataset labels every action of its videos (``drn.datasets.labels``), a video showing the text's labelled action
+    is never its negative. ``score_guard``: in each step, a negative row whose best matching score reaches its
+    positive row's is left out of the loss, once the positive's best score is at least ``guard_min_score`` (the
+    model has learned to find it); for data without labels.
     """
 
     per_positive: int = 2
     paraphrase_cosine: float = 0.9
     hard_fraction: float = 0.5
+    use_labels: bool = True
+    score_guard: bool = False
+    guard_min_score: float = 0.5
 
 
 @dataclass
@@ -202,6 +211,8 @@ def validate(config: DRNConfig) -> None:
          f"train.negatives.hard_fraction must be in [0, 1], not {config.train.negatives.hard_fraction}"),
         (0.0 < config.train.negatives.paraphrase_cosine <= 1.0,
          f"train.negatives.paraphrase_cosine must be in (0, 1], not {config.train.negatives.paraphrase_cosine}"),
+        (0.0 <= config.train.negatives.guard_min_score < 1.0,
+         f"train.negatives.guard_min_score must be in [0, 1), not {config.train.negatives.guard_min_score}"),
         (config.model.retrieval_dim >= 0, "model.retrieval_dim must be 0 (no retrieval stage) or more"),
         (bool(config.retrieval.cell_widths) and all(
             isinstance(w, int) and 1 <= w <= config.model.num_segments for w in config.retrieval.cell_widths),

@@ -10,7 +10,11 @@ Conventions (DESIGN.md section 7, as in TVR/XML and Escorcia et al. 2019), print
   >= m (or > m); video R@k: one of the k best-ranked videos (a video ranks by its best segment) holds a
   ground-truth moment; chance video R@k is the expectation for a uniformly random ranking of the videos;
 * the within-video R@1 beside them is the per-pair evaluator of ``drn.evaluation`` (each pair grounded in its own
-  video), so the two views of the same model can be compared.
+  video), so the two views of the same model can be compared;
+* with video labels (``drn.datasets.labels``: every action each video shows) the *relevance* convention is scored
+  beside this *exact* one: a query's label is the labelled action its annotated moments overlap best (majority over
+  its moments); its relevant moments in a video are every action of that label there plus its own annotated
+  moments, so a correct moment in a video whose sentence was never written counts (``evaluate_corpus(labels=...)``).
 
 ``ground_corpus`` produces the ranked results of a checkpoint on a feature store in this process, in one of two
 modes: *exhaustive* (every text against every video: texts x videos pairs) or *candidate-driven* (the checkpoint's
@@ -21,7 +25,7 @@ grounds only each text's N best: texts x N pairs). ``moments`` builds the same f
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +39,7 @@ from drn.predictions import Prediction
 from drn.text.vocabulary import query_key
 
 if TYPE_CHECKING:  # torch loads only when a checkpoint is grounded
+    from drn.datasets.labels import VideoLabels
     from drn.inference import EncodedQueries, Grounder
     from drn.store import FeatureStore
 
@@ -102,17 +107,54 @@ class CorpusConfig:
     ious: tuple[float, ...] = (0.5, 0.7)
     video_recall_at: tuple[int, ...] = (1, 10)
     comparison: str = ">="  # or ">"
+    precision_at: int = 10  # the n of P@n by relevance (with labels)
 
     def __post_init__(self) -> None:
         if self.comparison not in (">=", ">"):
             raise InputError(f"comparison must be '>=' or '>', not {self.comparison!r}")
         if not self.recall_at or min(self.recall_at) < 1 or not self.video_recall_at or min(self.video_recall_at) < 1:
             raise InputError("recall levels must be positive")
+        if self.precision_at < 1:
+            raise InputError(f"precision_at must be at least 1, not {self.precision_at}")
 
     def keep(self, segments_per_video: int) -> int:
         """Results a query needs: the largest k, and enough for the largest video k however many segments each
         video contributes."""
-        return max(max(self.recall_at), max(self.video_recall_at) * max(segments_per_video, 1))
+        return max(max(self.recall_at), self.precision_at, max(self.video_recall_at) * max(segments_per_video, 1))
+
+
+@dataclass
+class CorpusRelevance:
+    """The relevance convention's numbers (percent of the queries with a label): results scored against every
+    labelled action of the query's label, plus the query's own annotated moments."""
+
+    recall: dict[tuple[int, float], float]  # (k, m) -> percent
+    precision: dict[float, float]  # m -> P@n, percent (n = precision_at)
+    video_recall: dict[int, float]  # k -> percent
+    video_recall_chance: dict[int, float]  # k -> percent for a random ranking of the videos
+    exact_recall: dict[tuple[int, float], float]  # the exact convention on the same queries (those with a label)
+    labelled_queries: int
+    unlabelled_queries: int  # left out of every number above
+    videos_per_label: dict[str, float]  # mean, median, max of the ranked videos holding each query's label
+    labelled_videos: int  # ranked videos with at least one labelled action
+    num_videos: int
+    source: str
+    precision_at: int = 10
+    notes: list[str] = field(default_factory=list)
+    convention: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        n = self.precision_at
+        return {
+            "recall": {f"R@{k},IoU={m:g}": v for (k, m), v in self.recall.items()},
+            "precision": {f"P@{n},IoU={m:g}": v for m, v in self.precision.items()},
+            "video_recall": {f"video R@{k}": v for k, v in self.video_recall.items()},
+            "video_recall_chance": {f"video R@{k}": v for k, v in self.video_recall_chance.items()},
+            "exact_recall_same_queries": {f"R@{k},IoU={m:g}": v for (k, m), v in self.exact_recall.items()},
+            "labelled_queries": self.labelled_queries, "unlabelled_queries": self.unlabelled_queries,
+            "videos_per_label": self.videos_per_label, "labelled_videos": self.labelled_videos,
+            "num_videos": self.num_videos, "source": self.source, "notes": self.notes, "convention": self.convention,
+        }
 
 
 @dataclass
@@ -127,6 +169,7 @@ class CorpusResult:
     within_video: EvalResult | None
     config: CorpusConfig
     convention: str = field(default="")
+    relevance: CorpusRelevance | None = None  # with video labels
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -140,6 +183,8 @@ class CorpusResult:
         if self.within_video is not None:
             out["within_video"] = {f"R@1,IoU={m:g}": self.within_video.recall[(1, m)] for m in self.config.ious
                                    if (1, m) in self.within_video.recall}
+        if self.relevance is not None:
+            out["relevance"] = self.relevance.to_dict()
         return out
 
 
@@ -152,6 +197,23 @@ def convention_text(config: CorpusConfig, num_queries: int, num_videos: int) -> 
             "best videos (by their best segment) holds the text; within-video R@1: each pair in its own video")
 
 
+def relevance_convention_text(config: CorpusConfig, source: str, given_labels: bool = False) -> str:
+    op = ">=" if config.comparison == ">=" else ">"
+    n = config.precision_at
+    rule = ("as given by the caller" if given_labels else "the labelled action its annotated moments overlap best "
+            "(temporal IoU > 0; majority over its moments, ties by summed IoU, then by name)")
+    return (f"labels from {source}; a query's label: {rule}; relevant moments of a query in a video: "
+            "every action of its label there plus its own annotated moments there; hit at R@k,IoU=m: one of the top "
+            f"k overlaps a relevant moment of its video with IoU {op} m; P@{n},IoU=m: share of the first {n} results "
+            f"that do (missing results count as not relevant); video R@k: one of the k best videos holds the label "
+            "or the text; queries without a label are left out of these numbers")
+
+
+def query_labels(labels: VideoLabels, queries: Sequence[CorpusQuery]) -> dict[str, str | None]:
+    """Each query's label: ``VideoLabels.label_of`` its annotated moments (query key -> label or None)."""
+    return {query.key: labels.label_of(query.moments) for query in queries}
+
+
 def _chance(holders: int, videos: int, k: int) -> float:
     """Probability that a random ranking of ``videos`` puts one of ``holders`` in its first ``k``."""
     miss = 1.0
@@ -162,8 +224,14 @@ def _chance(holders: int, videos: int, k: int) -> float:
 
 def evaluate_corpus(queries: Sequence[CorpusQuery], ranked: Mapping[str, RankedMoments], num_videos: int,
                     config: CorpusConfig | None = None, within_video: EvalResult | None = None,
-                    allow_missing: bool = False) -> CorpusResult:
-    """Corpus R@k,IoU=m and video R@k (percent) of ``ranked`` results (query key -> RankedMoments)."""
+                    allow_missing: bool = False, labels: VideoLabels | None = None,
+                    text_labels: Mapping[str, str | None] | None = None,
+                    video_ids: Collection[str] | None = None) -> CorpusResult:
+    """Corpus R@k,IoU=m and video R@k (percent) of ``ranked`` results (query key -> RankedMoments).
+
+    With ``labels`` the result's ``relevance`` holds the relevance convention's numbers too: each query's label is
+    ``text_labels[query.key]`` when given, else ``query_labels``; label-holding videos are counted among
+    ``video_ids`` (the ranked videos; default: the videos of the queries' moments)."""
     config = config or CorpusConfig()
     if not queries:
         raise InputError("no query to evaluate")
@@ -196,7 +264,79 @@ def evaluate_corpus(queries: Sequence[CorpusQuery], ranked: Mapping[str, RankedM
         num_queries=n, num_videos=num_videos,
         moments_per_query=_summary(moments), videos_per_query=_summary(videos),
         within_video=within_video, config=config, convention=convention_text(config, n, num_videos),
+        relevance=None if labels is None else evaluate_relevance(queries, ranked, num_videos, labels, config,
+                                                                 text_labels, video_ids),
     )
+
+
+def evaluate_relevance(queries: Sequence[CorpusQuery], ranked: Mapping[str, RankedMoments], num_videos: int,
+                       labels: VideoLabels, config: CorpusConfig, text_labels: Mapping[str, str | None] | None = None,
+                       video_ids: Collection[str] | None = None) -> CorpusRelevance:
+    """The relevance convention (``relevance_convention_text``) over the queries with a label."""
+    given = text_labels is not None
+    text_labels = text_labels if text_labels is not None else query_labels(labels, queries)
+    universe = set(video_ids) if video_ids is not None else {video for q in queries for video in q.videos}
+    n_at = config.precision_at
+    hits = {(k, m): 0 for k in config.recall_at for m in config.ious}
+    exact = dict.fromkeys(hits, 0)
+    relevant_share = dict.fromkeys(config.ious, 0.0)
+    video_hits = dict.fromkeys(config.video_recall_at, 0)
+    chance = dict.fromkeys(config.video_recall_at, 0.0)
+    holders_count: list[int] = []
+    labelled = 0
+    for query in queries:
+        label = text_labels.get(query.key)
+        if label is None:
+            continue
+        labelled += 1
+        holders = labels.videos_with(label) & universe
+        holders_count.append(len(holders))
+        for k in config.video_recall_at:
+            chance[k] += _chance(len(holders | query.videos), num_videos, k)
+        result = ranked.get(query.key)
+        if result is None or not len(result.video_ids):
+            continue
+        own: dict[str, list[tuple[float, float]]] = {}
+        for video, start, end in query.moments:
+            own.setdefault(video, []).append((start, end))
+        best = [max((_iou(segment[0], segment[1], s, e) for s, e in (*labels.spans(video, label),
+                                                                    *own.get(video, ()))), default=0.0)
+                for video, segment in zip(result.video_ids, result.segments, strict=True)]
+        first_exact = _first_hit_rank(query, result, config)
+        for m in config.ious:
+            passed = [_passes(iou, m, config) for iou in best]
+            first = passed.index(True) if True in passed else float("inf")
+            relevant_share[m] += sum(passed[:n_at]) / n_at
+            for k in config.recall_at:
+                hits[(k, m)] += first < k
+                exact[(k, m)] += first_exact[m] < k
+        order = result.video_order()
+        for k in config.video_recall_at:
+            video_hits[k] += any(video in query.videos or labels.holds(video, label) for video in order[:k])
+
+    def percent(counts: Mapping[Any, float]) -> dict[Any, float]:  # as the exact numbers: 100 * count / queries
+        return {key: 100.0 * value / labelled for key, value in counts.items()} if labelled else {}
+
+    ranked_videos = universe & labels.video_ids()
+    return CorpusRelevance(
+        recall=percent(hits), precision=percent(relevant_share), video_recall=percent(video_hits),
+        video_recall_chance=percent(chance), exact_recall=percent(exact),
+        labelled_queries=labelled, unlabelled_queries=len(queries) - labelled,
+        videos_per_label=_summary(np.array(holders_count)) if holders_count else {"mean": 0.0, "median": 0.0,
+                                                                                 "max": 0.0},
+        labelled_videos=len(ranked_videos), num_videos=num_videos, source=labels.source, precision_at=n_at,
+        notes=list(labels.notes), convention=relevance_convention_text(config, labels.source, given),
+    )
+
+
+def _iou(start: float, end: float, other_start: float, other_end: float) -> float:
+    inter = min(end, other_end) - max(start, other_start)
+    union = max(end, other_end) - min(start, other_start)
+    return float(inter / union) if inter > 0 and union > 0 else 0.0
+
+
+def _passes(iou: float, m: float, config: CorpusConfig) -> bool:
+    return iou >= m if config.comparison == ">=" else iou > m
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -231,15 +371,28 @@ def within_video_result(pairs: Sequence[GroundingPair], predictions: Sequence[Pr
 
 
 def format_corpus_result(result: CorpusResult, title: str = "") -> str:
-    """A table of the corpus metrics with the within-video R@1 and chance beside them, and the convention."""
+    """A table of the corpus metrics with the within-video R@1 and chance beside them, and the convention; with
+    labels, the exact and relevance conventions side by side."""
+    if result.relevance is not None:
+        return _format_with_relevance(result, result.relevance, title)
     lines = [title] if title else []
     header = "  ".join(f"R@{k},IoU={m:g}" for k in result.config.recall_at for m in result.config.ious)
     values = "  ".join(f"{result.recall[(k, m)]:>{len(f'R@{k},IoU={m:g}')}.2f}"
                        for k in result.config.recall_at for m in result.config.ious)
     lines += [header, values]
-    video = "  ".join(f"video R@{k} {result.video_recall[k]:.2f} (chance {result.video_recall_chance[k]:.2f})"
-                      for k in result.config.video_recall_at)
-    lines.append(video)
+    lines.append(_video_line(result.video_recall, result.video_recall_chance, result.config))
+    lines += _tail(result)
+    lines.append(f"convention: {result.convention}")
+    return "\n".join(lines)
+
+
+def _video_line(recall: Mapping[int, float], chance: Mapping[int, float], config: CorpusConfig) -> str:
+    return "  ".join(f"video R@{k} {recall[k]:.2f} (chance {chance[k]:.2f})" for k in config.video_recall_at)
+
+
+def _tail(result: CorpusResult) -> list[str]:
+    """The within-video R@1 and the counts."""
+    lines = []
     if result.within_video is not None:
         within = "  ".join(f"R@1,IoU={m:g} {result.within_video.recall[(1, m)]:.2f}" for m in result.config.ious)
         lines.append(f"within-video (each pair in its own video): {within}")
@@ -247,7 +400,41 @@ def format_corpus_result(result: CorpusResult, title: str = "") -> str:
     lines.append(f"{result.num_queries} queries over {result.num_videos} videos; moments per query: mean "
                  f"{mpq['mean']:.2f}, median {mpq['median']:g}, max {mpq['max']:g}; videos per query: mean "
                  f"{vpq['mean']:.2f}, max {vpq['max']:g}")
-    lines.append(f"convention: {result.convention}")
+    return lines
+
+
+def _format_with_relevance(result: CorpusResult, rel: CorpusRelevance, title: str) -> str:
+    """Rows ``exact`` and ``relevance`` under one R@k header, then the video R@k and P@n of each."""
+    config = result.config
+    lines = [title] if title else []
+    names = [f"R@{k},IoU={m:g}" for k in config.recall_at for m in config.ious]
+    keys = [(k, m) for k in config.recall_at for m in config.ious]
+    rows = [("exact", result.recall)]
+    if rel.labelled_queries:
+        if rel.unlabelled_queries:
+            rows.append(("exact, queries with a label", rel.exact_recall))
+        rows.append(("relevance", rel.recall))
+    width = max(len(name) for name, _ in rows)
+    lines.append(" " * width + "  " + "  ".join(names))
+    lines += [f"{name:<{width}}  " + "  ".join(f"{values[key]:>{len(n)}.2f}" for key, n in zip(keys, names,
+                                                                                                strict=True))
+              for name, values in rows]
+    lines.append("exact: " + _video_line(result.video_recall, result.video_recall_chance, config))
+    heading = f"relevance (query's labelled action, labels from {rel.source})"
+    if rel.labelled_queries:
+        precision = "  ".join(f"P@{rel.precision_at},IoU={m:g} {rel.precision[m]:.2f}" for m in config.ious)
+        lines.append(f"{heading}: {_video_line(rel.video_recall, rel.video_recall_chance, config)}  {precision}")
+    else:
+        lines.append(f"{heading}: no query of the split has a label")
+    lines += _tail(result)
+    vpl = rel.videos_per_label
+    lines.append(f"relevance: {rel.labelled_queries} of {rel.labelled_queries + rel.unlabelled_queries} queries have "
+                 f"a label ({rel.unlabelled_queries} without, left out of the relevance numbers); videos holding "
+                 f"each query's label: mean {vpl['mean']:.2f}, median {vpl['median']:g}, max {vpl['max']:g}; "
+                 f"videos with labels: {rel.labelled_videos} of {rel.num_videos}")
+    lines += [f"labels: {note}" for note in rel.notes]
+    lines.append(f"convention (exact): {result.convention}")
+    lines.append(f"convention (relevance): {rel.convention}")
     return "\n".join(lines)
 
 

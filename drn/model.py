@@ -82,6 +82,11 @@ class FlatOutput:
         iou = None if self.iou_logits is None else self.iou_logits.float()
         return FlatOutput(self.match_logits.float(), self.distances.float(), iou, self.points, self.levels)
 
+    def rows(self, keep: Tensor) -> FlatOutput:
+        """The outputs of the rows where ``keep [B]`` is True (gradients flow through)."""
+        iou = None if self.iou_logits is None else self.iou_logits[keep]
+        return FlatOutput(self.match_logits[keep], self.distances[keep], iou, self.points, self.levels)
+
     def boxes(self, num_segments: int) -> Tensor:
         """Predicted (start, end) in grid units, clamped to [0, T]: ``[B, P, 2]``."""
         start = (self.points - self.distances[..., 0]).clamp(0, num_segments)

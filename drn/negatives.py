@@ -20,6 +20,14 @@ such as "person opened the refrigerator" / "person opens up the refrigerator" (0
 / "the person opens a window" (0.97) sit above 0.9, while "person opens the door" / "person closes the door" sit
 at 0.87. Templated texts whose single words decide the meaning need a higher bound: "the red square moves left" /
 "the red square moves right" are 0.95 apart (the demo uses 0.97).
+
+Annotations are incomplete: Charades-STA annotates about a third of what its videos show, so a video that is not
+annotated with "person opens the door" may still show a door being opened. Where the dataset labels every action of
+its videos (Charades' ``actions`` column, a synthetic benchmark's ``labels.jsonl``: ``drn.datasets.labels``), the
+filter also blocks, for each text, every video that shows the text's labelled action at any time (the label of its
+annotated moments' best-overlapping action, ``VideoLabels.text_labels``). Where no labels exist, the score guard of
+``drn.training`` (``train.negatives.score_guard``) drops, in each step, a negative row that the model already
+scores as highly as its positive.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +43,9 @@ import torch
 from drn.errors import InputError
 from drn.pairs import GroundingPair
 from drn.text.vocabulary import query_key
+
+if TYPE_CHECKING:
+    from drn.datasets.labels import VideoLabels
 
 EmbedTexts = Callable[[Sequence[str]], np.ndarray]
 _BLOCK = 2048  # texts per row block of the cosine matrix
@@ -51,12 +63,21 @@ class NegativeReport:
     same_text: int  # excluded: the other video is annotated with the same text
     paraphrase: int  # excluded: ... with a near paraphrase only
     paraphrase_cosine: float
+    labelled: int = 0  # excluded: the other video shows the text's labelled action (and neither rule above applies)
+    labels_source: str = ""  # where the labels came from ("" when the dataset has none or they were not used)
+    unlabelled_texts: int = 0  # texts whose moments overlap no labelled action (the label rule cannot help them)
+
+    @property
+    def excluded(self) -> int:
+        return self.same_text + self.paraphrase + self.labelled
 
     def line(self) -> str:
-        share = (self.same_text + self.paraphrase) / max(self.candidates, 1)
-        return (f"negative-pair filter: {self.same_text + self.paraphrase:,} of {self.candidates:,} (pair, other "
+        share = self.excluded / max(self.candidates, 1)
+        labels = (f", {self.labelled:,} by the text's labelled action ({self.labels_source}; "
+                  f"{self.unlabelled_texts:,} texts without a label)" if self.labels_source else "")
+        return (f"negative-pair filter: {self.excluded:,} of {self.candidates:,} (pair, other "
                 f"video) candidates excluded ({100 * share:.2f} %): {self.same_text:,} by the same text, "
-                f"{self.paraphrase:,} by a near paraphrase (MiniLM cosine >= {self.paraphrase_cosine:g}); "
+                f"{self.paraphrase:,} by a near paraphrase (MiniLM cosine >= {self.paraphrase_cosine:g}){labels}; "
                 f"{self.texts:,} distinct texts over {self.videos:,} videos")
 
     def to_dict(self) -> dict:
@@ -106,10 +127,12 @@ class NegativeFilter:
 
 
 def build_negative_filter(pairs: Sequence[GroundingPair], paraphrase_cosine: float,
-                          embed: EmbedTexts | None = None) -> NegativeFilter:
-    """The filter of ``pairs`` (a training split): same texts by ``query_key``, paraphrases by MiniLM cosine.
+                          embed: EmbedTexts | None = None, labels: VideoLabels | None = None) -> NegativeFilter:
+    """The filter of ``pairs`` (a training split): same texts by ``query_key``, paraphrases by MiniLM cosine, and,
+    with ``labels``, every video showing the text's labelled action.
 
-    Raises InputError when some text is held (or paraphrased) by every video of the split: no negative exists.
+    Raises InputError when some text is held (or paraphrased, or shown) by every video of the split: no negative
+    exists.
     """
     if embed is None:
         from drn.text.sentence import embed_texts as embed
@@ -125,21 +148,41 @@ def build_negative_filter(pairs: Sequence[GroundingPair], paraphrase_cosine: flo
     texts = list(keys)
     vectors = np.asarray(embed(texts), dtype=np.float32)
     near = _near_texts(vectors, paraphrase_cosine) if paraphrase_cosine < 1.0 else [[i] for i in range(len(texts))]
-    blocked = [frozenset().union(*(holders[j] for j in near[i]), holders[i]) for i in range(len(texts))]
+    by_text = [frozenset().union(*(holders[j] for j in near[i]), holders[i]) for i in range(len(texts))]
+    shown, unlabelled = [frozenset()] * len(texts), 0
+    if labels is not None:
+        shown, unlabelled = _labelled_videos(pairs, keys, video_index, labels)
+    blocked = [by_text[i] | shown[i] for i in range(len(texts))]
     for i, videos in enumerate(blocked):
         if len(videos) >= len(video_ids):
+            label = " or shows its labelled action" if shown[i] else ""
             raise InputError(f"negative pairs were asked for (train.negatives.per_positive > 0), but every one of the "
-                             f"{len(video_ids)} training videos holds the query {texts[i]!r} or a near paraphrase: "
-                             "no video can be its negative; set train.negatives.per_positive=0")
-    same = paraphrase = 0
+                             f"{len(video_ids)} training videos holds the query {texts[i]!r} or a near paraphrase"
+                             f"{label}: no video can be its negative; set train.negatives.per_positive=0")
+    same = paraphrase = labelled = 0
     for pair in pairs:
         key = keys[query_key(pair.query)]
         same += len(holders[key]) - 1
-        paraphrase += len(blocked[key]) - len(holders[key])
+        paraphrase += len(by_text[key]) - len(holders[key])
+        labelled += len(blocked[key]) - len(by_text[key])
     report = NegativeReport(len(pairs), len(video_ids), len(texts), len(pairs) * (len(video_ids) - 1), same,
-                            paraphrase, paraphrase_cosine)
+                            paraphrase, paraphrase_cosine, labelled,
+                            (labels.source or "labels") if labels is not None else "", unlabelled)
     hard = _hard_videos(vectors, holders, blocked, HARD_CANDIDATES)
     return NegativeFilter(video_ids, keys, blocked, report, hard)
+
+
+def _labelled_videos(pairs: Sequence[GroundingPair], keys: dict[str, int], video_index: dict[str, int],
+                     labels: VideoLabels) -> tuple[list[frozenset[int]], int]:
+    """For each text (by ``keys``), the videos of the split that show its labelled action at any time; and how
+    many texts have no label (none of their moments overlaps a labelled action)."""
+    label_of = labels.text_labels(pairs)
+    shown: list[frozenset[int]] = []
+    for key in keys:
+        label = label_of.get(key)
+        videos = labels.videos_with(label) if label is not None else set()
+        shown.append(frozenset(video_index[v] for v in videos if v in video_index))
+    return shown, sum(1 for key in keys if label_of.get(key) is None)
 
 
 def _hard_videos(vectors: np.ndarray, holders: list[set[int]], blocked: list[frozenset[int]],

@@ -23,6 +23,8 @@ class Targets:
     regression: Tensor  # [B, P, 2]: (t - gs, ge - t) in grid units
     gt: Tensor  # [B, 2]: (gs, ge) in grid units
     negative: Tensor | None = None  # [B] bool: rows whose video does not hold the query (None: no such row)
+    negatives_guarded: int = 0  # negative rows the score guard left out of the loss (drn.training.guarded_negatives)
+    negative_rows: int = 0  # negative rows of the batch before the guard (0 when the guard is off)
 
     @property
     def num_positive_rows(self) -> int:

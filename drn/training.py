@@ -128,11 +128,41 @@ def step_losses(
                        batch.get("query_index")).flat()
     output = output.float()
     gt = batch["gt"] if batch.get("query_index") is None else batch["gt"][batch["query_index"]]
+    negative = batch.get("negative")
+    guarded = None
+    if negative is not None and config.train.negatives.score_guard:
+        guarded = guarded_negatives(output.match_logits, negative, batch["query_index"],
+                                    config.train.negatives.guard_min_score)
+        if bool(guarded.any()):
+            keep = ~guarded
+            output = output.rows(keep)
+            gt, negative = gt[keep], negative[keep]
     targets = assign_targets(gt, output.points, output.levels, config.scaled_level_ranges(),
-                             config.targets.positives, generator, negative=batch.get("negative"))
+                             config.targets.positives, generator, negative=negative)
+    if guarded is not None:
+        targets.negatives_guarded = int(guarded.sum())
+        targets.negative_rows = int(batch["negative"].sum())
     return compute_losses(output, targets, config, stage.losses), targets
 
 
+def guarded_negatives(match_logits: torch.Tensor, negative: torch.Tensor, query_index: torch.Tensor,
+                      min_score: float) -> torch.Tensor:
+    """``[B]`` bool: the negative rows that the score guard leaves out of the loss.
+
+    A negative row pairs its query with another video. When the model's best matching score on that video already
+    reaches its best score on the query's own video, and that positive score is at least ``min_score`` (so the
+    model has learned to find the moment), the other video more likely shows the moment without an annotation than
+    not: training it towards 0 would teach the model to miss a true moment. Rows ``0..n-1`` are the positives and
+    ``query_index[r]`` is row ``r``'s query (``drn.data.PairCollator``).
+    """
+    with torch.no_grad():
+        best = match_logits.amax(dim=1)
+        positive_best = best[query_index]
+        threshold = math.log(min_score / (1.0 - min_score)) if min_score > 0 else -math.inf
+        return negative & (best >= positive_best) & (positive_best >= threshold)
+
+
+COUNT_KEYS = ("negatives_guarded", "negative_rows")  # per-step counts of train_step, summed (not averaged) per epoch
 LossWeights = Callable[[dict[str, torch.Tensor], Targets, dict], dict[str, float]]
 
 
@@ -160,9 +190,12 @@ def train_step(
     scaler.step(optimizer)
     scaler.update()
     if not weights:
-        return {name: float(value.detach()) for name, value in losses.items()}
-    out = {name: float(losses[name].detach()) * weight for name, weight in weights.items()}
-    out["total"] = sum(out.values())
+        out = {name: float(value.detach()) for name, value in losses.items()}
+    else:
+        out = {name: float(losses[name].detach()) * weight for name, weight in weights.items()}
+        out["total"] = sum(out.values())
+    if config.train.negatives.score_guard and targets.negative_rows:
+        out.update(negatives_guarded=float(targets.negatives_guarded), negative_rows=float(targets.negative_rows))
     return out
 
 
@@ -180,10 +213,11 @@ def run_epoch(
         size = len(batch["words"])
         pairs += size
         for name, value in losses.items():
-            sums[name] = sums.get(name, 0.0) + value * size
+            sums[name] = sums.get(name, 0.0) + (value if name in COUNT_KEYS else value * size)
         bar.set_postfix(loss=f"{losses['total']:.3f}")
     seconds = time.perf_counter() - started
-    out = {f"loss_{k}": v / max(pairs, 1) for k, v in sums.items()}
+    out: dict[str, float] = {f"loss_{k}": v / max(pairs, 1) for k, v in sums.items() if k not in COUNT_KEYS}
+    out.update({k: int(v) for k, v in sums.items() if k in COUNT_KEYS})
     out.update(pairs=pairs, seconds=seconds, pairs_per_s=pairs / seconds if seconds > 0 else 0.0)
     return out
 

@@ -19,6 +19,7 @@ from drn.checkpoint import check_feature_dim, model_from_payload, read_checkpoin
 from drn.config import DRNConfig, overridden_keys
 from drn.data import GroundingDataset, PairCollator, collate, load_grids, usable_pairs
 from drn.datasets import load_split, options_of
+from drn.datasets.labels import VideoLabels, dataset_labels
 from drn.errors import InputError
 from drn.model import DRN, new_model
 from drn.negatives import NegativeFilter, build_negative_filter
@@ -43,6 +44,7 @@ class TrainingData:
     test: GroundingDataset | None
     dropped: dict[str, int] = field(default_factory=dict)  # split -> pairs without features
     negatives: NegativeFilter | None = None  # the training split's negative-pair filter (None: no negatives)
+    labels: VideoLabels | None = None  # every labelled action of the dataset's videos, where it has them
 
     def checkpoint_facts(self) -> dict[str, Any]:
         """What the final checkpoint records about this data: training durations, the negative-pair filter."""
@@ -138,10 +140,12 @@ def prepare_training_data(
         vectors = vocab.matrix
     else:
         vocab, vectors = vocabulary_and_vectors([p.query for p in pairs["train"]], config.text)
+    labels = dataset_labels(name, annotations) if config.train.negatives.use_labels else None
     negatives = None
     if config.train.negatives.per_positive > 0:
-        negatives = build_negative_filter(pairs["train"], config.train.negatives.paraphrase_cosine)
+        negatives = build_negative_filter(pairs["train"], config.train.negatives.paraphrase_cosine, labels=labels)
     videos = {p.video_id for role in pairs for p in pairs[role]}
     grids = load_grids(store, sorted(videos), config.model.num_segments, progress)
     made = {role: GroundingDataset(pairs[role], grids, vocab, config) for role in pairs}
-    return TrainingData(config, vocab, vectors, made["train"], made["val"], made.get("test"), dropped, negatives)
+    return TrainingData(config, vocab, vectors, made["train"], made["val"], made.get("test"), dropped, negatives,
+                        labels)

@@ -17,6 +17,13 @@ videos by the checkpoint's retrieval stage (``--candidates N``; the default, wit
 trained retrieval stage: texts x N pairs) or every text against every video (``--exhaustive``; the default without
 a trained retrieval stage: texts x videos pairs). The mode that ran and its N are printed with the result.
 
+With video labels (every action each video shows; ``drn.datasets.labels``) ``--corpus`` also scores the
+*relevance* convention beside the exact one: a result counts when it overlaps any labelled action of the query's
+label in its video (or the query's own moment), so a correct moment in a video whose sentence was never written is
+not a miss. Labels come from the annotations folder (charades_sta: the ``actions`` column of
+``Charades_v1_*.csv``; jsonl: ``labels.jsonl``), from ``--labels PATH`` (a Charades CSV or a labels JSONL), or not
+at all (``--no-labels``).
+
 Predictions are JSONL, one query a line: {"qid", "video_id", "segments": [[start_s, end_s, score], ...]}.
 With ``--checkpoint`` the model is run on the split's pairs (videos pooled from ``--features``;
 ``drn.inference.predict_pairs``) and its predictions are scored (and written with ``--predictions-out``) exactly as
@@ -48,6 +55,13 @@ from drn.corpus import (
 )
 from drn.data import usable_pairs
 from drn.datasets import LoadedSplit
+from drn.datasets.labels import (
+    VideoLabels,
+    check_label_videos,
+    dataset_labels,
+    jsonl_annotated_videos,
+    read_labels,
+)
 from drn.errors import InputError
 from drn.evaluation import EvalConfig, EvalResult, evaluate, format_result
 from drn.inference import MISSING_VIDEOS, CheckpointRun, Grounder, predict_pairs
@@ -159,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "checkpoint has a trained retrieval stage, else exhaustive)")
     corpus.add_argument("--exhaustive", action="store_true",
                         help="with --checkpoint: DRN grounds every text against every video")
+    corpus.add_argument("--labels", type=Path, default=None, metavar="PATH",
+                        help="video labels for the relevance convention: a Charades metadata CSV (column actions) "
+                             "or a JSONL file, one action a line {video_id, label, start_s, end_s} (default: the "
+                             "annotations folder's Charades_v1_*.csv or labels.jsonl, where there are)")
+    corpus.add_argument("--no-labels", action="store_true",
+                        help="score the exact convention only, even where the dataset has labels")
     add_eval_arguments(parser)
     return parser
 
@@ -181,6 +201,44 @@ def check_corpus_mode_flags(args: argparse.Namespace) -> None:
         raise InputError(f"--candidates must be at least 1, not {args.candidates}")
 
 
+def check_label_flags(args: argparse.Namespace) -> None:
+    """``--labels`` and ``--no-labels``: corpus mode only, not together."""
+    if args.labels is None and not args.no_labels:
+        return
+    flag = "--labels" if args.labels is not None else "--no-labels"
+    if not args.corpus:
+        raise InputError(f"{flag} applies to --corpus only (the relevance convention of library ranking)")
+    if args.labels is not None and args.no_labels:
+        raise InputError("--labels and --no-labels exclude each other: give one")
+
+
+def labels_from_args(args: argparse.Namespace, loaded: LoadedSplit) -> VideoLabels | None:
+    """The video labels of the relevance convention: none with ``--no-labels``; ``--labels`` (a JSONL file's videos
+    must be the split's, the dataset folder's or the feature store's; it must label one of the split's videos);
+    else the annotations folder's (``dataset_labels``)."""
+    if args.no_labels:
+        return None
+    if args.labels is None:
+        return dataset_labels(args.dataset, args.annotations)
+    labels = read_labels(args.labels)
+    split_videos = {p.video_id for p in loaded.pairs}
+    if args.labels.suffix.lower() == ".jsonl":
+        known = set(split_videos)
+        where = f"split {args.split} of {args.annotations}"
+        if args.dataset == "jsonl":
+            folder = args.annotations if args.annotations.is_dir() else args.annotations.parent
+            known |= jsonl_annotated_videos(folder, [args.annotations] if args.annotations.is_file() else [])
+            where = str(folder)
+        if args.features:
+            known |= set(FeatureStore(args.features).ok_video_ids())
+            where += f" nor in the feature store {args.features}"
+        check_label_videos(labels, known, where)
+    if not split_videos & labels.video_ids():
+        raise InputError(f"the labels name none of the {len(split_videos)} videos of split {args.split}; give the "
+                         "split's labels, or --no-labels", path=args.labels)
+    return labels
+
+
 def corpus_candidates(args: argparse.Namespace, model: torch.nn.Module) -> int | None:
     """N of the candidate-driven mode, or None for the exhaustive one: ``--candidates`` (the checkpoint needs a
     trained retrieval stage), ``--exhaustive``, else N = DEFAULT_CANDIDATES where the checkpoint has a trained
@@ -199,6 +257,7 @@ def run_corpus(args: argparse.Namespace, loaded: LoadedSplit) -> tuple[CorpusRes
     split."""
     config = corpus_config_from_args(args)
     check_corpus_split(loaded.pairs, args.annotations)
+    labels = labels_from_args(args, loaded)
     run = None
     if args.db is not None:
         from moments.library.corpus import corpus_from_run
@@ -226,7 +285,8 @@ def run_corpus(args: argparse.Namespace, loaded: LoadedSplit) -> tuple[CorpusRes
                             pair_batch_size=max(args.batch_size, 1), progress=not args.quiet)
         queries, ranked, predictions, videos = run
     within = within_video_result(pairs, predictions, config)
-    return evaluate_corpus(queries, ranked, videos, config, within), run
+    return evaluate_corpus(queries, ranked, videos, config, within, labels=labels,
+                           video_ids={p.video_id for p in pairs}), run
 
 
 def predictions_from_args(args: argparse.Namespace, loaded: LoadedSplit) -> Mapping[int | str, Prediction]:
@@ -285,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.db is not None and not args.corpus:
         parser.error("--db evaluates a grounding run across the library: it needs --corpus")
     check_corpus_mode_flags(args)
+    check_label_flags(args)
     args.dataset = dataset_from_args(args)
     loaded = load_split_from_args(args)
     if args.corpus:

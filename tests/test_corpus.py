@@ -85,6 +85,14 @@ def test_a_hit_needs_the_moment_in_the_same_video() -> None:
     assert result.recall[(1, 0.5)] == 50.0 and result.video_recall[1] == 50.0
 
 
+def test_without_labels_there_is_no_relevance_and_p_at_n_is_kept() -> None:
+    result = evaluate_corpus(corpus_queries(PAIRS), hand_ranked(), num_videos=3)
+    assert result.relevance is None and "relevance" not in result.to_dict()
+    assert CorpusConfig(recall_at=(1, 5), video_recall_at=(1,)).keep(3) == 10  # the first 10 results for P@10
+    with pytest.raises(InputError, match="precision_at must be at least 1"):
+        CorpusConfig(precision_at=0)
+
+
 def test_missing_results_and_single_video_splits_are_clear_errors() -> None:
     with pytest.raises(InputError, match="1 of 2 query texts have no results"):
         evaluate_corpus(corpus_queries(PAIRS), {"person sits": hand_ranked()["person sits"]}, num_videos=3)

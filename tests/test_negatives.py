@@ -157,3 +157,77 @@ def test_the_filter_blocks_by_paraphrase_cosine_with_an_injected_embedding() -> 
     strict = build_negative_filter(pairs, 0.85, embed=lambda texts: vectors)
     assert loose.blocks("a b", "v1") and not strict.blocks("a b", "v1")
     assert not loose.blocks("a b", "v2")
+
+
+def test_a_video_showing_the_querys_labelled_action_is_never_its_negative() -> None:
+    """v3 shows a door being opened but is annotated only with another action: with labels it is blocked."""
+    from drn.datasets.labels import Action, VideoLabels
+
+    pairs = [
+        GroundingPair(0, "v1", "person opens the door", 1.0, 5.0, 10.0),
+        GroundingPair(1, "v2", "person sits on the sofa", 3.0, 7.0, 10.0),
+        GroundingPair(2, "v3", "person eats a sandwich", 3.0, 9.0, 10.0),
+        GroundingPair(3, "v4", "person drinks from a cup", 0.0, 4.0, 10.0),
+    ]
+    labels = VideoLabels({
+        "v1": [Action("c008", 1.2, 5.0), Action("c151", 0.0, 10.0)],  # c008 overlaps v1's door moment best
+        "v2": [Action("c123", 3.0, 7.0)],
+        "v3": [Action("c061", 3.0, 9.0), Action("c008", 0.0, 2.0)],  # shows c008 too, unannotated
+        "v4": [Action("c106", 0.0, 4.0), Action("c151", 5.0, 9.0)],  # shows c151, which is not the door's label
+    }, source="hand-made labels")
+    plain = build_negative_filter(pairs, 0.99, embed=lambda texts: np.eye(len(texts), dtype=np.float32))
+    labelled = build_negative_filter(pairs, 0.99, embed=lambda texts: np.eye(len(texts), dtype=np.float32),
+                                     labels=labels)
+    assert not plain.blocks("person opens the door", "v3")
+    assert labelled.blocks("person opens the door", "v3")
+    assert not labelled.blocks("person opens the door", "v2")
+    assert not labelled.blocks("person opens the door", "v4")  # v4 shows c151, not c008
+    assert labelled.blocks("person eats a sandwich", "v3") and not labelled.blocks("person eats a sandwich", "v1")
+    assert "v3" not in labelled.hard_videos("person opens the door")
+    report = labelled.report
+    assert (report.same_text, report.paraphrase, report.labelled) == (0, 0, 1)
+    assert report.labels_source == "hand-made labels" and report.unlabelled_texts == 0
+    assert "1 by the text's labelled action (hand-made labels" in report.line()
+    collator = PairCollator(labelled, per_positive=3, seed=0)
+    for seed in range(10):
+        collator.sampler.seed = seed
+        batch = collator(items(pairs))
+        negatives = {(row, video) for row, video, neg in zip(batch["query_index"].tolist(),
+                                                             batch["video_index"].tolist(),
+                                                             batch["negative"].tolist(), strict=True) if neg}
+        assert negatives and (0, 2) not in negatives  # the door query never meets v3
+
+
+def test_the_score_guard_drops_negatives_scored_as_high_as_their_positive() -> None:
+    from drn.training import guarded_negatives
+
+    # rows 0, 1: positives of queries 0 and 1; rows 2, 3: negatives of query 0; row 4: a negative of query 1
+    logits = torch.tensor([[2.0, 0.0], [-3.0, -1.0], [0.0, 2.5], [1.0, 1.9], [0.0, 0.5]])
+    negative = torch.tensor([False, False, True, True, True])
+    query_index = torch.tensor([0, 1, 0, 0, 1])
+    guarded = guarded_negatives(logits, negative, query_index, min_score=0.5)
+    # row 2 reaches its positive's 2.0; row 3 does not; row 4 beats its positive (-1.0) but that positive scores
+    # below 0.5 (the model has not learned to find it), so the guard keeps it
+    assert guarded.tolist() == [False, False, True, False, False]
+    assert guarded_negatives(logits, negative, query_index, min_score=0.0).tolist() == [False, False, True, False,
+                                                                                       True]
+
+
+def test_a_guarded_step_leaves_the_guarded_rows_out_and_counts_them() -> None:
+    config = load_config(None, [*SMALL, "train.negatives.per_positive=2", "train.negatives.score_guard=true",
+                                "train.negatives.guard_min_score=0.0"])
+    pairs = DOOR_PAIRS[2:]
+    flt = build_negative_filter(pairs, 0.99, embed=lambda texts: np.eye(len(texts), dtype=np.float32))
+    batch = PairCollator(flt, per_positive=2, seed=0)(items(pairs))
+    torch.manual_seed(0)
+    model = DRN(config, torch.randn(12, 6))
+    stage = stages_from_config(config)[0]
+    losses, targets = step_losses(model, batch, stage, config)
+    assert targets.negative_rows == int(batch["negative"].sum()) > 0
+    assert 0 < targets.negatives_guarded < targets.negative_rows  # at random weights some negative scores higher
+    assert targets.gt.shape[0] == len(batch["query_index"]) - targets.negatives_guarded
+    assert int(targets.negative.sum()) == targets.negative_rows - targets.negatives_guarded
+    assert torch.isfinite(losses["total"])
+    config.train.negatives.score_guard = False
+    _, unguarded = step_losses(model, batch, stage, config)
+    assert unguarded.gt.shape[0] == len(batch["query_index"]) and unguarded.negatives_guarded == 0

@@ -22,6 +22,9 @@ def test_cli_writes_the_benchmark_and_its_recurring_variant(tmp_path: Path, caps
         pairs = sum(len((out / "annotations" / f"{split}.jsonl").read_text().splitlines())
                     for split in ("train", "val", "test"))
         assert pairs == sum(written["num_pairs"].values()) > 0
+        assert written["omitted"] == 0 and written["events"] > 0
+        labels = out / "annotations" / "labels.jsonl"
+        assert written["labels"] == (str(labels) if extra else None) and labels.exists() == bool(extra)
 
 
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, capsys) -> None:

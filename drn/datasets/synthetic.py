@@ -23,7 +23,12 @@ motion's share of the signature is the smaller one (``motion_share``, default 0.
 "opens" from "closes the door" is a small part of a clip. That is what training on positive pairs alone has no
 reason to learn, and what negative pairs teach.
 
-From the command line: ``python -m jobs.make_synthetic_features --out OUT [--recurring]``.
+Its ``annotations/labels.jsonl`` lists every event each video shows, one a line: ``{"video_id", "label",
+"start_s", "end_s"}`` (the label is the event's description, so an annotated moment's label equals its query).
+With ``omit_fraction`` some events are left out of the split files but stay in the videos, as real datasets
+annotate only some of what a video shows.
+
+From the command line: ``python -m jobs.make_synthetic_features --out OUT [--recurring [--omit-fraction F]]``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from drn.errors import InputError
 from drn.store.features import FeatureStoreWriter, StoreMetadata, VideoRecord
 
 COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black")
@@ -44,12 +50,20 @@ EVENT_FRACTION = (0.08, 0.35)  # shortest and longest event, as fractions of the
 
 @dataclass
 class SyntheticBenchmark:
-    """Where a benchmark was written (the feature store and the annotations folder) and its size."""
+    """Where a benchmark was written (the feature store, the annotations folder, the labels file) and its size.
+
+    ``events`` counts the events the videos show, ``omitted`` those left out of the split files and
+    ``omitted_fraction`` is their share (``omitted / events``); ``labels`` is None where no labels file is written.
+    """
 
     features: str
     annotations: str
     num_videos: int
     num_pairs: dict[str, int]
+    labels: str | None = None
+    events: int = 0
+    omitted: int = 0
+    omitted_fraction: float = 0.0
 
 
 def _place_events(
@@ -141,17 +155,19 @@ def make_synthetic_benchmark(
         fps="2", feature_dim=feature_dim, dtype="float32",
     )
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    total = 0
     with FeatureStoreWriter(out / "features", metadata) as writer:
         for v in range(num_videos):
             video_id = f"syn{v:05d}"
             features, starts, ends, duration, events = _video(rng, signatures.astype(np.float32), noise, event_fraction)
+            total += len(events)
             writer.add_clips(video_id, features, starts, ends)
             writer.finish_video(_video_record(video_id, duration, len(starts)))
             split = _split_of(v, num_videos)
             for query, s, e in _queries(events):
                 splits[split].append({"video_id": video_id, "query": query, "start_s": round(s, 3),
                                       "end_s": round(e, 3), "duration_s": round(duration, 3)})
-    return _write_annotations(out, splits, num_videos)
+    return _write_annotations(out, splits, num_videos, events=total)
 
 
 def _split_of(index: int, num_videos: int) -> str:
@@ -165,16 +181,26 @@ def _video_record(video_id: str, duration: float, num_clips: int) -> VideoRecord
                        duration_s=duration, num_clips=num_clips)
 
 
-def _write_annotations(out: Path, splits: dict[str, list[dict]], num_videos: int) -> SyntheticBenchmark:
-    """One JSONL file per split under ``out/annotations``, each row numbered by ``qid``."""
+def _write_annotations(out: Path, splits: dict[str, list[dict]], num_videos: int, *, events: int,
+                       labels: list[dict] | None = None, omitted: int = 0) -> SyntheticBenchmark:
+    """One JSONL file per split under ``out/annotations``, each row numbered by ``qid``, and ``labels.jsonl``
+    (every event of every video) when ``labels`` is given."""
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
         with open(out / "annotations" / f"{split}.jsonl", "w") as fh:
             for qid, row in enumerate(rows):
                 fh.write(json.dumps({"qid": qid, **row}) + "\n")
+    labels_path = None
+    if labels is not None:
+        labels_path = out / "annotations" / "labels.jsonl"
+        with open(labels_path, "w") as fh:
+            for row in labels:
+                fh.write(json.dumps(row) + "\n")
     return SyntheticBenchmark(
         features=str(out / "features"), annotations=str(out / "annotations"), num_videos=num_videos,
         num_pairs={k: len(v) for k, v in splits.items()},
+        labels=None if labels_path is None else str(labels_path), events=events, omitted=omitted,
+        omitted_fraction=round(omitted / events, 4) if events else 0.0,
     )
 
 
@@ -184,15 +210,24 @@ MOTIONS = ("rises", "falls", "spins", "bounces")
 def make_recurring_benchmark(
     out_dir: str | os.PathLike, num_videos: int = 400, feature_dim: int = 64, seed: int = 0,
     noise: float = 0.5, signal: float = 1.5, event_fraction: tuple[float, float] = EVENT_FRACTION,
-    motion_share: float = 0.3,
+    motion_share: float = 0.3, omit_fraction: float = 0.0,
 ) -> SyntheticBenchmark:
-    """Write the recurring-descriptions benchmark under ``out_dir`` (same layout as ``make_synthetic_benchmark``).
+    """Write the recurring-descriptions benchmark under ``out_dir`` (same layout as ``make_synthetic_benchmark``,
+    plus ``annotations/labels.jsonl``: every event each video shows).
 
     ``motion_share`` is the motion signature's norm as a share of the event signature's (the colour takes the
     rest); ``noise``, ``signal`` and ``event_fraction`` are those of ``make_synthetic_benchmark``.
+
+    ``omit_fraction`` leaves each event out of the split files with that probability; its features stay in the
+    video and its line in ``labels.jsonl``. Every video keeps at least one annotated event (a video without one
+    would drop out of every split), so the realised share, reported as ``omitted_fraction``, falls short of
+    ``omit_fraction`` as it grows (about 0.45 at 0.5) and never passes about 2/3. The omissions come from their
+    own random stream, so ``omit_fraction=0`` writes the same benchmark as before for the same seed.
     """
     if not 0.0 < motion_share < 1.0:
         raise ValueError(f"motion_share must lie in (0, 1), not {motion_share}")
+    if not 0.0 <= omit_fraction < 1.0:
+        raise InputError(f"omit_fraction must be in [0, 1), not {omit_fraction}")
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     scale = signal * np.sqrt(feature_dim) * 0.5
@@ -206,6 +241,9 @@ def make_recurring_benchmark(
     )
     kinds = [(c, m) for c in range(len(COLORS)) for m in range(len(MOTIONS))]
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    labels: list[dict] = []
+    omit_rng = np.random.default_rng([seed, 1])  # its own stream: the main one stays as without omissions
+    omitted = 0
     with FeatureStoreWriter(out / "features", metadata) as writer:
         for v in range(num_videos):
             video_id = f"rec{v:05d}"
@@ -220,12 +258,19 @@ def make_recurring_benchmark(
             features = rng.normal(0.0, noise, size=(len(starts), feature_dim)).astype(np.float32)
             centres = (starts + ends) / 2
             split = _split_of(v, num_videos)
-            for kind, (s, e) in zip(chosen, spans, strict=True):
+            omit = omit_rng.random(len(chosen)) < omit_fraction
+            if omit.all():  # keep one, so the video stays in its split
+                omit[int(omit_rng.integers(len(chosen)))] = False
+            omitted += int(omit.sum())
+            for kind, (s, e), left_out in zip(chosen, spans, omit, strict=True):
                 colour, motion = kinds[int(kind)]
                 inside = (centres >= s) & (centres < e)
                 features[inside] += (colours[colour] + motions[motion]).astype(np.float32)
-                splits[split].append({"video_id": video_id, "query": f"the {COLORS[colour]} ball {MOTIONS[motion]}",
-                                      "start_s": round(s, 3), "end_s": round(e, 3), "duration_s": round(duration, 3)})
+                label = f"the {COLORS[colour]} ball {MOTIONS[motion]}"
+                labels.append({"video_id": video_id, "label": label, "start_s": round(s, 3), "end_s": round(e, 3)})
+                if not left_out:
+                    splits[split].append({"video_id": video_id, "query": label, "start_s": round(s, 3),
+                                          "end_s": round(e, 3), "duration_s": round(duration, 3)})
             writer.add_clips(video_id, features, starts, ends)
             writer.finish_video(_video_record(video_id, duration, len(starts)))
-    return _write_annotations(out, splits, num_videos)
+    return _write_annotations(out, splits, num_videos, events=len(labels), labels=labels, omitted=omitted)

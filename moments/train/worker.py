@@ -38,6 +38,7 @@ from drn.model import DRN
 from drn.store.object_store import filesystem_for, is_uri
 from drn.targets import Targets
 from drn.training import (
+    COUNT_KEYS,
     Stage,
     configure_stage,
     make_optimizer,
@@ -140,7 +141,7 @@ def distributed_step(
     weighted = train_step(model, batch, optimizer, stage, config, generator, loss_weights=weights,
                           autocast_dtype=autocast_dtype, scaler=scaler)
     _, size = world()
-    shares = {name: value / size for name, value in weighted.items() if name != "total"}
+    shares = {name: value / size for name, value in weighted.items() if name != "total" and name not in COUNT_KEYS}
     shares["total"] = sum(shares.values())
     return shares
 
