@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +53,14 @@ from drn.corpus import (  # noqa: E402
     evaluate_corpus,
     within_video_result,
 )
-from drn.datasets.labels import read_labels_jsonl  # noqa: E402
+from drn.datasets import load_split  # noqa: E402
+from drn.datasets.labels import read_charades_actions, read_labels_jsonl  # noqa: E402
 from drn.datasets.synthetic import make_recurring_benchmark  # noqa: E402
 from drn.inference import Grounder  # noqa: E402
 from drn.predictions import Prediction  # noqa: E402
 from drn.retrieval import require_trained_retrieval  # noqa: E402
 from drn.retrieval_training import train_retrieval  # noqa: E402
-from drn.store import FeatureStore  # noqa: E402
+from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord  # noqa: E402
 from drn.text.vocabulary import query_key  # noqa: E402
 from drn.training import fit, stages_from_config  # noqa: E402
 from drn.training_setup import prepare_training_data  # noqa: E402
@@ -73,6 +75,76 @@ VARIANTS = {
 }
 METRICS = ("within_r1_05", "within_r1_07", "exact_r1", "exact_r10", "relevance_r1", "relevance_r10",
            "relevance_p10", "exact_video_r1", "relevance_video_r1", "train_s")
+
+
+@dataclass
+class TimelineBenchmark:
+    """Where ``charades_timeline_benchmark`` wrote its store and annotations, and what it holds."""
+
+    features: str
+    annotations: str
+    labels: str
+    events: int  # labelled actions of the chosen videos
+    omitted: int  # of those, actions that no sentence's moment overlaps best
+    omitted_fraction: float
+
+
+def charades_timeline_benchmark(out: Path, source: Path, train_videos: int, test_videos: int, dim: int,
+                                noise: float, signal: float, seed: int) -> TimelineBenchmark:
+    """Charades-STA sentences on features made from the Charades action timelines (module docstring)."""
+    csvs = sorted(source.glob("Charades_v1_*.csv"))
+    labels = read_charades_actions(csvs)
+    rng = np.random.default_rng(seed)
+    classes = sorted(labels.labels())
+    signatures = rng.normal(size=(len(classes), dim))
+    signatures *= signal * np.sqrt(dim) * 0.5 / np.linalg.norm(signatures, axis=1, keepdims=True)
+    column = {label: i for i, label in enumerate(classes)}
+    splits: dict[str, list] = {}
+    for split, count in (("train", train_videos), ("test", test_videos)):
+        pairs = [p for p in load_split("charades_sta", source, split).pairs if p.video_id in labels.actions]
+        videos = sorted({p.video_id for p in pairs})
+        chosen = set(rng.choice(videos, size=min(count, len(videos)), replace=False).tolist())
+        splits[split] = [p for p in pairs if p.video_id in chosen]
+    train_ids = sorted({p.video_id for p in splits["train"]})
+    val_ids = set(rng.choice(train_ids, size=max(1, len(train_ids) // 10), replace=False).tolist())
+    splits["val"] = [p for p in splits["train"] if p.video_id in val_ids]
+    splits["train"] = [p for p in splits["train"] if p.video_id not in val_ids]
+    metadata = StoreMetadata(extractor="synthetic", layer="charades-timeline", weights_sha256="none", clip_len=2,
+                             clip_stride=1, fps="2", feature_dim=dim, dtype="float32")
+    annotations = out / "annotations"
+    annotations.mkdir(parents=True, exist_ok=True)
+    durations = {p.video_id: p.duration_s for pairs in splits.values() for p in pairs}
+    moments: dict[str, list] = {}
+    for pairs in splits.values():
+        for p in pairs:
+            moments.setdefault(p.video_id, []).append(p)
+    events = covered = 0
+    with FeatureStoreWriter(out / "features", metadata) as writer, open(annotations / "labels.jsonl", "w") as fh:
+        for video in sorted(durations):
+            duration = durations[video]
+            starts = np.arange(0.0, max(duration - 1.0, 0.0) + 1e-9, 0.5)
+            centres = starts + 0.5
+            features = rng.normal(0.0, noise, size=(len(starts), dim))
+            for action in labels.actions[video]:
+                inside = (centres >= action.start_s) & (centres < action.end_s)
+                features[inside] += signatures[column[action.label]]
+                fh.write(json.dumps({"video_id": video, "label": action.label, "start_s": action.start_s,
+                                     "end_s": action.end_s}) + "\n")
+            writer.add_clips(video, features.astype(np.float32), starts, starts + 1.0)
+            writer.finish_video(VideoRecord(video_id=video, uri=f"charades://{video}", fps=2.0,
+                                            num_frames=int(duration * 2), duration_s=duration,
+                                            num_clips=len(starts)))
+            found = (labels.best_action(video, p.start_s, p.end_s) for p in moments[video])
+            best = {action for action, _ in filter(None, found)}
+            events += len(labels.actions[video])
+            covered += len(best)
+    for split, pairs in splits.items():
+        with open(annotations / f"{split}.jsonl", "w") as fh:
+            for qid, p in enumerate(pairs):
+                fh.write(json.dumps({"qid": qid, "video_id": p.video_id, "query": p.query, "start_s": p.start_s,
+                                     "end_s": p.end_s, "duration_s": p.duration_s}) + "\n")
+    return TimelineBenchmark(str(out / "features"), str(annotations), str(annotations / "labels.jsonl"), events,
+                             events - covered, round((events - covered) / max(events, 1), 4))
 
 
 def scored_pairs(grounder: Grounder, store: FeatureStore, texts: list[str], video_ids: list[str]):
@@ -117,9 +189,10 @@ def relevance_numbers(result: CorpusResult) -> dict[str, float]:
 
 def run_one(bench, seed: int, variant: str, args: argparse.Namespace, out: Path) -> dict:
     torch.manual_seed(seed)
+    sentences = ["text.max_words=20", "text.truncate_long_queries=true"] if args.charades else []
     config = load_config(ROOT / "configs" / "synthetic.yaml", [
         f"model.feature_dim={args.dim}", f"train.seed={seed}", f"model.retrieval_dim={args.retrieval_dim}",
-        *VARIANTS[variant], *args.overrides])
+        *sentences, *VARIANTS[variant], *args.overrides])
     started = time.perf_counter()
     data = prepare_training_data(config, bench.features, bench.annotations)
     epochs: list[dict] = []
@@ -235,6 +308,12 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, nargs="*", default=[1, 2, 5, 10, 20, 40])
     parser.add_argument("--curve-variant", default="labels", choices=sorted(VARIANTS),
                         help="the variant whose checkpoint the fusion and candidate curve is measured on")
+    parser.add_argument("--charades", action="store_true",
+                        help="Charades-STA sentences on features built from its action timelines (see above)")
+    parser.add_argument("--charades-annotations", type=Path,
+                        default=ROOT.parent / "shared" / "data" / "annotations" / "charades_sta")
+    parser.add_argument("--charades-train", type=int, default=1000, help="training videos drawn (10%% validate)")
+    parser.add_argument("--charades-test", type=int, default=150, help="test videos drawn")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
@@ -247,9 +326,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="drn-incomplete-") as tmp:
         work = args.work or Path(tmp)
         for seed in args.seeds:
-            bench = make_recurring_benchmark(work / f"bench{seed}", num_videos=args.videos, feature_dim=args.dim,
-                                             seed=seed, noise=args.noise, motion_share=args.motion_share,
-                                             omit_fraction=args.omit_fraction)
+            if args.charades:
+                bench = charades_timeline_benchmark(work / f"bench{seed}", args.charades_annotations,
+                                                    args.charades_train, args.charades_test, args.dim, args.noise,
+                                                    1.5, seed)
+            else:
+                bench = make_recurring_benchmark(work / f"bench{seed}", num_videos=args.videos, feature_dim=args.dim,
+                                                 seed=seed, noise=args.noise, motion_share=args.motion_share,
+                                                 omit_fraction=args.omit_fraction)
             made.append(bench)
             for variant in args.variants:
                 row = run_one(bench, seed, variant, args, work / f"run{seed}-{variant}")
@@ -265,9 +349,14 @@ def main() -> None:
               "retrieval stage, score = fuse(DRN, retrieval cosine, w)\n")
         print(curve)
     bench = made[0]
-    print(f"\nbenchmark: {args.videos} videos, D {args.dim}, noise {args.noise}, motion share {args.motion_share}, "
-          f"omit fraction {args.omit_fraction} (realised: " + ", ".join(
-              f"{b.omitted} of {b.events} = {b.omitted_fraction:.3f}" for b in made) + ")")
+    omitted = ", ".join(f"{b.omitted} of {b.events} = {b.omitted_fraction:.3f}" for b in made)
+    if args.charades:
+        print(f"\nbenchmark: Charades-STA sentences, {args.charades_train} training and {args.charades_test} test "
+              f"videos drawn, timeline features D {args.dim}, noise {args.noise}; labelled actions that no sentence "
+              f"annotates: {omitted}")
+    else:
+        print(f"\nbenchmark: {args.videos} videos, D {args.dim}, noise {args.noise}, motion share "
+              f"{args.motion_share}, omit fraction {args.omit_fraction} (realised: {omitted})")
     print(f"{rows[0]['queries']} test texts x {rows[0]['videos']} test videos (seed {bench and rows[0]['seed']}); "
           f"videos showing a query's label: {rows[0]['label_videos']:.1f} on average")
     for r in rows:

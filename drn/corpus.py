@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from drn.datasets.labels import interval_iou
 from drn.errors import InputError
 from drn.evaluation import EvalConfig, EvalResult, evaluate
 from drn.nms import temporal_iou
@@ -299,7 +300,7 @@ def evaluate_relevance(queries: Sequence[CorpusQuery], ranked: Mapping[str, Rank
         own: dict[str, list[tuple[float, float]]] = {}
         for video, start, end in query.moments:
             own.setdefault(video, []).append((start, end))
-        best = [max((_iou(segment[0], segment[1], s, e) for s, e in (*labels.spans(video, label),
+        best = [max((interval_iou(segment[0], segment[1], s, e) for s, e in (*labels.spans(video, label),
                                                                     *own.get(video, ()))), default=0.0)
                 for video, segment in zip(result.video_ids, result.segments, strict=True)]
         first_exact = _first_hit_rank(query, result, config)
@@ -327,12 +328,6 @@ def evaluate_relevance(queries: Sequence[CorpusQuery], ranked: Mapping[str, Rank
         labelled_videos=len(ranked_videos), num_videos=num_videos, source=labels.source, precision_at=n_at,
         notes=list(labels.notes), convention=relevance_convention_text(config, labels.source, given),
     )
-
-
-def _iou(start: float, end: float, other_start: float, other_end: float) -> float:
-    inter = min(end, other_end) - max(start, other_start)
-    union = max(end, other_end) - min(start, other_start)
-    return float(inter / union) if inter > 0 and union > 0 else 0.0
 
 
 def _passes(iou: float, m: float, config: CorpusConfig) -> bool:

@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--cells", type=int, default=300, metavar="N", help="cells taken by ANN (default: 300)")
     live.add_argument("--candidates", type=int, default=20, metavar="M",
                       help="candidate videos grounded by DRN (default: 20)")
-    live.add_argument("--fusion-weight", type=float, default=0.8, metavar="W",
-                      help="share of the retrieval score in the final score, 0 to 1 (default: 0.8)")
+    live.add_argument("--fusion-weight", type=float, default=0.6, metavar="W",
+                      help="share of the retrieval score in the final score, 0 to 1 (default: 0.6)")
     live.add_argument("--cells-table", default=None, help="cells table name (default: cells)")
     live.add_argument("--save", action="store_true", help="with --exhaustive: also write the results to the index")
     return parser

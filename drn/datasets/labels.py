@@ -44,10 +44,11 @@ class Action:
     end_s: float
 
 
-def _iou(start: float, end: float, other_start: float, other_end: float) -> float:
+def interval_iou(start: float, end: float, other_start: float, other_end: float) -> float:
+    """Temporal IoU of two intervals (0 when they do not overlap)."""
     inter = min(end, other_end) - max(start, other_start)
     union = max(end, other_end) - min(start, other_start)
-    return inter / union if inter > 0 and union > 0 else 0.0
+    return float(inter / union) if inter > 0 and union > 0 else 0.0
 
 
 class VideoLabels:
@@ -94,7 +95,7 @@ class VideoLabels:
         action in file order."""
         best: tuple[Action, float] | None = None
         for act in self.actions.get(video_id, ()):
-            iou = _iou(start_s, end_s, act.start_s, act.end_s)
+            iou = interval_iou(start_s, end_s, act.start_s, act.end_s)
             if iou > 0 and (best is None or iou > best[1]):
                 best = (act, iou)
         return best

@@ -152,7 +152,7 @@ class SearchBackend:
         try:
             if live:
                 results = self._live_search(text, k, video, minimum, run)
-                notices = live_notices(text, results)
+                notices = [*self.two_stage_searcher().notices, *live_notices(text, results)]
             else:
                 answer = index.answer(text, k=k, video_id=video, min_score=minimum, run_id=run)
                 results, notices = answer.rows, answer.notices(LIVE_HINT)
