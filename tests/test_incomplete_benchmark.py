@@ -120,3 +120,28 @@ def test_cli_omits_and_reports(tmp_path: Path, capsys) -> None:
     assert make_synthetic_features.main(["--out", str(tmp_path / "plain"), "--omit-fraction", "0.5"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: --omit-fraction needs --recurring" and not (tmp_path / "plain").exists()
+
+
+def test_training_keeps_videos_that_show_an_omitted_event_out_of_its_negatives(benches) -> None:
+    """prepare_training_data finds the benchmark's labels.jsonl: a training video that shows "the red ball rises"
+    without an annotation of it is never that text's negative; with use_labels=false it may be."""
+    from drn.config import load_config
+    from drn.training_setup import prepare_training_data
+
+    bench = benches["omit"]
+    data = {use: prepare_training_data(load_config("configs/synthetic.yaml", [
+        "model.feature_dim=8", "train.negatives.per_positive=2", f"train.negatives.use_labels={str(use).lower()}"]),
+        bench.features, bench.annotations, with_test=False) for use in (True, False)}
+    assert data[True].labels is not None and data[False].labels is None
+    with_labels, without = data[True].negatives, data[False].negatives
+    assert with_labels.report.labelled > 0 and without.report.labelled == 0
+    assert Path(with_labels.report.labels_source).name == "labels.jsonl"
+    train_videos = {p.video_id for p in data[True].train.pairs}
+    shown_not_annotated = [(row["label"], row["video_id"]) for row in read_jsonl(Path(bench.labels))
+                           if row["video_id"] in train_videos and (row["label"], row["video_id"]) not in {
+                               (p.query, p.video_id) for p in data[True].train.pairs}]
+    checked = [(text, video) for text, video in shown_not_annotated if with_labels.key_index.get(text) is not None]
+    assert checked
+    for text, video in checked:
+        assert with_labels.blocks(text, video)
+    assert not all(without.blocks(text, video) for text, video in checked)
