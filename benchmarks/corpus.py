@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from drn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from drn.config import load_config  # noqa: E402
+from drn.config import DRNConfig, load_config  # noqa: E402
 from drn.corpus import (  # noqa: E402
     CorpusConfig,
     CorpusRun,
@@ -56,7 +57,7 @@ from drn.inference import Grounder  # noqa: E402
 from drn.retrieval_training import train_retrieval  # noqa: E402
 from drn.store import FeatureStore  # noqa: E402
 from drn.training import fit, stages_from_config  # noqa: E402
-from drn.training_setup import prepare_training_data  # noqa: E402
+from drn.training_setup import TrainingData, prepare_training_data  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -67,6 +68,36 @@ def cpu_model() -> str:
         return platform.processor() or "unknown CPU"
 
 
+@dataclass
+class TrainedRun:
+    """What ``train_benchmark`` trained: the data, the epoch records, the checkpoint and the seconds it took."""
+
+    data: TrainingData
+    epochs: list[dict]
+    checkpoint: str
+    train_s: float  # DRN's three stages (with preparing the data)
+    retrieval_s: float = 0.0  # stage 4, when trained
+
+
+def train_benchmark(bench, config: DRNConfig, out: Path, with_retrieval: bool = False) -> TrainedRun:
+    """DRN's three stages on a feature-level benchmark, keeping the best checkpoint; with ``with_retrieval`` also
+    the retrieval stage (stage 4, on the training split's negative filter), saved as ``out/two_stage.pt``."""
+    started = time.perf_counter()
+    data = prepare_training_data(config, bench.features, bench.annotations)
+    epochs: list[dict] = []
+    result = fit(data.new_model(), data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs,
+                 out, stages_from_config(config), report=epochs.append, checkpoint_facts=data.checkpoint_facts())
+    run = TrainedRun(data, epochs, result.best_checkpoint, time.perf_counter() - started)
+    if with_retrieval:  # stage 4 on the selected DRN: the retrieval stage that picks the candidates
+        started = time.perf_counter()
+        model, _, vocab = load_checkpoint(run.checkpoint)
+        train_retrieval(model, data.loader("train"), data.train, data.val, config, negative_filter=data.negatives)
+        run.checkpoint = str(Path(out) / "two_stage.pt")
+        save_checkpoint(run.checkpoint, model, vocab, stage=4)
+        run.retrieval_s = time.perf_counter() - started
+    return run
+
+
 def run_one(bench, seed: int, variant: str, dim: int, out: Path, overrides: list[str],
             candidates: list[int] | None = None, keep_per_query: list[int] | None = None) -> dict:
     torch.manual_seed(seed)
@@ -74,18 +105,9 @@ def run_one(bench, seed: int, variant: str, dim: int, out: Path, overrides: list
     config = load_config(ROOT / "configs" / "synthetic.yaml", [
         f"model.feature_dim={dim}", f"train.seed={seed}", f"train.negatives.per_positive={negatives}",
         *overrides])
-    started = time.perf_counter()
-    data = prepare_training_data(config, bench.features, bench.annotations)
-    epochs: list[dict] = []
-    result = fit(data.new_model(), data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs,
-                 out, stages_from_config(config), report=epochs.append, checkpoint_facts=data.checkpoint_facts())
-    checkpoint = result.best_checkpoint
-    if candidates:  # stage 4 on the selected DRN: the retrieval stage that picks the candidates
-        model, _, vocab = load_checkpoint(checkpoint)
-        train_retrieval(model, data.loader("train"), data.train, data.val, config)
-        checkpoint = str(Path(out) / "two_stage.pt")
-        save_checkpoint(checkpoint, model, vocab, stage=4)
-    train_s = time.perf_counter() - started
+    trained = train_benchmark(bench, config, out, with_retrieval=bool(candidates))
+    data, epochs, checkpoint = trained.data, trained.epochs, trained.checkpoint
+    train_s = trained.train_s + trained.retrieval_s
     stage1 = [e["seconds"] for e in epochs if e["stage"] == 1]
     grounder = Grounder.from_checkpoint(checkpoint)
     store = FeatureStore(bench.features)

@@ -32,7 +32,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.corpus import cpu_model  # noqa: E402
-from drn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from benchmarks.corpus import cpu_model, train_benchmark  # noqa: E402
 from drn.config import load_config  # noqa: E402
 from drn.corpus import (  # noqa: E402
     CorpusConfig,
@@ -59,11 +57,8 @@ from drn.datasets.synthetic import make_recurring_benchmark  # noqa: E402
 from drn.inference import Grounder  # noqa: E402
 from drn.predictions import Prediction  # noqa: E402
 from drn.retrieval import require_trained_retrieval  # noqa: E402
-from drn.retrieval_training import train_retrieval  # noqa: E402
 from drn.store import FeatureStore, FeatureStoreWriter, StoreMetadata, VideoRecord  # noqa: E402
 from drn.text.vocabulary import query_key  # noqa: E402
-from drn.training import fit, stages_from_config  # noqa: E402
-from drn.training_setup import prepare_training_data  # noqa: E402
 from moments.search.two_stage import fuse  # noqa: E402
 
 VARIANTS = {
@@ -193,20 +188,9 @@ def run_one(bench, seed: int, variant: str, args: argparse.Namespace, out: Path)
     config = load_config(ROOT / "configs" / "synthetic.yaml", [
         f"model.feature_dim={args.dim}", f"train.seed={seed}", f"model.retrieval_dim={args.retrieval_dim}",
         *sentences, *VARIANTS[variant], *args.overrides])
-    started = time.perf_counter()
-    data = prepare_training_data(config, bench.features, bench.annotations)
-    epochs: list[dict] = []
-    result = fit(data.new_model(), data.vocab, config, data.loader("train"), data.loader("val"), data.val.pairs,
-                 out, stages_from_config(config), report=epochs.append, checkpoint_facts=data.checkpoint_facts())
-    train_s = time.perf_counter() - started
-    model, _, vocab = load_checkpoint(result.best_checkpoint)
-    retrieval_started = time.perf_counter()
-    train_retrieval(model, data.loader("train"), data.train, data.val, config, negative_filter=data.negatives)
-    retrieval_s = time.perf_counter() - retrieval_started
-    checkpoint = out / "two_stage.pt"
-    save_checkpoint(checkpoint, model, vocab, stage=4)
-
-    grounder = Grounder.from_checkpoint(checkpoint)
+    trained = train_benchmark(bench, config, out, with_retrieval=True)
+    data, epochs, train_s, retrieval_s = trained.data, trained.epochs, trained.train_s, trained.retrieval_s
+    grounder = Grounder.from_checkpoint(trained.checkpoint)
     pairs = data.test.pairs
     queries = corpus_queries(pairs)
     keys, texts = [q.key for q in queries], [q.text for q in queries]

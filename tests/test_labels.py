@@ -28,11 +28,7 @@ from drn.model import new_model
 from drn.pairs import GroundingPair
 from drn.text import OpenVocabulary
 from jobs.evaluate import main as evaluate_main
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
-TINY = ["model.feature_dim=8", "model.num_segments=8", "model.lstm_hidden=8", "model.attention_dim=8",
-        "model.location_dim=4", "model.level_channels=[8,8,16]", "model.fpn_channels=8", "model.iou_channels=[8,4]",
-        "decode.top_per_level=4", "decode.top_n=3", "model.retrieval_dim=8"]
+from tests.test_corpus import CONFIG, TINY  # the tiny model of the corpus tests
 
 # v1 shows the door opened and someone sitting; v2 and v3 the door opened (v2's sentence was never written); v4 is
 # labelled with nothing
