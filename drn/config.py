@@ -213,6 +213,9 @@ def validate(config: DRNConfig) -> None:
          f"train.negatives.paraphrase_cosine must be in (0, 1], not {config.train.negatives.paraphrase_cosine}"),
         (0.0 <= config.train.negatives.guard_min_score < 1.0,
          f"train.negatives.guard_min_score must be in [0, 1), not {config.train.negatives.guard_min_score}"),
+        *((getattr(config.train, f"stage{n}").epochs >= 1,
+           f"train.stage{n}.epochs must be at least 1, not {getattr(config.train, f'stage{n}').epochs} (to skip a "
+           "stage, leave it out of jobs.train --stages)") for n in (1, 2, 3)),
         (config.model.retrieval_dim >= 0, "model.retrieval_dim must be 0 (no retrieval stage) or more"),
         (bool(config.retrieval.cell_widths) and all(
             isinstance(w, int) and 1 <= w <= config.model.num_segments for w in config.retrieval.cell_widths),

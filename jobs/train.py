@@ -171,8 +171,10 @@ def run(args: argparse.Namespace) -> int:
     def report(record: dict) -> None:
         val = record.get("val", {})
         shown = {k: round(v, 2) for k, v in val.items() if k in ("R@1,IoU=0.5", "R@1,IoU=0.7", "R@5,IoU=0.5", "mIoU")}
+        guarded = (f"; score guard left out {record['negatives_guarded']:,} of {record['negative_rows']:,} negative "
+                   "rows" if record.get("negative_rows") else "")
         print(f"stage {record['stage']} epoch {record['epoch']}: loss {record.get('loss_total', 0):.4f} "
-              f"({record['pairs_per_s']:.0f} pairs/s) val {shown}", file=sys.stderr)
+              f"({record['pairs_per_s']:.0f} pairs/s) val {shown}{guarded}", file=sys.stderr)
 
     facts = data.checkpoint_facts()
     if stages:

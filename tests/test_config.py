@@ -48,3 +48,11 @@ def test_retired_key_with_its_inert_value_loads_and_any_other_is_refused() -> No
     data["model"]["video_relevance"] = True
     with pytest.raises(InputError, match="model.video_relevance is no longer supported"):
         DRNConfig.from_dict(data, source="old.pt")
+
+
+def test_a_stage_of_zero_epochs_is_refused_by_name() -> None:
+    for n in (1, 2, 3):
+        with pytest.raises(InputError, match=f"train.stage{n}.epochs must be at least 1, not 0"):
+            load_config(None, [f"train.stage{n}.epochs=0"])
+    with pytest.raises(InputError, match="guard_min_score must be in"):
+        load_config(None, ["train.negatives.guard_min_score=1.0"])
