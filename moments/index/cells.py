@@ -15,14 +15,13 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from lancedb.index import BTree, IvfPq
 
 from drn.errors import InputError
-from moments.index.db import connect, in_list, local_folder, sql_literal
+from moments.index.db import DescribedTable, in_list, sql_literal
 
 CELLS_TABLE = "cells"
 CELL_KEY = ("video_id", "cell")
@@ -90,50 +89,20 @@ def cell_rows(info: CellsInfo, video_id: str, spans_s: np.ndarray, vectors: np.n
     }, schema=cells_schema(info))
 
 
-class CellsTable:
+class CellsTable(DescribedTable):
     """The cells table at a LanceDB URI: ``info`` (None while there is no table), writes, search."""
 
     def __init__(self, uri: str | os.PathLike, table: str = CELLS_TABLE, *,
                  vector_index_min_rows: int = VECTOR_INDEX_MIN_ROWS) -> None:
-        self.uri = os.fspath(uri)
-        self.name = table
         self.vector_index_min_rows = vector_index_min_rows
-        local = local_folder(self.uri)
-        self._db: Any = None
-        self._table: Any = None
         self._vector_indexed: bool | None = None  # asked once, and again after ensure_indices
-        if local is None or local.is_dir():  # reading creates nothing
-            try:
-                self._table = self._connect().open_table(table)
-            except (ValueError, FileNotFoundError):
-                self._table = None
-        self.info = None if self._table is None else CellsInfo.from_metadata(self._table.schema.metadata,
-                                                                            f"{self.uri} (table {table})")
-
-    def _connect(self) -> Any:
-        if self._db is None:
-            self._db = connect(self.uri)
-        return self._db
-
-    @property
-    def exists(self) -> bool:
-        return self._table is not None
-
-    @property
-    def table(self) -> Any:
-        if self._table is None:
-            raise InputError(f"there is no '{self.name}' table: build it with python -m jobs.index_library "
-                             f"--checkpoint CHECKPOINT --features STORE --db {self.uri}", path=self.uri)
-        return self._table
+        super().__init__(uri, table, CellsInfo.from_metadata)
+        self.missing = ("build it with python -m jobs.index_library --checkpoint CHECKPOINT --features STORE "
+                        f"--db {self.uri}")
 
     def create(self, info: CellsInfo, overwrite: bool = False) -> None:
         """Create the (empty) table for ``info``; with ``overwrite`` an existing one is replaced."""
-        try:
-            self._table = self._connect().create_table(self.name, schema=cells_schema(info),
-                                                       mode="overwrite" if overwrite else "create")
-        except OSError as error:
-            raise InputError(f"cannot create table '{self.name}': {error}", path=self.uri) from None
-        self.info = info
+        self._create(cells_schema(info), info, overwrite)
 
     def write(self, rows: pa.Table) -> int:
         """Merge rows on (video_id, cell): one atomic commit. Returns the number of rows given."""
@@ -142,9 +111,6 @@ class CellsTable:
         (self.table.merge_insert(list(CELL_KEY)).when_matched_update_all().when_not_matched_insert_all()
          .execute(rows))
         return rows.num_rows
-
-    def count(self) -> int:
-        return 0 if self._table is None else self._table.count_rows()
 
     def video_ids(self) -> set[str]:
         """The videos with cells (a video's cells are written in one commit, so these are complete)."""

@@ -4,7 +4,7 @@ literals for filters, the writability check and the default location."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +57,52 @@ def in_list(column: str, values: Iterable[str | int]) -> str:
 def default_db_uri() -> str:
     """The LanceDB URI used when none is given: $DRN_DB, else ./lancedb."""
     return os.environ.get("DRN_DB", "lancedb")
+
+
+class DescribedTable:
+    """A LanceDB table that its schema metadata describes (``info``, None while there is no table): opened when it
+    is there (reading creates nothing), created on demand. ``missing`` is what the error says to do when it is not
+    there."""
+
+    missing = "build it with python -m jobs.index_library"
+
+    def __init__(self, uri: str | os.PathLike, table: str, read_info: Callable[[Any, str], Any]) -> None:
+        self.uri = os.fspath(uri)
+        self.name = table
+        self._db: Any = None
+        self._table: Any = None
+        local = local_folder(self.uri)
+        if local is None or local.is_dir():
+            try:
+                self._table = self._connect().open_table(table)
+            except (ValueError, FileNotFoundError):
+                self._table = None
+        self.info = None if self._table is None else read_info(self._table.schema.metadata,
+                                                               f"{self.uri} (table {table})")
+
+    def _connect(self) -> Any:
+        if self._db is None:
+            self._db = connect(self.uri)
+        return self._db
+
+    @property
+    def exists(self) -> bool:
+        return self._table is not None
+
+    @property
+    def table(self) -> Any:
+        if self._table is None:
+            raise InputError(f"there is no '{self.name}' table: {self.missing}", path=self.uri)
+        return self._table
+
+    def _create(self, schema: Any, info: Any, overwrite: bool) -> None:
+        """Create the (empty) table of ``schema`` described by ``info``; with ``overwrite`` replace one."""
+        try:
+            self._table = self._connect().create_table(self.name, schema=schema,
+                                                       mode="overwrite" if overwrite else "create")
+        except OSError as error:
+            raise InputError(f"cannot create table '{self.name}': {error}", path=self.uri) from None
+        self.info = info
+
+    def count(self) -> int:
+        return 0 if self._table is None else self._table.count_rows()

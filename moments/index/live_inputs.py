@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +33,7 @@ from lancedb.index import BTree
 
 from drn.errors import InputError
 from moments.index.cells import CellsInfo
-from moments.index.db import connect, in_list, local_folder
+from moments.index.db import DescribedTable, in_list
 
 INPUTS_KEY = ("video_id", "window")
 INPUTS_PREFIX = "drn.inputs."
@@ -151,47 +150,15 @@ def videos_of_rows(rows: pa.Table, num_segments: int, feature_dim: int) -> dict[
     return found
 
 
-class LiveInputsTable:
+class LiveInputsTable(DescribedTable):
     """The inputs table at a LanceDB URI: ``info`` (None while there is no table), writes, reads by video."""
 
     def __init__(self, uri: str | os.PathLike, table: str) -> None:
-        self.uri = os.fspath(uri)
-        self.name = table
-        self._db: Any = None
-        self._table: Any = None
-        local = local_folder(self.uri)
-        if local is None or local.is_dir():  # reading creates nothing
-            try:
-                self._table = self._connect().open_table(table)
-            except (ValueError, FileNotFoundError):
-                self._table = None
-        self.info = None if self._table is None else InputsInfo.from_metadata(
-            self._table.schema.metadata, f"{self.uri} (table {table})")
-
-    def _connect(self) -> Any:
-        if self._db is None:
-            self._db = connect(self.uri)
-        return self._db
-
-    @property
-    def exists(self) -> bool:
-        return self._table is not None
-
-    @property
-    def table(self) -> Any:
-        if self._table is None:
-            raise InputError(f"there is no '{self.name}' table: build it with python -m jobs.index_library",
-                             path=self.uri)
-        return self._table
+        super().__init__(uri, table, InputsInfo.from_metadata)
 
     def create(self, info: InputsInfo, overwrite: bool = False) -> None:
         """Create the (empty) table for ``info``; with ``overwrite`` an existing one is replaced."""
-        try:
-            self._table = self._connect().create_table(self.name, schema=inputs_schema(info),
-                                                       mode="overwrite" if overwrite else "create")
-        except OSError as error:
-            raise InputError(f"cannot create table '{self.name}': {error}", path=self.uri) from None
-        self.info = info
+        self._create(inputs_schema(info), info, overwrite)
 
     def write(self, rows: pa.Table) -> int:
         """Insert rows whose (video_id, window) is not there yet: one atomic commit. Returns the rows given."""
@@ -199,9 +166,6 @@ class LiveInputsTable:
             return 0
         self.table.merge_insert(list(INPUTS_KEY)).when_not_matched_insert_all().execute(rows)
         return rows.num_rows
-
-    def count(self) -> int:
-        return 0 if self._table is None else self._table.count_rows()
 
     def video_ids(self) -> set[str]:
         """The videos with inputs (a video's rows are written in one commit, so these are complete)."""
