@@ -504,7 +504,20 @@ def index_command(inputs: LibraryInputs, db: Path) -> list[str]:
             "--no-progress"]
 
 
-class IndexLibraryJob(FaultJob):
+class LanceDbJob(FaultJob):
+    """A job whose output is a LanceDB folder, ``out/db``: its writes are judged by Lance's commits."""
+
+    def in_flight(self, out: Path, since_ns: int) -> list[str]:
+        return lance_in_flight(out / "db", since_ns)
+
+    def readable(self, out: Path) -> list[str]:
+        return lance_readable(out / "db")
+
+    def committed(self, out: Path, since_ns: int) -> bool:
+        return lance_committed(out / "db", since_ns)
+
+
+class IndexLibraryJob(LanceDbJob):
     """``jobs.index_library``: the cells table, written in several merges (a few videos per write)."""
 
     name = "index_library"
@@ -535,15 +548,6 @@ class IndexLibraryJob(FaultJob):
         if got["indices"] != clean["indices"]:
             problems.append(f"cells indices differ: {got['indices']} vs {clean['indices']}")
         return problems + compare_frames("cells", clean["cells"], got["cells"], ["video_id", "cell"], atol=1e-5)
-
-    def in_flight(self, out: Path, since_ns: int) -> list[str]:
-        return lance_in_flight(out / "db", since_ns)
-
-    def readable(self, out: Path) -> list[str]:
-        return lance_readable(out / "db")
-
-    def committed(self, out: Path, since_ns: int) -> bool:
-        return lance_committed(out / "db", since_ns)
 
     def after_clean(self, out: Path, inputs: Path) -> None:
         if not (inputs / CELLS_DB / "cells.lance").is_dir():
@@ -585,7 +589,7 @@ def lance_readable(db: Path) -> list[str]:
     return problems
 
 
-class GroundJob(FaultJob):
+class GroundJob(LanceDbJob):
     """``jobs.ground`` candidate-driven (a cells table in the database), keeping each query's best moments."""
 
     name = "ground"
@@ -642,15 +646,6 @@ class GroundJob(FaultJob):
                 + compare_frames("run_videos", clean["run_videos"], got["run_videos"],
                                  ["segments_table", "run_id", "video_id"])
                 + compare_frames("runs", clean["runs"], got["runs"], ["run_id"]))
-
-    def in_flight(self, out: Path, since_ns: int) -> list[str]:
-        return lance_in_flight(out / "db", since_ns)
-
-    def readable(self, out: Path) -> list[str]:
-        return lance_readable(out / "db")
-
-    def committed(self, out: Path, since_ns: int) -> bool:
-        return lance_committed(out / "db", since_ns)
 
 
 class TrainJob(FaultJob):

@@ -332,7 +332,6 @@ def main() -> None:
         print(f"\ntwo-stage ranking on the {args.curve_variant!r} checkpoints: each text's N best test videos by the "
               "retrieval stage, score = fuse(DRN, retrieval cosine, w)\n")
         print(curve)
-    bench = made[0]
     omitted = ", ".join(f"{b.omitted} of {b.events} = {b.omitted_fraction:.3f}" for b in made)
     if args.charades:
         print(f"\nbenchmark: Charades-STA sentences, {args.charades_train} training and {args.charades_test} test "
@@ -341,7 +340,7 @@ def main() -> None:
     else:
         print(f"\nbenchmark: {args.videos} videos, D {args.dim}, noise {args.noise}, motion share "
               f"{args.motion_share}, omit fraction {args.omit_fraction} (realised: {omitted})")
-    print(f"{rows[0]['queries']} test texts x {rows[0]['videos']} test videos (seed {bench and rows[0]['seed']}); "
+    print(f"{rows[0]['queries']} test texts x {rows[0]['videos']} test videos (seed {rows[0]['seed']}); "
           f"videos showing a query's label: {rows[0]['label_videos']:.1f} on average")
     for r in rows:
         if r["filter"] and r["seed"] == rows[0]["seed"]:
