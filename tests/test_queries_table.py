@@ -214,6 +214,8 @@ def test_k_beyond_the_runs_keep_per_query_is_said_and_answered(tmp_path, vectors
                        "(--keep-per-query 2), fewer than the 5 asked for; showing what is there"]
     assert index.answer(QUERIES["q-book"], k=2).notices() == []
     record_run(str(uri), RunRecord("kept", "batch", "ckpt-7", "/c.pt", "/features", 2, keep_per_query=0))
+    assert index.answer(QUERIES["q-book"], k=5).notices() == notices  # the runs as they were at opening
+    index.refresh()
     assert index.answer(QUERIES["q-book"], k=5).notices() == []  # 0: the run keeps every moment
 
 

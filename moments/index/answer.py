@@ -28,13 +28,15 @@ import pyarrow.compute as pc
 
 from drn.errors import InputError
 from drn.text import query_key
-from drn.text.sentence import embed_text
+from drn.text.sentence import embed_text, is_blank
 from moments.index.db import in_list, sql_literal
 from moments.index.queries import (
     EMBEDDING_COLUMN,
+    QUERY_ROW_KEY,
     TOP_MOMENTS,
     TOP_MOMENTS_COLUMN,
     QueriesTable,
+    SearchView,
     embedding_matrix,
 )
 from moments.index.results import MATCH_FIELDS, RESULT_COLUMNS, empty_result
@@ -78,7 +80,9 @@ def answer_search(
     """
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
-    vector = embed_text(text)
+    if is_blank(text):
+        raise InputError("query text is empty; give some words to search for")
+    embedding = _Embedding(text)  # embedded on first use: the full-text list is already being read by then
     best_rows = _best_row_filter(video_id=video_id, min_score=min_score, run_id=run_id)
     stored = queries.open()
     if stored is None:
@@ -87,7 +91,7 @@ def answer_search(
                              "(Index.write_queries; jobs.ground does)", path=queries.uri)
         found = {}
     else:
-        found = _nearest_queries(segments, queries, text, vector, best_rows, run_id, max(2 * k, 20),
+        found = _nearest_queries(segments, queries, text, embedding, best_rows, run_id, max(2 * k, 20),
                                  in_video=video_id is not None, min_score=min_score)
     searched = query_key(text)
     for hit in found.values():
@@ -112,9 +116,28 @@ def answer_search(
 def match_kind(searched_key: str, stored_text: str, similarity: float) -> str:
     """How a stored query relates to the searched text: "same" words (``drn.text.vocabulary.query_key``), a "paraphrase"
     (MiniLM cosine >= SAME_QUERY_COSINE) or an "other" query whose moments answer a different sentence."""
-    if query_key(stored_text) == searched_key:
+    if _stored_key(stored_text) == searched_key:
         return "same"
     return "paraphrase" if similarity >= SAME_QUERY_COSINE else "other"
+
+
+class _Embedding:
+    """The searched text's MiniLM vector, computed on the first call (``drn.text.sentence.embed_text``) and kept."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._vector: np.ndarray | None = None
+
+    def __call__(self) -> np.ndarray:
+        if self._vector is None:
+            self._vector = embed_text(self.text)
+        return self._vector
+
+
+@functools.lru_cache(maxsize=65_536)
+def _stored_key(stored_text: str) -> str:
+    """``query_key`` of a stored query's text: the same few stored texts come back search after search."""
+    return query_key(stored_text)
 
 
 @dataclass
@@ -163,7 +186,7 @@ class SearchAnswer:
 
 
 def _nearest_queries(
-    segments: Any, queries: QueriesTable, text: str, vector: np.ndarray, best_rows: str, run_id: str | None,
+    segments: Any, queries: QueriesTable, text: str, embedding: _Embedding, best_rows: str, run_id: str | None,
     candidates: int, *, in_video: bool = False, min_score: float | None = None,
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """The stored queries nearest to the text in meaning and in words, fused by RRF, each with segments that pass
@@ -175,28 +198,72 @@ def _nearest_queries(
     its best moment is the first of them. With a video filter (``in_video``) few queries may have moments in that
     video: when the scalar indices count at most MAX_PASSING_KEYS, their keys are read and ranked among
     themselves."""
-    table = queries.open()
+    view = queries.search_view()
+    table = view.table
     where = f"run_id = {sql_literal(run_id)}" if run_id is not None else None
     wanted = 2 * candidates
     if in_video and segments.count_rows(best_rows) <= MAX_PASSING_KEYS:
         passing = _with_best_rows(segments, None, best_rows)
-        return _fused(_lists_among(table, text, vector, passing, where, wanted, queries.full_text_indexed()),
-                      vector)
-    columns = [*_COLUMNS, TOP_MOMENTS_COLUMN] if not in_video and queries.has_top_moments() else _COLUMNS
-    words = queries.full_text_indexed()
+        vector = embedding()
+        return _fused(_lists_among(table, text, vector, passing, where, wanted, view.full_text_indexed), vector)
+    columns = [*_COLUMNS, TOP_MOMENTS_COLUMN] if not in_video and view.has_top_moments else _COLUMNS
     limit = wanted
     while True:
-        if words:  # the two lists at once: LanceDB's work runs outside the GIL
-            in_words = _pool().submit(_word_hits, table, text, where, limit, columns)
-            lists = [_vector_hits(table, vector, where, limit, columns), in_words.result()]
-        else:
-            lists = [_vector_hits(table, vector, where, limit, columns)]
+        lists = _ranked_lists(view, text, embedding, where, limit, columns)
         passing = _passing(segments, lists, best_rows, min_score)
         kept = [_only(hits, passing, wanted) for hits in lists]
         if limit >= MAX_CANDIDATE_ROWS or all(hits.num_rows < limit or len(hits_kept) >= wanted
                                               for hits, hits_kept in zip(lists, kept, strict=True)):
-            return _fused(kept, vector)
+            return _fused(kept, embedding())
         limit *= 4
+
+
+def _ranked_lists(view: SearchView, text: str, embedding: _Embedding, where: str | None, limit: int,
+                  columns: list[str]) -> list[pa.Table]:
+    """The stored queries nearest in meaning (and in words, when indexed), ``limit`` each, with ``columns``.
+
+    The two LanceDB lists (vector and full text, at once: LanceDB's work runs outside the GIL) read keys and row
+    ids only; the other columns come from the queries' catalogue (``moments.index.catalogue``), or, above its
+    size, from one take by row id for the lists' union. Reading those columns inside each list costs about
+    twice as much (benchmarks/RESULTS.md, issue 20). Where a row id no longer holds its key (the table moved
+    between the reads), the lists are read again whole."""
+    table, keys_only = view.table, list(QUERY_ROW_KEY)
+    reads = [(_vector_hits, embedding), (_word_hits, text)] if view.full_text_indexed else [(_vector_hits, embedding)]
+    lists = _read_lists(table, reads, where, limit, keys_only, True)
+    detailed = _with_columns(view, lists, [name for name in columns if name not in keys_only])
+    return detailed if detailed is not None else _read_lists(table, reads, where, limit, columns, False)
+
+
+def _read_lists(table: Any, reads: list[tuple[Callable[..., pa.Table], Any]], where: str | None, limit: int,
+                columns: list[str], row_ids: bool) -> list[pa.Table]:
+    """The lists of ``reads`` ((function, vector or text) pairs), the later ones on the pool while the first runs."""
+    later = [_pool().submit(read, table, by, where, limit, columns, row_ids) for read, by in reads[1:]]
+    first, by = reads[0]
+    return [first(table, by, where, limit, columns, row_ids), *(future.result() for future in later)]
+
+
+def _with_columns(view: SearchView, lists: list[pa.Table], columns: list[str]) -> list[pa.Table] | None:
+    """Each list of hits (keys and ``_rowid``) with its rows' keys and ``columns``: from the catalogue, else read
+    in one take by row id; None when a row id is gone or holds another key."""
+    names = [*QUERY_ROW_KEY, *columns]
+    wanted = [hits.column("_rowid").to_pylist() for hits in lists]
+    if view.catalogue is not None and all(name in view.catalogue.rows.column_names for name in names):
+        found = [view.catalogue.take(row_ids) for row_ids in wanted]
+        if any(rows is None for rows in found):
+            return None
+        detailed = [rows.select(names) for rows in found]
+    else:
+        ids = sorted({row_id for row_ids in wanted for row_id in row_ids})
+        if not ids:
+            return [hits.select(list(QUERY_ROW_KEY)) for hits in lists]
+        rows = view.table.take_row_ids(ids).select(names).with_row_id().to_arrow()
+        position = {row_id: place for place, row_id in enumerate(rows.column("_rowid").to_pylist())}
+        if any(row_id not in position for row_ids in wanted for row_id in row_ids):
+            return None
+        rows = rows.select(names)
+        detailed = [rows.take(pa.array([position[row_id] for row_id in row_ids], pa.int64())) for row_ids in wanted]
+    same = all(_keys(rows) == _keys(hits) for rows, hits in zip(detailed, lists, strict=True))
+    return detailed if same else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -211,14 +278,29 @@ def _passing(segments: Any, lists: list[pa.Table], best_rows: str, min_score: fl
     passing: set[tuple[str, str]] = set()
     unknown: set[tuple[str, str]] = set()
     for hits in lists:
-        moments = (hits.column(TOP_MOMENTS_COLUMN).to_pylist() if TOP_MOMENTS_COLUMN in hits.column_names
-                   else [None] * hits.num_rows)
-        for key, top in zip(_keys(hits), moments, strict=True):
-            if top is None:
+        if TOP_MOMENTS_COLUMN not in hits.column_names:
+            unknown.update(_keys(hits))
+            continue
+        known, best = _best_moment_scores(hits.column(TOP_MOMENTS_COLUMN))
+        for key, held, score in zip(_keys(hits), known.tolist(), best.tolist(), strict=True):
+            if not held:
                 unknown.add(key)
-            elif top and (min_score is None or top[0]["score"] >= min_score):
+            elif score == score and (min_score is None or score >= min_score):  # NaN: no moment at all
                 passing.add(key)
     return passing | _with_best_rows(segments, unknown - passing, best_rows)
+
+
+def _best_moment_scores(moments: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row's ``top_moments`` (a list in library_rank order): whether it is known (not null), and the
+    score of its first moment (NaN where the list is empty or null)."""
+    column = moments.combine_chunks()
+    known = column.is_valid().to_numpy(zero_copy_only=False)
+    offsets = column.offsets.to_numpy()
+    scores = pc.struct_field(column.values, "score").to_numpy(zero_copy_only=False).astype(np.float64)
+    best = np.full(len(column), np.nan)
+    held = known & (offsets[1:] > offsets[:-1])
+    best[held] = scores[offsets[:-1][held]]
+    return known, best
 
 
 def _fused(lists: list[pa.Table], vector: np.ndarray) -> dict[tuple[str, str], dict[str, Any]]:
@@ -230,13 +312,14 @@ def _fused(lists: list[pa.Table], vector: np.ndarray) -> dict[tuple[str, str], d
             continue
         similarity = embedding_matrix(hits) @ vector
         checkpoints = hits.column("checkpoint_id").to_pylist()
-        moments = (hits.column(TOP_MOMENTS_COLUMN).to_pylist() if TOP_MOMENTS_COLUMN in hits.column_names
-                   else [None] * hits.num_rows)
+        moments = (hits.column(TOP_MOMENTS_COLUMN).combine_chunks() if TOP_MOMENTS_COLUMN in hits.column_names
+                   else pa.nulls(hits.num_rows, pa.list_(pa.null())))
         for position, (key, sim, stored, checkpoint, top) in enumerate(
                 zip(_keys(hits), similarity.tolist(), hits.column("query_text").to_pylist(), checkpoints, moments,
                     strict=True), start=1):
             hit = found.setdefault(key, {"key": key, "relevance": 0.0, "similarity": sim, "text": stored,
-                                         "checkpoint_id": checkpoint, "moments": top})
+                                         "checkpoint_id": checkpoint,
+                                         "moments": top if top.is_valid else None})
             hit["relevance"] += 1.0 / (RRF_K + position)
     return found
 
@@ -259,18 +342,25 @@ def _lists_among(queries: Any, text: str, vector: np.ndarray, keys: set[tuple[st
 _COLUMNS = ["run_id", "query_id", "query_text", "checkpoint_id", EMBEDDING_COLUMN]
 
 
-def _vector_hits(queries: Any, vector: np.ndarray, where: str | None, limit: int,
-                 columns: list[str] = _COLUMNS) -> pa.Table:
+def _vector_hits(queries: Any, vector: np.ndarray | _Embedding, where: str | None, limit: int,
+                 columns: list[str] = _COLUMNS, row_ids: bool = False) -> pa.Table:
+    if isinstance(vector, _Embedding):
+        vector = vector()
     search = queries.search(vector, vector_column_name=EMBEDDING_COLUMN, query_type="vector").distance_type("cosine")
     if where is not None:
         search = search.where(where, prefilter=True)
+    if row_ids:
+        search = search.with_row_id(True)
     return search.select([*columns, "_distance"]).limit(limit).to_arrow()
 
 
-def _word_hits(queries: Any, text: str, where: str | None, limit: int, columns: list[str] = _COLUMNS) -> pa.Table:
+def _word_hits(queries: Any, text: str, where: str | None, limit: int, columns: list[str] = _COLUMNS,
+               row_ids: bool = False) -> pa.Table:
     search = queries.search(text.strip(), query_type="fts", fts_columns="query_text")
     if where is not None:
         search = search.where(where, prefilter=True)
+    if row_ids:
+        search = search.with_row_id(True)
     return search.select([*columns, "_score"]).limit(limit).to_arrow()
 
 
@@ -328,7 +418,7 @@ def _rows_of_top_moments(chosen: list[dict[str, Any]], k: int, min_score: float 
     rows = []
     for order, hit in enumerate(chosen):
         run, query = hit["key"]
-        for moment in hit["moments"]:
+        for moment in hit["moments"].as_py():  # an Arrow list scalar: only the chosen queries' become Python
             if moment["library_rank"] < k and (min_score is None or moment["score"] >= min_score):
                 rows.append({**moment, "run_id": run, "query_id": query, "query_text": hit["text"],
                              "checkpoint_id": hit["checkpoint_id"], "_order": order})

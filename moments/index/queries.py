@@ -19,7 +19,9 @@ migration killed midway loses nothing and the next open finishes it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,7 @@ from lancedb.index import FTS, Bitmap, BTree, IvfPq
 from drn.errors import InputError
 from drn.text import query_key
 from drn.text.sentence import EMBEDDING_DIM
+from moments.index.catalogue import CATALOGUE_MAX_ROWS, QueryCatalogue
 from moments.index.db import check_db_writable, in_list, sql_literal
 from moments.index.segments import (
     SEGMENTS_TABLE,
@@ -128,6 +131,18 @@ def embedding_matrix(table: pa.Table) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, EMBEDDING_DIM)
 
 
+@dataclass(frozen=True)
+class SearchView:
+    """What a search needs to know of the queries table at its checked-out version (``QueriesTable.search_view``):
+    the LanceDB table, whether it has ``top_moments`` and a full-text index, and the catalogue of its rows' details
+    (None above CATALOGUE_MAX_ROWS rows)."""
+
+    table: Any
+    has_top_moments: bool
+    full_text_indexed: bool
+    catalogue: QueryCatalogue | None
+
+
 class QueriesTable:
     """The `queries` table of an index: opened when it exists, created by the first write.
 
@@ -143,6 +158,9 @@ class QueriesTable:
         self.overwrite = overwrite
         self._table: Any = None
         self._known: tuple[int, tuple[bool, bool]] | None = None  # (table version, what ``_facts`` found)
+        self._catalogue: QueryCatalogue | int | None = None  # the catalogue, or the version too large for one
+        self._catalogue_lock = threading.Lock()
+        self.seen_version: int | None = None  # the version the last search_view found
         self.moments_pending = False  # the column was just added: the index must fill it (Index does on opening)
 
     def open(self) -> Any:
@@ -183,12 +201,39 @@ class QueriesTable:
         """query_text has a full-text index."""
         return self._facts()[1]
 
-    def _facts(self) -> tuple[bool, bool]:
+    def search_view(self) -> SearchView | None:
+        """The table as a search reads it (None while there is none): one look at its version, then what is known
+        of that version (its facts, its catalogue) or read once for it."""
+        table = self.open()
+        if table is None:
+            return None
+        version = self.seen_version = table.version
+        has_top_moments, full_text_indexed = self._facts(version)
+        return SearchView(table, has_top_moments, full_text_indexed,
+                          self._catalogue_of(table, version, has_top_moments))
+
+    def _catalogue_of(self, table: Any, version: int, has_top_moments: bool) -> QueryCatalogue | None:
+        """The catalogue of this version (``moments.index.catalogue``), read once; None above CATALOGUE_MAX_ROWS."""
+        with self._catalogue_lock:
+            known = self._catalogue
+            if isinstance(known, QueryCatalogue) and known.version == version:
+                return known
+            if known == version:
+                return None
+            if table.count_rows() > CATALOGUE_MAX_ROWS:
+                self._catalogue = version
+                return None
+            columns = [*QUERY_ROW_KEY, "query_text", "checkpoint_id", EMBEDDING_COLUMN]
+            self._catalogue = QueryCatalogue.read(table, [*columns, TOP_MOMENTS_COLUMN] if has_top_moments
+                                                  else columns)
+            return self._catalogue
+
+    def _facts(self, version: int | None = None) -> tuple[bool, bool]:
         """(has top_moments, has a full-text index on query_text), looked up once per table version."""
         table = self.open()
         if table is None:
             return False, False
-        version = table.version
+        version = table.version if version is None else version
         if self._known is None or self._known[0] != version:
             indexed = any(tuple(config.columns) == ("query_text",) for config in table.list_indices())
             self._known = (version, (TOP_MOMENTS_COLUMN in table.schema.names, indexed))

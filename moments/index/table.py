@@ -87,6 +87,7 @@ class Index:
                 )
             self._table = self._create(mode="overwrite")
         self._run_records: RunsSnapshot | None = None  # the runs table, read again only when it changes
+        self._runs_checked: int | None = None  # the queries table version at that check (None: check again)
         if self._table is not None and self._queries.open() is not None and self._queries.moments_pending:
             self.fill_top_moments()
 
@@ -153,6 +154,7 @@ class Index:
         else:
             self._table.checkout_latest()
         self._queries.refresh()
+        self._runs_checked = None
 
     # ------------------------------------------------------------------ writing
     def write_segments(self, rows: pa.Table | Sequence[dict[str, Any]]) -> int:
@@ -325,9 +327,15 @@ class Index:
                              min_score=min_score, run_id=run_id)
 
     def run_records(self) -> dict[str, RunRecord]:
-        """What the `runs` table records of each grounding run (empty for indices written before it existed);
-        read again only when the table has a new version."""
-        self._run_records = runs_snapshot(self._connect(), self._run_records)
+        """What the `runs` table records of each grounding run (empty for indices written before it existed).
+
+        Like the other tables, the index reads the runs as they were when it opened or last ``refresh``-ed; the
+        runs table is also looked at again when the queries table has moved (a run written through this index),
+        and read again only when its own version moved."""
+        seen = self._queries.seen_version
+        if self._run_records is None or self._runs_checked is None or self._runs_checked != seen:
+            self._run_records = runs_snapshot(self._connect(), self._run_records)
+            self._runs_checked = seen
         return self._run_records.records
 
     def completed_videos(self, run_id: str, query_ids: Sequence[str]) -> set[str]:
