@@ -12,6 +12,7 @@ build and recall.
     # two-stage search whatever the store: the project's store vs one file of one row group, with and without the
     # inputs table (in process, and the CLI end to end)
     .venv/bin/python benchmarks/live_search.py stores --sizes 1000 --configs paper --clips-per-video 94
+    .venv/bin/python benchmarks/live_search.py stores --sizes 1000 --configs paper --s3-latency-ms 20  # and on s3
     .venv/bin/python benchmarks/live_search.py stores --sizes 60 --configs demo --queries 3 --cli-runs 1  # a check
 
 **latency**: for each config (``paper``: configs/charades_sta.yaml, D 4096, T 32, 38.8 M parameters; ``demo``:
@@ -39,7 +40,9 @@ group (what other writers produce); each indexed with ``run_index_library`` (cel
 store, with the inputs table and without it (the same db with the inputs table dropped: an index built before it,
 whose candidates are read from the store): p50/p95 of ``TwoStageSearcher.search`` in process, the first search
 after loading, and the wall time of ``python -m jobs.search TEXT --live --db D --json`` end to end (``--cli-runs``
-runs, median), with the inputs table's size on disk.
+runs, median) beside an indexed ``jobs.search`` on the same database (a small collection written into it), with
+the inputs table's size on disk. ``--s3-latency-ms`` runs it all again with both stores on the test S3 server
+(moto, started here) behind a proxy that adds that round trip to every request; the database stays on local disk.
 """
 
 from __future__ import annotations
@@ -240,18 +243,64 @@ def row_groups(store: Path) -> str:
     return f"{len(files)} file(s), {sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)} row group(s)"
 
 
-def cli_seconds(db: Path, text: str, runs: int) -> float:
-    """Median wall time of ``python -m jobs.search TEXT --live --db D --json`` (a fresh process each run)."""
+def cli_seconds(db: Path, text: str, runs: int, live: bool = True) -> float:
+    """Median wall time of ``python -m jobs.search TEXT [--live] --db D --json`` (a fresh process each run)."""
     times = []
     for _ in range(runs):
         began = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "jobs.search", text, "--live", "--db", str(db), "--json"], cwd=REPO,
-                       check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "jobs.search", text, *(["--live"] if live else []), "--db", str(db),
+                        "--json"], cwd=REPO, check=True, capture_output=True)
         times.append(time.perf_counter() - began)
     return float(np.median(times))
 
 
-def stores_case(name: str, count: int, args: argparse.Namespace, work: Path) -> list[dict]:
+def add_search_table(db: Path, queries: int = 200) -> None:
+    """A small indexed collection in ``db`` (benchmarks/search.py's queries x 50 segments), so that the same
+    database answers an indexed CLI search beside the live one."""
+    import search as search_benchmark
+
+    from moments.index import Index
+
+    texts = search_benchmark.query_texts(queries)
+    vectors = search_benchmark.query_vectors(texts, np.random.default_rng(2))
+    index = Index(db)
+    index.write_queries(search_benchmark.synthetic_queries(texts, vectors, 0))
+    index.write_segments(search_benchmark.synthetic_chunk(texts, vectors, 0, np.random.default_rng(1)))
+    index.ensure_indices()
+    index.fill_top_moments()
+
+
+class S3Stores:
+    """The test S3 server (moto, tests/s3_server.py) behind a proxy that adds ``latency_ms`` to every round trip
+    (benchmarks/object_store.py), its settings in this process's environment (Ray workers and CLI runs inherit
+    them); ``upload`` copies a store folder there."""
+
+    def __init__(self, latency_ms: float) -> None:
+        sys.path.insert(0, str(REPO / "tests"))
+        from object_store import LatencyProxy
+        from s3_server import start_s3_server
+
+        self.server = start_s3_server()
+        self.bucket = self.server.new_bucket("live-stores")
+        self.proxy = LatencyProxy(self.server.env["AWS_ENDPOINT_URL"], latency_ms)
+        os.environ.update({**self.server.env, "AWS_ENDPOINT_URL": self.proxy.endpoint})
+
+    def upload(self, folder: Path, name: str) -> str:
+        import pyarrow.fs as pafs
+
+        from drn.store.object_store import filesystem_for
+
+        uri = f"s3://{self.bucket}/{name}"
+        fs, path = filesystem_for(uri)
+        pafs.copy_files(str(folder), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        return uri
+
+    def stop(self) -> None:
+        self.proxy.close()
+        self.server.stop()
+
+
+def stores_case(name: str, count: int, args: argparse.Namespace, work: Path, s3: S3Stores | None) -> list[dict]:
     config = load_config(CONFIGS[name], [f"model.retrieval_dim={args.retrieval_dim}"])
     clips = args.clips_per_video or config.model.num_segments
     case = work / f"stores-{name}-{count}-{clips}"
@@ -264,39 +313,48 @@ def stores_case(name: str, count: int, args: argparse.Namespace, work: Path) -> 
     texts = [SEARCHES[i % len(SEARCHES)] for i in range(args.queries)]
     options = TwoStageOptions(cells=args.cells, candidates=args.candidates)
     cpus = os.cpu_count() or 1
+    places = [("local disk", lambda folder: str(folder))]
+    if s3 is not None:
+        places.append((f"s3 +{args.s3_latency_ms:g} ms",
+                       lambda folder: s3.upload(folder, f"{case.name}/{folder.name}")))
     rows = []
-    for layout, store in (("project's", own), ("one row group", flat)):
-        db = case / f"db-{store.name}"
-        if db.exists():
-            shutil.rmtree(db)
-        started = time.perf_counter()
-        summary = run_index_library(str(checkpoint), str(store), str(db),
-                                    resources=Resources(num_actors=max(1, cpus // 2), cpus_per_actor=min(2, cpus),
-                                                        videos_per_batch=64))
-        build_s = time.perf_counter() - started
-        legacy = case / f"db-{store.name}-no-inputs"  # an index built before the inputs table
-        if legacy.exists():
-            shutil.rmtree(legacy)
-        shutil.copytree(db, legacy)
-        connect(str(legacy)).drop_table(inputs_table_name("cells"))
-        inputs_mb = folder_size(db / f"{inputs_table_name('cells')}.lance") / 1e6
-        for with_inputs, path in ((True, db), (False, legacy)):
-            began = time.perf_counter()
-            searcher = TwoStageSearcher(str(path), options=options)
-            searcher.search(texts[0], k=10)
-            first_s = time.perf_counter() - began
-            times = []
-            for text in texts:
+    for place, put in places:
+        for layout, store in (("project's", own), ("one row group", flat)):
+            uri = put(store)
+            db = case / f"db-{store.name}-{'local' if place == 'local disk' else 's3'}"
+            if db.exists():
+                shutil.rmtree(db)
+            started = time.perf_counter()
+            summary = run_index_library(str(checkpoint), uri, str(db),
+                                        resources=Resources(num_actors=max(1, cpus // 2),
+                                                            cpus_per_actor=min(2, cpus), videos_per_batch=64))
+            build_s = time.perf_counter() - started
+            add_search_table(db)
+            indexed_cli_s = cli_seconds(db, texts[0], args.cli_runs, live=False)
+            legacy = case / f"{db.name}-no-inputs"  # an index built before the inputs table
+            if legacy.exists():
+                shutil.rmtree(legacy)
+            shutil.copytree(db, legacy)
+            connect(str(legacy)).drop_table(inputs_table_name("cells"))
+            inputs_mb = folder_size(db / f"{inputs_table_name('cells')}.lance") / 1e6
+            for with_inputs, path in ((True, db), (False, legacy)):
                 began = time.perf_counter()
-                searcher.search(text, k=10)
-                times.append(time.perf_counter() - began)
-            p50, p95 = percentiles(times)
-            rows.append({"config": name, "videos": count, "clips": clips, "store": layout,
-                         "layout": row_groups(store), "inputs": with_inputs, "p50_ms": p50 * 1000,
-                         "p95_ms": p95 * 1000, "first_s": first_s, "cli_s": cli_seconds(path, texts[0], args.cli_runs),
-                         "build_s": build_s, "inputs_mb": inputs_mb, "store_mb": folder_size(store) / 1e6,
-                         "inputs_rows": summary.inputs_in_table})
-            print(json.dumps(rows[-1]), flush=True)
+                searcher = TwoStageSearcher(str(path), options=options)
+                searcher.search(texts[0], k=10)
+                first_s = time.perf_counter() - began
+                times = []
+                for text in texts:
+                    began = time.perf_counter()
+                    searcher.search(text, k=10)
+                    times.append(time.perf_counter() - began)
+                p50, p95 = percentiles(times)
+                rows.append({"config": name, "videos": count, "clips": clips, "where": place, "store": layout,
+                             "layout": row_groups(store), "inputs": with_inputs, "p50_ms": p50 * 1000,
+                             "p95_ms": p95 * 1000, "first_s": first_s,
+                             "cli_s": cli_seconds(path, texts[0], args.cli_runs), "indexed_cli_s": indexed_cli_s,
+                             "build_s": build_s, "inputs_mb": inputs_mb, "store_mb": folder_size(store) / 1e6,
+                             "inputs_rows": summary.inputs_in_table})
+                print(json.dumps(rows[-1]), flush=True)
     if not args.keep:
         shutil.rmtree(case)
     return rows
@@ -305,18 +363,27 @@ def stores_case(name: str, count: int, args: argparse.Namespace, work: Path) -> 
 def run_stores(args: argparse.Namespace) -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="live-stores-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    s3 = S3Stores(args.s3_latency_ms) if args.s3_latency_ms is not None else None
     print(f"machine: {machine()}; load before {load_average()}; work folder {work}", flush=True)
-    rows = [row for name in args.configs for count in args.sizes for row in stores_case(name, count, args, work)]
+    try:
+        rows = [row for name in args.configs for count in args.sizes
+                for row in stores_case(name, count, args, work, s3)]
+    finally:
+        if s3 is not None:
+            s3.stop()
     print(f"\nload after {load_average()}; machine: {machine()}\n")
     print(f"Two-stage search, {args.cells} cells, {args.candidates} candidates, k = 10, {args.queries} queries; "
-          f"CLI: python -m jobs.search TEXT --live --db D --json, median of {args.cli_runs} run(s).\n")
-    print("| config | videos | clips/video | store | clips files | inputs table | p50 / p95 (ms) | first search (s) "
-          "| CLI end to end (s) | index build (s) | inputs table (MB) | store (MB) |")
-    print("|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|")
+          f"CLI: python -m jobs.search TEXT [--live] --db D --json, median of {args.cli_runs} run(s); the database "
+          "on local disk, the store where the table says.\n")
+    print("| config | videos | clips/video | store on | store | clips files | inputs table | p50 / p95 (ms) "
+          "| first search (s) | CLI --live (s) | CLI indexed (s) | --live / indexed | index build (s) "
+          "| inputs table (MB) | store (MB) |")
+    print("|---|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['config']} | {r['videos']:,} | {r['clips']} | {r['store']} | {r['layout']} "
+        print(f"| {r['config']} | {r['videos']:,} | {r['clips']} | {r['where']} | {r['store']} | {r['layout']} "
               f"| {'yes' if r['inputs'] else 'no (store read)'} | {r['p50_ms']:.0f} / {r['p95_ms']:.0f} "
-              f"| {r['first_s']:.2f} | {r['cli_s']:.2f} | {r['build_s']:.0f} | {r['inputs_mb']:.1f} "
+              f"| {r['first_s']:.2f} | {r['cli_s']:.2f} | {r['indexed_cli_s']:.2f} "
+              f"| {r['cli_s'] / r['indexed_cli_s']:.1f}x | {r['build_s']:.0f} | {r['inputs_mb']:.1f} "
               f"| {r['store_mb']:.1f} |")
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
@@ -531,6 +598,8 @@ def main() -> None:
     stores.add_argument("--cli-runs", type=int, default=3, help="command-line searches timed per case")
     stores.add_argument("--candidates", type=int, default=20, help="candidate videos grounded by DRN")
     stores.add_argument("--keep", action="store_true", help="keep the stores and databases")
+    stores.add_argument("--s3-latency-ms", type=float, default=None,
+                        help="also put both stores on the test S3 server (moto) with this added round trip")
     for name, command in (("latency", latency), ("recall", sub.add_parser("recall", help="two-stage vs exhaustive")),
                           ("training", sub.add_parser("training", help="own stage vs joint training")),
                           ("stores", stores)):

@@ -34,9 +34,10 @@ from jobs import index_library as index_job
 from jobs import search as search_job
 from moments.index import RESULT_COLUMNS, Index, connect, query_rows, segment_rows
 from moments.index.cells import CellsTable
-from moments.index.live_inputs import LiveInputsTable, input_rows
+from moments.index.live_inputs import LiveInputsTable, VideoGrids, input_rows
 from moments.library import Resources, ground_every_video
 from moments.library.cell_indexing import run_index_library
+from moments.search.grid_cache import GridCache
 from moments.search.two_stage import TwoStageOptions, TwoStageSearcher, fuse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,6 +205,31 @@ def test_a_video_filter_grounds_that_video_even_when_retrieval_would_not_pick_it
                        atol=1e-5)
     with pytest.raises(InputError, match="has no cells"):
         searcher.search(text, video_id="no-such-video")
+
+
+def test_a_searcher_that_keeps_its_candidates_grids_gives_the_same_rows(indexed) -> None:
+    plain = TwoStageSearcher(indexed)
+    kept = TwoStageSearcher(indexed, grid_cache_mb=64)
+    texts = ["the golf event", "the golf event", "the hotel event", "the golf event"]
+    for text in texts:
+        assert_same_rows(kept.search(text, k=10), plain.search(text, k=10))
+    assert kept.grid_cache.hits > 0 and len(kept.grid_cache) > 0 and plain.grid_cache.hits == 0
+
+
+def test_the_grid_cache_keeps_the_most_recently_used_within_its_budget() -> None:
+    def video(name: str) -> VideoGrids:
+        return VideoGrids(name, 10.0, np.zeros(1), np.full(1, 10.0), np.zeros((1, 4, 8), np.float32))  # 128 B
+
+    cache = GridCache(3 * 128)
+    cache.keep([video("a"), video("b"), video("c")])
+    assert set(cache.take(["a", "zz"])) == {"a"} and (cache.hits, cache.misses) == (1, 1)
+    cache.keep([video("d")])  # b was used least recently
+    assert set(cache.take(["a", "b", "c", "d"])) == {"a", "c", "d"} and cache.nbytes == 3 * 128
+    cache.keep([video("d")])  # kept again: counted once
+    assert len(cache) == 3 and cache.nbytes == 3 * 128
+    nothing = GridCache(0)
+    nothing.keep([video("a")])
+    assert len(nothing) == 0 and nothing.take(["a"]) == {}
 
 
 def test_video_lookup_reads_what_the_store_reads(library) -> None:

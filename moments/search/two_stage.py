@@ -43,6 +43,7 @@ from moments.library.model import check_queries_encodable, encode_query_side, fi
 from moments.library.queries import Query, QueryCollection
 from moments.library.scoring import LibraryScorer, QuerySide, RunLabels
 from moments.library.windows import WindowRule
+from moments.search.grid_cache import GridCache
 
 
 class MissingCellsTableError(InputError):
@@ -79,11 +80,13 @@ class TwoStageSearcher:
     """The checkpoint named by (or matching) a `cells` table, that table and its inputs table, loaded once.
 
     ``use_inputs=False`` ignores the inputs table and reads every candidate from the feature store (the path of
-    an index built before it; for comparisons). ``notices`` holds one line when search falls back to the store."""
+    an index built before it; for comparisons). ``notices`` holds one line when search falls back to the store.
+    ``grid_cache_mb`` keeps the most recently grounded candidates' grids in memory (``moments.search.grid_cache``;
+    the service's searcher does, a one-search CLI does not)."""
 
     def __init__(self, db: str | os.PathLike, checkpoint: str | None = None, features: str | None = None, *,
                  table: str = CELLS_TABLE, options: TwoStageOptions | None = None, device: str = "cpu",
-                 use_inputs: bool = True) -> None:
+                 use_inputs: bool = True, grid_cache_mb: float = 0) -> None:
         self.db = os.fspath(db)
         self.options = options or TwoStageOptions()
         sha = _sha_of(checkpoint) if checkpoint is not None else None  # a named checkpoint must exist
@@ -120,6 +123,7 @@ class TwoStageSearcher:
         self.rule = WindowRule(window_s, stride_s, max_whole_s, "the cells table")
         self.labels = RunLabels(f"live-{self.model.checkpoint_id}", self.model.checkpoint_id)
         self._all_cells: tuple[np.ndarray, np.ndarray] | None = None  # every cell vector, read on first use
+        self.grid_cache = GridCache(int(grid_cache_mb * 2**20))
 
     def _open_inputs(self, cells_table: str) -> LiveInputsTable | None:
         """The inputs table when it fits this build; else None, with a notice that says how to (re)build it."""
@@ -221,7 +225,9 @@ class TwoStageSearcher:
                         ) -> tuple[list[VideoGrids], list[tuple[str, str]]]:
         """The candidates' windows and grids: from the inputs table (one read), the rest from the feature store
         (cut and pooled as ``scorer`` does); ``(video_id, error)`` for those that cannot be had."""
-        found = self.inputs.read(video_ids) if self.inputs is not None else {}
+        found = self.grid_cache.take(video_ids)
+        unread = [vid for vid in video_ids if vid not in found]
+        found.update(self.inputs.read(unread) if self.inputs is not None and unread else {})
         missing = [vid for vid in video_ids if vid not in found]
         failures: list[tuple[str, str]] = []
         if missing:
@@ -234,7 +240,9 @@ class TwoStageSearcher:
                     found[video.video_id] = scorer.prepare(video)
                 except Exception as error:  # one bad video never stops the search
                     failures.append((video.video_id, f"{type(error).__name__}: {error}"))
-        return [found[vid] for vid in video_ids if vid in found], failures
+        videos = [found[vid] for vid in video_ids if vid in found]
+        self.grid_cache.keep(videos)
+        return videos, failures
 
 
 def _sha_of(checkpoint: str) -> str:

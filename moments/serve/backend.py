@@ -53,6 +53,7 @@ class ServiceSettings:
     videos: str | None = None
     checkpoint: str | None = None
     refresh_s: float = 30.0  # how often the service moves to the index's newest version (writes by jobs)
+    grid_cache_mb: float = 256.0  # live search: the recent candidates' grids kept in memory (moments.search.grid_cache)
 
 
 class NotReady(Exception):
@@ -180,7 +181,8 @@ class SearchBackend:
             if self._searcher is None:
                 from moments.search.two_stage import TwoStageSearcher  # torch and DRN load on the first live search
 
-                self._searcher = TwoStageSearcher(self.settings.db, self.settings.checkpoint)
+                self._searcher = TwoStageSearcher(self.settings.db, self.settings.checkpoint,
+                                                  grid_cache_mb=self.settings.grid_cache_mb)
             return self._searcher
 
     def _live_search(self, text: str, k: int, video: str | None, minimum: float | None,
