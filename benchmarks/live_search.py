@@ -14,6 +14,8 @@ build and recall.
     .venv/bin/python benchmarks/live_search.py stores --sizes 1000 --configs paper --clips-per-video 94
     .venv/bin/python benchmarks/live_search.py stores --sizes 1000 --configs paper --s3-latency-ms 20  # and on s3
     .venv/bin/python benchmarks/live_search.py stores --sizes 60 --configs demo --queries 3 --cli-runs 1  # a check
+    # two-stage search on an index already built (e.g. left by benchmarks/scale.py grounding --keep)
+    .venv/bin/python benchmarks/live_search.py existing --db /data/scale/paper-100000/db --candidates 10 20
 
 **latency**: for each config (``paper``: configs/charades_sta.yaml, D 4096, T 32, 38.8 M parameters; ``demo``:
 configs/demo.yaml, D 4096, T 16) and library size, a feature store of N videos of 30 s with T clips each (the grid
@@ -81,6 +83,7 @@ from drn.config import load_config
 from drn.model import DRN, count_parameters
 from drn.store import FeatureStore
 from moments.index import connect
+from moments.index.cells import CellsTable
 from moments.index.live_inputs import inputs_table_name
 from moments.library import Resources
 from moments.library.batches import split_output
@@ -223,6 +226,43 @@ def run_latency(args: argparse.Namespace) -> None:
                   f"| {r.exhaustive_peak_mb:.0f} |")
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_existing(args: argparse.Namespace) -> None:
+    """Two-stage search on an index that is already built (``--db``: its cells, inputs table and checkpoint), e.g.
+    the 100,000-video one that ``benchmarks/scale.py grounding --keep`` leaves: p50/p95 for each candidate count,
+    with and without the inputs table, in one process."""
+    print(f"machine: {machine()}; load before {load_average()}; index {args.db}", flush=True)
+    texts = [SEARCHES[i % len(SEARCHES)] for i in range(args.queries)]
+    rows = []
+    for with_inputs in (True, False):
+        started = time.perf_counter()
+        searcher = TwoStageSearcher(args.db, args.checkpoint, args.features, options=TwoStageOptions(cells=args.cells),
+                                    use_inputs=with_inputs)
+        searcher.search(texts[0], k=10)
+        load_s = time.perf_counter() - started
+        for candidates in args.candidates:
+            options = TwoStageOptions(cells=args.cells, candidates=candidates)
+            reset_peak_memory()
+            times = []
+            for text in texts:
+                began = time.perf_counter()
+                searcher.search(text, k=10, options=options)
+                times.append(time.perf_counter() - began)
+            p50, p95 = percentiles(times)
+            rows.append((with_inputs, candidates, p50 * 1000, p95 * 1000, load_s, peak_memory_mb()))
+            print(f"  inputs table {'yes' if with_inputs else 'no'}, {candidates} candidates: p50 {p50 * 1000:.0f} ms, "
+                  f"p95 {p95 * 1000:.0f} ms", flush=True)
+        if not args.store_too:
+            break
+    videos = len(CellsTable(args.db).video_ids())
+    print(f"\nload after {load_average()}; machine: {machine()}\n")
+    print(f"Two-stage search on {args.db}: {videos:,} videos, {args.cells} cells, k = 10, {args.queries} queries\n")
+    print("| inputs table | candidates | p50 (ms) | p95 (ms) | load + first search (s) | peak (MB) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for with_inputs, candidates, p50, p95, load_s, peak in rows:
+        print(f"| {'yes' if with_inputs else 'no (store read)'} | {candidates} | {p50:.0f} | {p95:.0f} | {load_s:.1f} "
+              f"| {peak:.0f} |")
 
 
 # --------------------------------------------------------------------------------------------------- stores
@@ -600,6 +640,14 @@ def main() -> None:
     stores.add_argument("--keep", action="store_true", help="keep the stores and databases")
     stores.add_argument("--s3-latency-ms", type=float, default=None,
                         help="also put both stores on the test S3 server (moto) with this added round trip")
+    existing = sub.add_parser("existing", help="two-stage search on an index already built (--db)")
+    existing.add_argument("--db", required=True, help="a LanceDB folder with the cells and inputs tables")
+    existing.add_argument("--checkpoint", default=None, help="the checkpoint (default: the one the cells record)")
+    existing.add_argument("--features", default=None, help="the feature store (default: the one the cells record)")
+    existing.add_argument("--candidates", type=int, nargs="+", default=[5, 10, 20])
+    existing.add_argument("--queries", type=int, default=40, help="searches timed per candidate count")
+    existing.add_argument("--cells", type=int, default=300, help="cells taken by ANN")
+    existing.add_argument("--store-too", action="store_true", help="also without the inputs table (store reads)")
     for name, command in (("latency", latency), ("recall", sub.add_parser("recall", help="two-stage vs exhaustive")),
                           ("training", sub.add_parser("training", help="own stage vs joint training")),
                           ("stores", stores)):
@@ -625,7 +673,8 @@ def main() -> None:
         command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    {"latency": run_latency, "recall": run_recall, "training": run_training, "stores": run_stores}[args.command](args)
+    {"latency": run_latency, "recall": run_recall, "training": run_training, "stores": run_stores,
+     "existing": run_existing}[args.command](args)
 
 
 if __name__ == "__main__":
