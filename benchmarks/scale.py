@@ -82,6 +82,7 @@ from drn.store import FeatureStore  # noqa: E402
 
 TIMES = ["", "in the morning", "at night", "in the afternoon", "in the evening"]
 CELLS_DIR = "cells.lance"
+INPUTS_DIR = "cells_inputs.lance"
 
 
 # --------------------------------------------------------------------------------------------------- queries
@@ -176,19 +177,20 @@ class GroundingRow:
         return self.sample < self.videos
 
 
-def tables_size(db: Path, leave_out: str = CELLS_DIR) -> int:
-    """Bytes of every table of a LanceDB folder but ``leave_out``."""
+def tables_size(db: Path, leave_out: tuple[str, ...] = (CELLS_DIR, INPUTS_DIR)) -> int:
+    """Bytes of every table of a LanceDB folder but ``leave_out`` (the cells and their inputs)."""
     if not db.is_dir():
         return 0
     return sum(folder_size(entry) if entry.is_dir() else entry.stat().st_size
-               for entry in db.iterdir() if entry.name != leave_out)
+               for entry in db.iterdir() if entry.name not in leave_out)
 
 
-def clear_tables(db: Path, leave_out: str = CELLS_DIR) -> None:
-    """Delete every table of a LanceDB folder but ``leave_out`` (between runs; no process has it open)."""
+def clear_tables(db: Path, leave_out: tuple[str, ...] = (CELLS_DIR, INPUTS_DIR)) -> None:
+    """Delete every table of a LanceDB folder but ``leave_out`` (between runs; no process has it open): the cells
+    and their inputs table stay, so that ``--keep`` leaves an index that live search can use."""
     if db.is_dir():
         for entry in db.iterdir():
-            if entry.name == leave_out:
+            if entry.name in leave_out:
                 continue
             if entry.is_dir():
                 shutil.rmtree(entry)
@@ -219,7 +221,9 @@ def grounding_case(name: str, count: int, args: argparse.Namespace, work: Path) 
             "videos_per_batch": args.videos_per_batch, "pair_batch_size": args.pair_batch_size}
     cells = run_child({**base, "kind": "index", "db": str(db), "vector_index_min_rows": args.vector_index_min_rows})
     cells["mb"] = folder_size(db / CELLS_DIR) / 1e6
-    print(f"  cells: {cells['rows']:,} in {cells['wall_s']:.0f} s, {cells['mb']:.0f} MB", flush=True)
+    cells["inputs_mb"] = folder_size(db / INPUTS_DIR) / 1e6 if (db / INPUTS_DIR).is_dir() else 0.0
+    print(f"  cells: {cells['rows']:,} in {cells['wall_s']:.0f} s, {cells['mb']:.0f} MB (inputs table "
+          f"{cells['inputs_mb']:.0f} MB)", flush=True)
     sample = FeatureStore(str(store)).ok_video_ids()[: min(count, args.exhaustive_sample)]
     rows = []
     for queries in args.queries:
@@ -301,11 +305,12 @@ def grounding_table(rows: list[GroundingRow], cells: dict[tuple[str, int], dict]
                      f"| {r.wall_s:,.0f}{mark} | {rate:,.0f} | {r.rows_written:,}{mark} "
                      f"| {r.rows_kept:,} ({r.queries * r.keep:,}) "
                      f"| {r.index_mb:,.1f}{mark} | {r.driver_peak_mb:,.0f} / {r.workers_peak_mb:,.0f} |")
-    lines += ["", "| config | videos | cells | build (s) | cells table (MB) | peak driver / Ray workers (MB) |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| config | videos | cells | build (s) | cells table (MB) | inputs table (MB) "
+                  "| peak driver / Ray workers (MB) |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for (config, videos), c in cells.items():
         lines.append(f"| {config} | {videos:,} | {c['rows']:,} | {c['wall_s']:,.0f} | {c['mb']:,.1f} "
-                     f"| {c['driver_peak_mb']:,.0f} / {c['workers_peak_mb']:,.0f} |")
+                     f"| {c.get('inputs_mb', 0.0):,.1f} | {c['driver_peak_mb']:,.0f} / {c['workers_peak_mb']:,.0f} |")
     return "\n".join(lines)
 
 
