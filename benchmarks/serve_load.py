@@ -72,6 +72,28 @@ def build_table(db: Path, queries: int, chunk_queries: int) -> int:
     return index.count()
 
 
+def build_live_library(db: Path, videos: int) -> None:
+    """A paper-size feature store of ``videos`` videos beside ``db``, a random checkpoint and the cells and inputs
+    tables in ``db`` (``jobs.index_library``'s job), unless the cells are there already."""
+    import common
+    import ray
+
+    from moments.index import connect
+    from moments.library.cell_indexing import run_index_library
+
+    db.mkdir(parents=True, exist_ok=True)
+    if "cells" in connect(str(db)).table_names():
+        print(f"reusing the cells at {db}", flush=True)
+        return
+    config = common.load_config(common.CONFIGS["paper"])
+    store, checkpoint = db.parent / f"{db.name}-features", db.parent / f"{db.name}-model.pt"
+    if not (store / "videos").is_dir():
+        common.write_store(store, videos, config.model.num_segments, config.model.feature_dim, seed=videos)
+    common.random_checkpoint(checkpoint, common.CONFIGS["paper"], 128)
+    run_index_library(str(checkpoint), str(store), str(db))
+    ray.shutdown()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -191,6 +213,9 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1, help="service replicas")
     parser.add_argument("--db", default=None, help="where to build (or reuse) the table; default: a temporary folder")
     parser.add_argument("--chunk-queries", type=int, default=2000, help="queries per merge write")
+    parser.add_argument("--live-videos", type=int, default=0,
+                        help="also build a paper-size library of this many videos (random weights) and its cells in "
+                             "the db, so that live search (live=1) is measured too")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="set in the environment before Ray starts (its actors inherit it), e.g. "
                              "RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
@@ -204,6 +229,8 @@ def main() -> None:
     db = folder / "db" if not args.db else folder
     load_before = load_average()
     try:
+        if args.live_videos:
+            build_live_library(db, args.live_videos)
         rows = build_table(db, args.queries, args.chunk_queries)
         import ray
 
