@@ -78,11 +78,10 @@ def build_live_library(db: Path, videos: int) -> None:
     import common
     import ray
 
-    from moments.index import connect
     from moments.library.cell_indexing import run_index_library
 
     db.mkdir(parents=True, exist_ok=True)
-    if "cells" in connect(str(db)).table_names():
+    if (db / "cells.lance").is_dir():
         print(f"reusing the cells at {db}", flush=True)
         return
     config = common.load_config(common.CONFIGS["paper"])
