@@ -135,6 +135,20 @@ class LatencyRow:
     load_s: float
 
 
+def timed_two_stage(searcher: TwoStageSearcher, texts: list[str], cells: int, candidates: int
+                    ) -> tuple[float, float, float]:
+    """p50 and p95 (ms) of two-stage search over ``texts`` with ``candidates``, and the peak memory (MB) meanwhile."""
+    options = TwoStageOptions(cells=cells, candidates=candidates)
+    reset_peak_memory()
+    times = []
+    for text in texts:
+        began = time.perf_counter()
+        searcher.search(text, k=10, options=options)
+        times.append(time.perf_counter() - began)
+    p50, p95 = percentiles(times)
+    return p50 * 1000, p95 * 1000, peak_memory_mb()
+
+
 def latency_case(name: str, count: int, args: argparse.Namespace, work: Path) -> LatencyRow:
     config = load_config(CONFIGS[name], [f"model.retrieval_dim={args.retrieval_dim}"])
     m = config.model
@@ -169,16 +183,9 @@ def latency_case(name: str, count: int, args: argparse.Namespace, work: Path) ->
     load_s = time.perf_counter() - started
     two_stage = {}
     for candidates in args.candidates:
-        options = TwoStageOptions(cells=args.cells, candidates=candidates)
-        reset_peak_memory()
-        times = []
-        for text in texts:
-            began = time.perf_counter()
-            searcher.search(text, k=10, options=options)
-            times.append(time.perf_counter() - began)
-        p50, p95 = percentiles(times)
-        two_stage[candidates] = (p50 * 1000, p95 * 1000, peak_memory_mb())
-        print(f"  two-stage, {candidates} candidates: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms", flush=True)
+        two_stage[candidates] = timed_two_stage(searcher, texts, args.cells, candidates)
+        print(f"  two-stage, {candidates} candidates: p50 {two_stage[candidates][0]:.0f} ms, "
+              f"p95 {two_stage[candidates][1]:.0f} ms", flush=True)
 
     store = FeatureStore(str(store_path))
     sample = store.ok_video_ids()[: min(count, args.exhaustive_sample)]
@@ -242,17 +249,10 @@ def run_existing(args: argparse.Namespace) -> None:
         searcher.search(texts[0], k=10)
         load_s = time.perf_counter() - started
         for candidates in args.candidates:
-            options = TwoStageOptions(cells=args.cells, candidates=candidates)
-            reset_peak_memory()
-            times = []
-            for text in texts:
-                began = time.perf_counter()
-                searcher.search(text, k=10, options=options)
-                times.append(time.perf_counter() - began)
-            p50, p95 = percentiles(times)
-            rows.append((with_inputs, candidates, p50 * 1000, p95 * 1000, load_s, peak_memory_mb()))
-            print(f"  inputs table {'yes' if with_inputs else 'no'}, {candidates} candidates: p50 {p50 * 1000:.0f} ms, "
-                  f"p95 {p95 * 1000:.0f} ms", flush=True)
+            p50, p95, peak = timed_two_stage(searcher, texts, args.cells, candidates)
+            rows.append((with_inputs, candidates, p50, p95, load_s, peak))
+            print(f"  inputs table {'yes' if with_inputs else 'no'}, {candidates} candidates: p50 {p50:.0f} ms, "
+                  f"p95 {p95:.0f} ms", flush=True)
         if not args.store_too:
             break
     videos = len(CellsTable(args.db).video_ids())
