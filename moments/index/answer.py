@@ -32,6 +32,7 @@ from drn.text.sentence import embed_text, is_blank
 from moments.index.db import in_list, sql_literal
 from moments.index.queries import (
     EMBEDDING_COLUMN,
+    HIT_COLUMNS,
     QUERY_ROW_KEY,
     TOP_MOMENTS,
     TOP_MOMENTS_COLUMN,
@@ -339,7 +340,7 @@ def _lists_among(queries: Any, text: str, vector: np.ndarray, keys: set[tuple[st
     return lists
 
 
-_COLUMNS = ["run_id", "query_id", "query_text", "checkpoint_id", EMBEDDING_COLUMN]
+_COLUMNS = list(HIT_COLUMNS)
 
 
 def _vector_hits(queries: Any, vector: np.ndarray | _Embedding, where: str | None, limit: int,

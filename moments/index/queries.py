@@ -53,6 +53,8 @@ _MIGRATION_CHUNK_ROWS = 20_000
 TOP_MOMENTS_COLUMN = "top_moments"
 # Moments kept per query in the queries table: a search for up to this many results needs no read of `segments`.
 TOP_MOMENTS = 10
+# What search reads of each stored query it finds (``moments.index.answer``; the catalogue holds these too).
+HIT_COLUMNS = ("run_id", "query_id", "query_text", "checkpoint_id", EMBEDDING_COLUMN)
 MOMENT_FIELDS = ("video_id", "rank", "library_rank", "start_s", "end_s", "score", "match_score", "iou_score")
 
 
@@ -223,9 +225,8 @@ class QueriesTable:
             if table.count_rows() > CATALOGUE_MAX_ROWS:
                 self._catalogue = version
                 return None
-            columns = [*QUERY_ROW_KEY, "query_text", "checkpoint_id", EMBEDDING_COLUMN]
-            self._catalogue = QueryCatalogue.read(table, [*columns, TOP_MOMENTS_COLUMN] if has_top_moments
-                                                  else columns)
+            columns = [*HIT_COLUMNS, TOP_MOMENTS_COLUMN] if has_top_moments else list(HIT_COLUMNS)
+            self._catalogue = QueryCatalogue.read(table, columns)
             return self._catalogue
 
     def _facts(self, version: int | None = None) -> tuple[bool, bool]:
