@@ -40,11 +40,13 @@ at several fusion weights and candidate counts.
 it (one file of 1,000 videos, a row group per chunk) and the same clips rewritten as one Parquet file of one row
 group (what other writers produce); each indexed with ``run_index_library`` (cells and the inputs table). For each
 store, with the inputs table and without it (the same db with the inputs table dropped: an index built before it,
-whose candidates are read from the store): p50/p95 of ``TwoStageSearcher.search`` in process, the first search
-after loading, and the wall time of ``python -m jobs.search TEXT --live --db D --json`` end to end (``--cli-runs``
-runs, median) beside an indexed ``jobs.search`` on the same database (a small collection written into it), with
-the inputs table's size on disk. ``--s3-latency-ms`` runs it all again with both stores on the test S3 server
-(moto, started here) behind a proxy that adds that round trip to every request; the database stays on local disk.
+whose candidates are read from the store): p50/p95 of ``TwoStageSearcher.search`` in process (the cases with the
+inputs table all open at once and searched in turn, each text on every case, so that the machine's drift falls on
+each alike; those without it one after another), the first search after loading, and the wall time of ``python
+-m jobs.search TEXT --live --db D --json`` end to end (``--cli-runs`` runs, median) beside an indexed
+``jobs.search`` on the same database (a small collection written into it), with the inputs table's size on disk.
+``--s3-latency-ms`` runs it all again with both stores on the test S3 server (moto, started here) behind a proxy
+that adds that round trip to every request; the database stays on local disk.
 """
 
 from __future__ import annotations
@@ -341,6 +343,9 @@ class S3Stores:
 
 
 def stores_case(name: str, count: int, args: argparse.Namespace, work: Path, s3: S3Stores | None) -> list[dict]:
+    """Every store of one size indexed, then searched: the cases with the inputs table in turn, one search each per
+    text with the order rotated (the machine's drift falls on every case alike), then those without it, one case
+    after another (a search there can take a minute)."""
     config = load_config(CONFIGS[name], [f"model.retrieval_dim={args.retrieval_dim}"])
     clips = args.clips_per_video or config.model.num_segments
     case = work / f"stores-{name}-{count}-{clips}"
@@ -357,7 +362,7 @@ def stores_case(name: str, count: int, args: argparse.Namespace, work: Path, s3:
     if s3 is not None:
         places.append((f"s3 +{args.s3_latency_ms:g} ms",
                        lambda folder: s3.upload(folder, f"{case.name}/{folder.name}")))
-    rows = []
+    built = []
     for place, put in places:
         for layout, store in (("project's", own), ("one row group", flat)):
             uri = put(store)
@@ -370,34 +375,50 @@ def stores_case(name: str, count: int, args: argparse.Namespace, work: Path, s3:
                                                             cpus_per_actor=min(2, cpus), videos_per_batch=64))
             build_s = time.perf_counter() - started
             add_search_table(db)
-            indexed_cli_s = cli_seconds(db, texts[0], args.cli_runs, live=False)
             legacy = case / f"{db.name}-no-inputs"  # an index built before the inputs table
             if legacy.exists():
                 shutil.rmtree(legacy)
-            shutil.copytree(db, legacy)
-            connect(str(legacy)).drop_table(inputs_table_name("cells"))
-            inputs_mb = folder_size(db / f"{inputs_table_name('cells')}.lance") / 1e6
-            for with_inputs, path in ((True, db), (False, legacy))[:2 if args.old_index else 1]:
-                began = time.perf_counter()
-                searcher = TwoStageSearcher(str(path), options=options)
-                searcher.search(texts[0], k=10)
-                first_s = time.perf_counter() - began
-                times = []
-                for text in texts:
-                    began = time.perf_counter()
-                    searcher.search(text, k=10)
-                    times.append(time.perf_counter() - began)
-                p50, p95 = percentiles(times)
-                rows.append({"config": name, "videos": count, "clips": clips, "where": place, "store": layout,
-                             "layout": row_groups(store), "inputs": with_inputs, "p50_ms": p50 * 1000,
-                             "p95_ms": p95 * 1000, "first_s": first_s,
-                             "cli_s": cli_seconds(path, texts[0], args.cli_runs), "indexed_cli_s": indexed_cli_s,
-                             "build_s": build_s, "inputs_mb": inputs_mb, "store_mb": folder_size(store) / 1e6,
-                             "inputs_rows": summary.inputs_in_table})
-                print(json.dumps(rows[-1]), flush=True)
+            if args.old_index:
+                shutil.copytree(db, legacy)
+                connect(str(legacy)).drop_table(inputs_table_name("cells"))
+            built.append({"config": name, "videos": count, "clips": clips, "where": place, "store": layout,
+                          "layout": row_groups(store), "db": db, "legacy": legacy,
+                          "indexed_cli_s": cli_seconds(db, texts[0], args.cli_runs, live=False), "build_s": build_s,
+                          "inputs_mb": folder_size(db / f"{inputs_table_name('cells')}.lance") / 1e6,
+                          "store_mb": folder_size(store) / 1e6, "inputs_rows": summary.inputs_in_table})
+    in_turn = timed_in_turn([one["db"] for one in built], texts, options)
+    rows = [{**one, "inputs": True, **measured} for one, measured in zip(built, in_turn, strict=True)]
+    if args.old_index:
+        rows += [{**one, "inputs": False, **timed_in_turn([one["legacy"]], texts, options)[0]} for one in built]
+    for row in rows:
+        row["cli_s"] = cli_seconds(row["db"] if row["inputs"] else row["legacy"], texts[0], args.cli_runs)
+        print(json.dumps({key: value for key, value in row.items() if key not in ("db", "legacy")}), flush=True)
     if not args.keep:
         shutil.rmtree(case)
     return rows
+
+
+def timed_in_turn(dbs: list[Path], texts: list[str], options: TwoStageOptions) -> list[dict]:
+    """For each database: the first search after opening it (s), then p50/p95 (ms) of ``texts``, each text searched
+    on every database in turn, starting one database later each time."""
+    searchers, first = [], []
+    for db in dbs:
+        began = time.perf_counter()
+        searchers.append(TwoStageSearcher(str(db), options=options))
+        searchers[-1].search(texts[0], k=10)
+        first.append(time.perf_counter() - began)
+    times: list[list[float]] = [[] for _ in dbs]
+    for turn, text in enumerate(texts):
+        for step in range(len(dbs)):
+            place = (turn + step) % len(dbs)
+            began = time.perf_counter()
+            searchers[place].search(text, k=10)
+            times[place].append(time.perf_counter() - began)
+    measured = []
+    for first_s, spent in zip(first, times, strict=True):
+        p50, p95 = percentiles(spent)
+        measured.append({"first_s": first_s, "p50_ms": p50 * 1000, "p95_ms": p95 * 1000})
+    return measured
 
 
 def run_stores(args: argparse.Namespace) -> None:

@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -415,7 +416,10 @@ def timed_searches(index: Any, rounds: int) -> dict[str, tuple[float, float]]:
     """p50 and p95 (ms) of ``Index.search`` (k = 10): text only with a warm and a cold sentence-embedding cache,
     with a video filter and with a minimum score; of embedding alone; and the floor: a bare LanceDB
     nearest-neighbour query (k = 10) on the same queries table with the same vector."""
+    import moments.index.catalogue as catalogue_module
     from drn.text.sentence import clear_embedding_cache, embed_text
+    from moments.index.answer import _vector_hits, _word_hits
+    from moments.index.catalogue import CATALOGUE_MAX_ROWS, QueryCatalogue, unit_rows
     from moments.index.queries import EMBEDDING_COLUMN
 
     for text in PARAPHRASES:  # the first call per sequence length sets kernels up: warm them all
@@ -436,6 +440,10 @@ def timed_searches(index: Any, rounds: int) -> dict[str, tuple[float, float]]:
         clear_embedding_cache()
         embed_text(text)
 
+    keys = ["run_id", "query_id"]
+    catalogue = index.stored_queries.search_view().catalogue
+    in_memory = None if catalogue is None else QueryCatalogue(
+        catalogue.version, catalogue.row_ids, catalogue.rows, unit_rows(catalogue.rows.column(EMBEDDING_COLUMN)))
     cases = {
         "search, text only, warm cache": lambda text: index.search(text, k=10),
         "search, text only, cold cache": cold,
@@ -443,17 +451,35 @@ def timed_searches(index: Any, rounds: int) -> dict[str, tuple[float, float]]:
         "search + min score (warm)": lambda text: index.search(text, k=10, min_score=0.5),
         "embedding the text alone": embed,
         "floor: bare LanceDB NN on queries": bare,
+        "vector list of 40 keys: LanceDB": lambda text: _vector_hits(queries, vectors[text], None, 40, keys, True),
+        "full-text list of 40 keys: LanceDB": lambda text: _word_hits(queries, text, None, 40, keys, True),
     }
-    out = {}
-    for case, call in cases.items():
-        times = []
-        for _ in range(rounds):
-            for text in PARAPHRASES:
-                began = time.perf_counter()
-                call(text)
-                times.append((time.perf_counter() - began) * 1000)
-        out[case] = percentiles(times)
+    if in_memory is not None:
+        cases["vector list of 40 keys: exact, in memory"] = lambda text: in_memory.nearest(vectors[text], 40, keys)
+    out = {case: timed(call, rounds) for case, call in cases.items()}
+    exact_list_max_rows = catalogue_module.EXACT_LIST_MAX_ROWS
+    try:  # the search again with the other vector list: a new catalogue, with or without its unit vectors
+        used_exact = catalogue is not None and catalogue.unit_vectors is not None
+        catalogue_module.EXACT_LIST_MAX_ROWS = 0 if used_exact else CATALOGUE_MAX_ROWS
+        index.stored_queries.forget_catalogue()
+        other = "LanceDB" if used_exact else "exact, in memory"
+        if used_exact or in_memory is not None:
+            out[f"search, warm cache, vector list {other}"] = timed(lambda text: index.search(text, k=10), rounds)
+    finally:
+        catalogue_module.EXACT_LIST_MAX_ROWS = exact_list_max_rows
+        index.stored_queries.forget_catalogue()
     return out
+
+
+def timed(call: Callable[[str], Any], rounds: int) -> tuple[float, float]:
+    """p50 and p95 (ms) of ``call`` on each paraphrase, ``rounds`` times."""
+    times = []
+    for _ in range(rounds):
+        for text in PARAPHRASES:
+            began = time.perf_counter()
+            call(text)
+            times.append((time.perf_counter() - began) * 1000)
+    return percentiles(times)
 
 
 def run_search_benchmark(args: argparse.Namespace) -> None:

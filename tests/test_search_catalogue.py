@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 
 import moments.index.answer as answer_module
+import moments.index.catalogue as catalogue_module
 import moments.index.queries as queries_module
-from drn.text.sentence import embed_texts
+from drn.text.sentence import embed_text, embed_texts
 from moments.index import Index
 from moments.index.catalogue import QueryCatalogue
 from tests.test_queries_table import QUERIES, write_run
@@ -28,8 +29,14 @@ def test_catalogue_take_and_whole_lists_give_the_same_rows(tmp_path, vectors, mo
     index = ranked_index(tmp_path / "db", vectors)
     view = index.stored_queries.search_view()
     assert view is not None and view.catalogue is not None and view.catalogue.rows.num_rows == 2 * len(QUERIES)
+    assert view.catalogue.unit_vectors is not None  # a small table: the vector list is exact, in memory
     from_catalogue = answers(index)
     assert sum(len(rows) for rows in from_catalogue) > 0
+
+    monkeypatch.setattr(catalogue_module, "EXACT_LIST_MAX_ROWS", 0)  # the vector list from LanceDB
+    lancedb_list = Index(tmp_path / "db")
+    assert lancedb_list.stored_queries.search_view().catalogue.unit_vectors is None
+    assert answers(lancedb_list) == from_catalogue
 
     monkeypatch.setattr(queries_module, "CATALOGUE_MAX_ROWS", 0)  # too many rows: one take by row id
     taken = Index(tmp_path / "db")
@@ -70,3 +77,32 @@ def test_searches_at_once_give_the_rows_of_searches_one_at_a_time(tmp_path, vect
                                 cases * 3))
     assert sum(len(rows) for rows in serial) > 0
     assert at_once == serial * 3
+
+
+def test_the_exact_list_in_memory_ranks_as_lancedb_does(tmp_path, vectors) -> None:
+    index = ranked_index(tmp_path / "db", vectors)
+    view = index.stored_queries.search_view()
+    keys = ["run_id", "query_id"]
+
+    def ranked(hits: pa.Table) -> list[tuple[float, str, str]]:  # equal cosines (the runs share texts) in key order
+        rows = view.catalogue.take(hits.column("_rowid").to_pylist())
+        cosine = answer_module.embedding_matrix(rows) @ vector
+        return sorted((-round(float(c), 5), run, query) for c, run, query in zip(
+            cosine, hits.column("run_id").to_pylist(), hits.column("query_id").to_pylist(), strict=True))
+
+    for text in [*SEARCHES, "a person opens a window"]:
+        vector = embed_text(text)
+        for run_id, limit in ((None, 100), ("run-2", 100), (None, 3), ("run-1", 1), ("no-such-run", 5)):
+            where = None if run_id is None else f"run_id = '{run_id}'"
+            exact = view.catalogue.nearest(vector, limit, keys, run_id)
+            lancedb = answer_module._vector_hits(view.table, vector, where, limit, keys, row_ids=True)
+            assert exact.column_names == [*keys, "_rowid"]
+            assert exact.num_rows == lancedb.num_rows == (0 if run_id == "no-such-run" else
+                                                          min(limit, (1 if run_id else 2) * len(QUERIES)))
+            if limit >= 2 * len(QUERIES):
+                assert ranked(exact) == ranked(lancedb)
+            else:  # cut inside a tie: the same cosines, nearest first
+                assert [c for c, *_ in ranked(exact)] == [c for c, *_ in ranked(lancedb)]
+            exact_cosines = answer_module.embedding_matrix(view.catalogue.take(exact.column("_rowid").to_pylist())
+                                                           ) @ vector
+            assert np.all(np.diff(exact_cosines) <= 1e-6)

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from drn.errors import InputError
 from drn.text import query_key
 from drn.text.sentence import embed_text, is_blank
+from moments.index.catalogue import QueryCatalogue
 from moments.index.db import in_list, sql_literal
 from moments.index.queries import (
     EMBEDDING_COLUMN,
@@ -210,7 +211,7 @@ def _nearest_queries(
     columns = [*_COLUMNS, TOP_MOMENTS_COLUMN] if not in_video and view.has_top_moments else _COLUMNS
     limit = wanted
     while True:
-        lists = _ranked_lists(view, text, embedding, where, limit, columns)
+        lists = _ranked_lists(view, text, embedding, where, limit, columns, run_id)
         passing = _passing(segments, lists, best_rows, min_score)
         kept = [_only(hits, passing, wanted) for hits in lists]
         if limit >= MAX_CANDIDATE_ROWS or all(hits.num_rows < limit or len(hits_kept) >= wanted
@@ -220,16 +221,21 @@ def _nearest_queries(
 
 
 def _ranked_lists(view: SearchView, text: str, embedding: _Embedding, where: str | None, limit: int,
-                  columns: list[str]) -> list[pa.Table]:
-    """The stored queries nearest in meaning (and in words, when indexed), ``limit`` each, with ``columns``.
+                  columns: list[str], run_id: str | None = None) -> list[pa.Table]:
+    """The stored queries nearest in meaning (and in words, when indexed), ``limit`` each, with ``columns``
+    (``where``: the SQL filter of ``run_id``).
 
-    The two LanceDB lists (vector and full text, at once: LanceDB's work runs outside the GIL) read keys and row
-    ids only; the other columns come from the queries' catalogue (``moments.index.catalogue``), or, above its
-    size, from one take by row id for the lists' union. Reading those columns inside each list costs about
-    twice as much (benchmarks/RESULTS.md, issue 20). Where a row id no longer holds its key (the table moved
-    between the reads), the lists are read again whole."""
+    The two lists (vector and full text, at once: LanceDB's work runs outside the GIL) read keys and row ids
+    only; the other columns come from the queries' catalogue (``moments.index.catalogue``), or, above its size,
+    from one take by row id for the lists' union. Reading those columns inside each list costs about twice as
+    much (benchmarks/RESULTS.md, issue 20). On a small table the catalogue gives the vector list too, by exact
+    cosine in memory. Where a row id no longer holds its key (the table moved between the reads), the lists are
+    read again whole."""
     table, keys_only = view.table, list(QUERY_ROW_KEY)
-    reads = [(_vector_hits, embedding), (_word_hits, text)] if view.full_text_indexed else [(_vector_hits, embedding)]
+    nearest: Callable[..., pa.Table] = _vector_hits
+    if view.catalogue is not None and view.catalogue.unit_vectors is not None:
+        nearest = functools.partial(_catalogue_hits, view.catalogue, run_id)
+    reads = [(nearest, embedding), (_word_hits, text)] if view.full_text_indexed else [(nearest, embedding)]
     lists = _read_lists(table, reads, where, limit, keys_only, True)
     detailed = _with_columns(view, lists, [name for name in columns if name not in keys_only])
     return detailed if detailed is not None else _read_lists(table, reads, where, limit, columns, False)
@@ -353,6 +359,15 @@ def _vector_hits(queries: Any, vector: np.ndarray | _Embedding, where: str | Non
     if row_ids:
         search = search.with_row_id(True)
     return search.select([*columns, "_distance"]).limit(limit).to_arrow()
+
+
+def _catalogue_hits(catalogue: QueryCatalogue, run_id: str | None, queries: Any, vector: np.ndarray | _Embedding,
+                    where: str | None, limit: int, columns: list[str] = _COLUMNS, row_ids: bool = False) -> pa.Table:
+    """``_vector_hits`` from the catalogue's unit vectors (exact cosine; ``where`` is the filter of ``run_id``)."""
+    hits = catalogue.nearest(vector() if isinstance(vector, _Embedding) else vector, limit, columns, run_id)
+    if hits is None:  # a catalogue too large to keep its unit vectors
+        return _vector_hits(queries, vector, where, limit, columns, row_ids)
+    return hits if row_ids else hits.drop_columns(["_rowid"])
 
 
 def _word_hits(queries: Any, text: str, where: str | None, limit: int, columns: list[str] = _COLUMNS,

@@ -226,7 +226,7 @@ class QueriesTable:
                 self._catalogue = version
                 return None
             columns = [*HIT_COLUMNS, TOP_MOMENTS_COLUMN] if has_top_moments else list(HIT_COLUMNS)
-            self._catalogue = QueryCatalogue.read(table, columns)
+            self._catalogue = QueryCatalogue.read(table, columns, EMBEDDING_COLUMN)
             return self._catalogue
 
     def _facts(self, version: int | None = None) -> tuple[bool, bool]:
@@ -256,6 +256,11 @@ class QueriesTable:
             return self._connect().create_table(self.name, schema=queries_schema(), mode=mode, exist_ok=True)
         except OSError as error:
             raise InputError(f"cannot create table '{self.name}': {error}", path=self.uri) from None
+
+    def forget_catalogue(self) -> None:
+        """Drop the catalogue held in memory; the next search reads it again (as of the table's version)."""
+        with self._catalogue_lock:
+            self._catalogue = None
 
     def refresh(self) -> None:
         """Move to the newest table version (or open the table that appeared since)."""
