@@ -60,15 +60,26 @@ class GroundingResult:
     segments: np.ndarray
 
 
+def _on_device(model: torch.nn.Module, device: torch.device) -> bool:
+    """Every parameter and buffer of ``model`` is on ``device`` (any index when ``device`` names none)."""
+    return all(t.device.type == device.type and (device.index is None or t.device.index == device.index)
+               for t in (*model.parameters(), *model.buffers()))
+
+
 class Grounder:
     """A model in eval mode with its vocabulary: encode queries once, score them against video grids in batches."""
 
     def __init__(self, model: DRN, config: DRNConfig, vocab: Vocabulary | OpenVocabulary,
                  device: str | torch.device = "cpu") -> None:
-        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        # Grounders may share one model (LibraryScorer makes one per search) while other threads run it: move and
+        # switch it only where needed. ``Module.to`` rebuilds an LSTM's weight list even on the same device, and
+        # a forward pass in another thread meanwhile fails (torch's RNN modules are not thread-safe there).
+        if not _on_device(model, self.device):
+            model = model.to(self.device)
+        self.model = model.eval() if model.training else model
         self.config = config
         self.vocab = vocab
-        self.device = torch.device(device)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Grounder:

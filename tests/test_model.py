@@ -128,3 +128,30 @@ def test_overrides_and_unknown_keys() -> None:
         load_config(None, ["targets.positives=most"])
     with pytest.raises(InputError, match="must look like key=value"):
         load_config(None, ["model.quality"])
+
+
+def test_grounders_sharing_a_model_encode_queries_from_many_threads() -> None:
+    """A live search makes a Grounder around the service's model while other searches run it (LibraryScorer):
+    making one must not rebuild the model's LSTM weights under a running forward pass (issue 20: HTTP 500s at
+    32 concurrent live searches)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from drn.inference import Grounder
+    from drn.model import new_model
+    from drn.text.vocabulary import OpenVocabulary
+
+    config = load_config("configs/synthetic.yaml", ["model.feature_dim=8"])
+    torch.manual_seed(0)
+    shared = Grounder(new_model(config, OpenVocabulary()).train(), config, OpenVocabulary())
+    assert not shared.model.training
+    texts = ["a person opens the door of the red car", "someone sits down"]
+    serial = shared.encode_queries(texts).features
+
+    def encoded(_: int) -> torch.Tensor:
+        return Grounder(shared.model, config, shared.vocab).encode_queries(texts).features
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        at_once = list(pool.map(encoded, range(800)))
+    assert all(Grounder(shared.model, config, shared.vocab).model is shared.model for _ in range(2))
+    for features in at_once:
+        torch.testing.assert_close(features, serial)
