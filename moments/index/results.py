@@ -9,6 +9,7 @@ was trained with negative pairs, so its scores compare across videos; null when 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,7 +33,12 @@ def result_schema(extra: Sequence[pa.Field] = ()) -> pa.Schema:
 
 
 def empty_result(extra: Sequence[pa.Field] = ()) -> pa.Table:
-    """A result table with no rows."""
+    """A result table with no rows (made once per ``extra``: Arrow tables do not change)."""
+    return _empty_result(tuple(extra))
+
+
+@functools.lru_cache(maxsize=16)
+def _empty_result(extra: tuple[pa.Field, ...]) -> pa.Table:
     return result_schema(extra).empty_table()
 
 
