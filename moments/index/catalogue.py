@@ -9,10 +9,10 @@ search reads the hits' rows by row id instead (``moments.index.answer``), so mem
 Memory: about 2.2 KB per stored query (the 384-d float32 embedding, 10 moments, text and keys; benchmarks/RESULTS.md,
 issue 20): 21 MB for 10,000 stored queries, 215 MB for 100,000, read in 0.06 and 0.45 s.
 
-Up to ``EXACT_LIST_MAX_ROWS`` stored queries the catalogue also answers the vector list itself (``nearest``): an exact
-cosine over its unit embeddings, cheaper there than a LanceDB query (whose own cost, about 4 ms here, does not shrink
-with the table) and exact where LanceDB's IVF-PQ index is approximate. Above it the product of the matrix would cost
-more than the index's list, and LanceDB gives the list.
+Up to ``EXACT_LIST_MAX_ROWS`` stored queries the catalogue also answers the vector list itself (``nearest``): an
+exact cosine over its unit embeddings, cheaper there than a LanceDB query (whose own cost, 2-4 ms on 2 cores, does
+not shrink with the table) and exact where LanceDB's IVF-PQ index is approximate. Above it the matrix product would
+cost about as much as the index's list (benchmarks/RESULTS.md, issue 20), and LanceDB gives the list.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class QueryCatalogue:
         order = np.argsort(row_ids, kind="stable")
         rows = rows.select(list(columns)).take(pa.array(order, pa.int64())).combine_chunks()
         unit_vectors = None
-        if embedding_column is not None and rows.num_rows <= EXACT_LIST_MAX_ROWS:
+        if (embedding_column is not None and rows.num_rows <= EXACT_LIST_MAX_ROWS
+                and rows.column(embedding_column).null_count == 0):
             unit_vectors = unit_rows(rows.column(embedding_column))
         return cls(version, row_ids[order].astype(np.int64), rows, unit_vectors)
 
