@@ -210,6 +210,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="searches per client at each concurrency")
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="concurrencies, comma-separated")
     parser.add_argument("--replicas", type=int, default=1, help="service replicas")
+    parser.add_argument("--num-cpus", type=float, default=0.0,
+                        help="CPUs reserved per replica (default 0: none; a replica's live search runs DRN on as "
+                             "many torch threads, at least 1)")
     parser.add_argument("--db", default=None, help="where to build (or reuse) the table; default: a temporary folder")
     parser.add_argument("--chunk-queries", type=int, default=2000, help="queries per merge write")
     parser.add_argument("--live-videos", type=int, default=0,
@@ -240,7 +243,7 @@ def main() -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         port = free_port()
         started = time.perf_counter()
-        start_service(ServiceSettings(db=str(db)), port=port, num_replicas=args.replicas, num_cpus=0)
+        start_service(ServiceSettings(db=str(db)), port=port, num_replicas=args.replicas, num_cpus=args.num_cpus)
         status, health = get_json(port, "/api/health")
         if status != 200:
             raise SystemExit(f"the service is not ready: {health.get('reason')}")
@@ -263,7 +266,8 @@ def main() -> None:
         local_p50, local_p95 = in_process_latency(db, searches, rounds=1)
         load_after = load_average()
 
-        print(f"\nSearch service under load: {rows:,} segments, k=10, loopback HTTP, {args.replicas} replica(s), "
+        print(f"\nSearch service under load: {rows:,} segments, k=10, loopback HTTP, {args.replicas} replica(s) "
+              f"of {args.num_cpus:g} CPU(s), "
               f"environment {args.env or 'as it is'}, {args.requests} searches per client\n"
               f"machine: {machine_line()}; load average before {load_before}, "
               f"after {load_after}\n")

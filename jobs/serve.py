@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     parser.add_argument("--replicas", type=int, default=1, help="replicas of the service (default: 1)")
-    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per replica (default: 1)")
+    parser.add_argument("--num-cpus", type=float, default=1.0,
+                        help="CPUs reserved per replica (default: 1); live search runs DRN on as many threads, so "
+                        "a service alone on its machine answers live searches faster with all of its cores")
     access = parser.add_argument_group(
         "access (a token is required beyond loopback; the page asks for it once, programs send Authorization: "
         "Bearer)")

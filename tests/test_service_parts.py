@@ -178,3 +178,22 @@ def test_the_pages_files_ship_as_package_data() -> None:
     files = sorted(path.relative_to(package).as_posix() for path in (package / "web").iterdir())
     assert files == ["web/app.js", "web/index.html", "web/login.html", "web/style.css"]
     assert all(any(fnmatch.fnmatch(name, pattern) for pattern in globs) for name in files)
+
+
+def test_a_replica_runs_drn_on_the_cpus_ray_reserved_for_it(ray_session) -> None:
+    from moments.serve.backend import replica_torch_threads
+
+    @ray_session.remote
+    class Replica:
+        def threads(self) -> int:
+            return replica_torch_threads()
+
+    def threads_with(cpus: float) -> int:
+        replica = Replica.options(num_cpus=cpus).remote()
+        try:
+            return ray_session.get(replica.threads.remote())
+        finally:
+            ray_session.kill(replica)  # give the shared session's CPUs back
+
+    assert [threads_with(cpus) for cpus in (2, 1, 0.5)] == [2, 1, 1]
+    assert replica_torch_threads() == 1  # the driver: no CPUs reserved for it
