@@ -59,8 +59,8 @@ class ServiceSettings:
 def replica_torch_threads() -> int:
     """Torch threads for live search's DRN in this process: the CPUs Ray reserved for it, at least 1 (``jobs.serve
     --num-cpus``). Requests run side by side in threads and share them. On 2 cores, a replica given both answers a
-    live search in 215 ms instead of 328 ms with one, at the same throughput under 8 clients (benchmarks/RESULTS.md,
-    issue 20)."""
+    live search in 226 ms instead of 356 ms with one, at the same throughput under 8 and 32 clients
+    (benchmarks/RESULTS.md, issue 20)."""
     import ray
 
     if not ray.is_initialized():
