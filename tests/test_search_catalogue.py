@@ -11,7 +11,6 @@ import pyarrow as pa
 import pytest
 
 import moments.index.answer as answer_module
-import moments.index.catalogue as catalogue_module
 import moments.index.queries as queries_module
 from drn.text.sentence import embed_text, embed_texts
 from moments.index import Index
@@ -33,8 +32,8 @@ def test_catalogue_take_and_whole_lists_give_the_same_rows(tmp_path, vectors, mo
     from_catalogue = answers(index)
     assert sum(len(rows) for rows in from_catalogue) > 0
 
-    monkeypatch.setattr(catalogue_module, "EXACT_LIST_MAX_ROWS", 0)  # the vector list from LanceDB
     lancedb_list = Index(tmp_path / "db")
+    lancedb_list.stored_queries.exact_list_max_rows = 0  # the vector list from LanceDB
     assert lancedb_list.stored_queries.search_view().catalogue.unit_vectors is None
     assert answers(lancedb_list) == from_catalogue
 

@@ -41,16 +41,17 @@ class QueryCatalogue:
     unit_vectors: np.ndarray | None = None  # [rows, dim] float32, each embedding over its norm; None: no exact list
 
     @classmethod
-    def read(cls, table: Any, columns: Sequence[str], embedding_column: str | None = None) -> QueryCatalogue:
+    def read(cls, table: Any, columns: Sequence[str], embedding_column: str | None = None,
+             exact_list_max_rows: int = EXACT_LIST_MAX_ROWS) -> QueryCatalogue:
         """Scan ``columns`` of the table's checked-out version; with ``embedding_column`` (one of them), keep its
-        unit vectors for ``nearest`` while the table holds at most EXACT_LIST_MAX_ROWS rows."""
+        unit vectors for ``nearest`` while the table holds at most ``exact_list_max_rows`` rows."""
         version = table.version
         rows = table.search().select(list(columns)).with_row_id(True).limit(None).to_arrow()
         row_ids = rows.column("_rowid").to_numpy()
         order = np.argsort(row_ids, kind="stable")
         rows = rows.select(list(columns)).take(pa.array(order, pa.int64())).combine_chunks()
         unit_vectors = None
-        if (embedding_column is not None and rows.num_rows <= EXACT_LIST_MAX_ROWS
+        if (embedding_column is not None and rows.num_rows <= exact_list_max_rows
                 and rows.column(embedding_column).null_count == 0):
             unit_vectors = unit_rows(rows.column(embedding_column))
         return cls(version, row_ids[order].astype(np.int64), rows, unit_vectors)

@@ -32,7 +32,7 @@ from lancedb.index import FTS, Bitmap, BTree, IvfPq
 from drn.errors import InputError
 from drn.text import query_key
 from drn.text.sentence import EMBEDDING_DIM
-from moments.index.catalogue import CATALOGUE_MAX_ROWS, QueryCatalogue
+from moments.index.catalogue import CATALOGUE_MAX_ROWS, EXACT_LIST_MAX_ROWS, QueryCatalogue
 from moments.index.db import check_db_writable, in_list, sql_literal
 from moments.index.segments import (
     SEGMENTS_TABLE,
@@ -162,6 +162,7 @@ class QueriesTable:
         self._known: tuple[int, tuple[bool, bool]] | None = None  # (table version, what ``_facts`` found)
         self._catalogue: QueryCatalogue | int | None = None  # the catalogue, or the version too large for one
         self._catalogue_lock = threading.Lock()
+        self.exact_list_max_rows = EXACT_LIST_MAX_ROWS  # up to this many rows the vector list is exact, in memory
         self.seen_version: int | None = None  # the version the last search_view found
         self.moments_pending = False  # the column was just added: the index must fill it (Index does on opening)
 
@@ -226,7 +227,7 @@ class QueriesTable:
                 self._catalogue = version
                 return None
             columns = [*HIT_COLUMNS, TOP_MOMENTS_COLUMN] if has_top_moments else list(HIT_COLUMNS)
-            self._catalogue = QueryCatalogue.read(table, columns, EMBEDDING_COLUMN)
+            self._catalogue = QueryCatalogue.read(table, columns, EMBEDDING_COLUMN, self.exact_list_max_rows)
             return self._catalogue
 
     def _facts(self, version: int | None = None) -> tuple[bool, bool]:
@@ -256,11 +257,6 @@ class QueriesTable:
             return self._connect().create_table(self.name, schema=queries_schema(), mode=mode, exist_ok=True)
         except OSError as error:
             raise InputError(f"cannot create table '{self.name}': {error}", path=self.uri) from None
-
-    def forget_catalogue(self) -> None:
-        """Drop the catalogue held in memory; the next search reads it again (as of the table's version)."""
-        with self._catalogue_lock:
-            self._catalogue = None
 
     def refresh(self) -> None:
         """Move to the newest table version (or open the table that appeared since)."""
