@@ -365,8 +365,6 @@ def _catalogue_hits(catalogue: QueryCatalogue, run_id: str | None, queries: Any,
                     where: str | None, limit: int, columns: list[str] = _COLUMNS, row_ids: bool = False) -> pa.Table:
     """``_vector_hits`` from the catalogue's unit vectors (exact cosine; ``where`` is the filter of ``run_id``)."""
     hits = catalogue.nearest(vector() if isinstance(vector, _Embedding) else vector, limit, columns, run_id)
-    if hits is None:  # a catalogue too large to keep its unit vectors
-        return _vector_hits(queries, vector, where, limit, columns, row_ids)
     return hits if row_ids else hits.drop_columns(["_rowid"])
 
 

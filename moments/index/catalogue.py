@@ -57,11 +57,11 @@ class QueryCatalogue:
         return cls(version, row_ids[order].astype(np.int64), rows, unit_vectors)
 
     def nearest(self, vector: np.ndarray, limit: int, columns: Sequence[str], run_id: str | None = None
-                ) -> pa.Table | None:
+                ) -> pa.Table:
         """``columns`` and ``_rowid`` of the ``limit`` rows (of ``run_id``, when given) nearest to ``vector`` by
-        cosine, nearest first (ties in row-id order); None when this catalogue keeps no unit vectors."""
+        cosine, nearest first (ties in row-id order). Only for a catalogue that keeps its unit vectors."""
         if self.unit_vectors is None:
-            return None
+            raise ValueError("this catalogue keeps no unit vectors (above its exact_list_max_rows)")
         cosine = self.unit_vectors @ np.asarray(vector, dtype=np.float32)
         if run_id is not None:
             cosine[~pc.equal(self.rows.column("run_id"), run_id).to_numpy(zero_copy_only=False)] = -np.inf
